@@ -1,0 +1,174 @@
+"""Every write to users and queries: one transaction on the user's shard each."""
+import logging
+import uuid
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import billing
+from accounts.models import FoundingUser, Query, User
+from rentahal.errors import BrokerError, Forbidden, NotFound
+from rentahal.sharding import new_query_id, shard_for_guid, shard_for_query
+
+logger = logging.getLogger(__name__)
+
+PREVIOUS_QUERIES_SHOWN = 10
+
+
+def default_nickname(guid: str) -> str:
+    return f"user_{guid[:8]}"
+
+
+def normalise_guid(raw: str | None) -> str | None:
+    """Return the cookie's guid in canonical form, or None if it is not a uuid."""
+    try:
+        return str(uuid.UUID(str(raw)))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def get_or_create_user(guid: str) -> User:
+    """Return the user with this guid, creating it; the first user of the system is sysop."""
+    alias = shard_for_guid(guid)
+    user = User.objects.using(alias).filter(pk=guid).first()
+    if user is not None:
+        return user
+    # The FoundingUser row is the race-free answer to "is this the first user?": only one
+    # insert of its fixed primary key can succeed.
+    with transaction.atomic(using="default"):
+        _, is_first = FoundingUser.objects.using("default").get_or_create(pk=1, defaults={"guid": guid})
+    try:
+        with transaction.atomic(using=alias):
+            user = User.objects.using(alias).create(guid=guid, nickname=default_nickname(guid), is_sysop=is_first)
+    except IntegrityError:
+        # Two tabs of a new user connected at once; the other created the row.
+        user = User.objects.using(alias).get(pk=guid)
+    if is_first:
+        logger.info("first user %s is sysop", guid)
+    return user
+
+
+def find_user(guid: str) -> User:
+    normalised = normalise_guid(guid)
+    user = User.objects.using(shard_for_guid(normalised)).filter(pk=normalised).first() if normalised else None
+    if user is None:
+        raise NotFound(f"No user with guid {guid}.")
+    return user
+
+
+def set_nickname(user: User, nickname: str) -> User:
+    nickname = (nickname or "").strip()
+    if not 1 <= len(nickname) <= 64:
+        raise BrokerError("A nickname is 1 to 64 characters.", code="bad_nickname")
+    alias = shard_for_guid(user.guid)
+    try:
+        with transaction.atomic(using=alias, durable=True):
+            User.objects.using(alias).filter(pk=user.pk).update(nickname=nickname)
+    except IntegrityError:
+        raise BrokerError("Nickname already taken", code="nickname_taken") from None
+    user.nickname = nickname
+    return user
+
+
+def set_banned(guid: str, is_banned: bool, *, acting_user: User) -> User:
+    if not acting_user.is_sysop:
+        raise Forbidden("Only a sysop may ban or unban users.")
+    user = find_user(guid)
+    if user.pk == acting_user.pk and is_banned:
+        raise BrokerError("A sysop cannot ban themselves.", code="ban_self")
+    User.objects.using(shard_for_guid(user.guid)).filter(pk=user.pk).update(is_banned=is_banned)
+    user.is_banned = is_banned
+    return user
+
+
+def previous_queries(user: User) -> list[dict]:
+    rows = Query.objects.using(shard_for_guid(user.guid)).filter(user_id=user.pk).order_by("-accepted_at")
+    return [query.as_frame_data() for query in rows[:PREVIOUS_QUERIES_SHOWN]]
+
+
+def accept_query(
+    user: User, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str, on_accepted
+) -> Query:
+    """Write the query row and run `on_accepted(query)` once the row is committed.
+
+    The row exists before any job does, so an acknowledged query is never only in Redis.
+    """
+    alias = shard_for_guid(user.guid)
+    with transaction.atomic(using=alias, durable=True):
+        query = Query.objects.using(alias).create(
+            id=new_query_id(user.guid),
+            user_id=user.pk,
+            query_type=query_type,
+            prompt=prompt,
+            model_type=model_type,
+            model_name=model_name,
+            image=image,
+            realm=realm,
+        )
+        transaction.on_commit(lambda: on_accepted(query), using=alias)
+    return query
+
+
+def mark_queued(query_id) -> None:
+    Query.objects.using(shard_for_query(query_id)).filter(pk=query_id, status=Query.Status.ACCEPTED).update(
+        status=Query.Status.QUEUED
+    )
+
+
+def start_query(query_id) -> Query | None:
+    """Mark the query running and return it, or None if it is already finished (a rerun)."""
+    alias = shard_for_query(query_id)
+    with transaction.atomic(using=alias, durable=True):
+        query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
+        if query is None or query.is_finished:
+            return None
+        query.status = Query.Status.RUNNING
+        query.started_at = timezone.now()
+        query.attempts += 1
+        query.save(update_fields=["status", "started_at", "attempts"])
+    return query
+
+
+def finish_query(query_id, *, result: str, result_type: str, worker: str) -> Query | None:
+    """Store the result and charge for it in one transaction; None if already finished."""
+    alias = shard_for_query(query_id)
+    with transaction.atomic(using=alias, durable=True):
+        query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
+        if query is None or query.is_finished:
+            return None
+        now = timezone.now()
+        query.status = Query.Status.DONE
+        query.result = result
+        query.result_type = result_type
+        query.worker = worker
+        query.finished_at = now
+        query.processing_time = (now - query.accepted_at).total_seconds()
+        query.cost = billing.charge(query, query.processing_time, using=alias)
+        query.save(
+            update_fields=["status", "result", "result_type", "worker", "finished_at", "processing_time", "cost"]
+        )
+    return query
+
+
+def fail_query(query_id, *, error: str, worker: str = "") -> Query | None:
+    """Record a failure the user can read; nothing is charged. None if already finished."""
+    alias = shard_for_query(query_id)
+    with transaction.atomic(using=alias, durable=True):
+        query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
+        if query is None or query.is_finished:
+            return None
+        query.status = Query.Status.FAILED
+        query.error = error
+        query.worker = worker
+        query.finished_at = timezone.now()
+        query.processing_time = (query.finished_at - query.accepted_at).total_seconds()
+        query.save(update_fields=["status", "error", "worker", "finished_at", "processing_time"])
+        billing.count_failure(using=alias)
+    logger.info("query %s failed: %s", query_id, error)
+    return query
+
+
+def unfinished_queries(guid: str) -> list[Query]:
+    return list(
+        Query.objects.using(shard_for_guid(guid)).filter(user_id=guid).exclude(status__in=Query.FINISHED)
+    )

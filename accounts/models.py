@@ -1,0 +1,156 @@
+"""Per-user records: users, their queries and the one charge each successful query earns.
+
+All of these live on the user's shard (see rentahal.sharding); `FoundingUser` lives on
+`default` because "the first user of the system" is a fact about the whole system.
+"""
+import uuid
+from decimal import Decimal
+
+from django.db import models
+
+from rentahal.query_types import QueryType
+
+
+class User(models.Model):
+    """A broker user, known by the `user_guid` cookie (PROTOCOL.md section 1)."""
+
+    guid = models.CharField(primary_key=True, max_length=36)
+    nickname = models.CharField(max_length=64, unique=True)
+    is_sysop = models.BooleanField(default=False)
+    is_banned = models.BooleanField(default=False)
+    total_query_time = models.FloatField(default=0.0)
+    total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
+    query_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.nickname
+
+    def as_frame_data(self) -> dict:
+        """Return the `user_info` payload of PROTOCOL.md."""
+        return {
+            "guid": self.guid,
+            "nickname": self.nickname,
+            "is_sysop": self.is_sysop,
+            "total_query_time": self.total_query_time,
+            "total_cost": float(self.total_cost),
+            "is_banned": self.is_banned,
+            "query_count": self.query_count,
+        }
+
+
+class FoundingUser(models.Model):
+    """At most one row: the guid of the first user, who became sysop.
+
+    A unique primary key makes "first" a database fact, so two users arriving together on
+    an empty system cannot both become sysop.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    guid = models.CharField(max_length=36)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.guid
+
+
+class Query(models.Model):
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted"
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    class ResultType(models.TextChoices):
+        TEXT = "text"
+        IMAGE = "image"
+        AUDIO = "audio"
+
+    FINISHED = (Status.DONE, Status.FAILED)
+
+    # The first byte of the id is the user's guid prefix, so the id alone names the shard.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="queries")
+    query_type = models.CharField(max_length=16, choices=QueryType.choices)
+    model_type = models.CharField(max_length=32, default="worker_node")
+    model_name = models.CharField(max_length=128, blank=True)
+    realm = models.CharField(max_length=64)
+    prompt = models.TextField()
+    image = models.TextField(blank=True, help_text="Base64 image sent with a vision query.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACCEPTED)
+    result = models.TextField(blank=True)
+    result_type = models.CharField(max_length=8, choices=ResultType.choices, blank=True)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=128, blank=True, help_text="Name of the worker that served it.")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    accepted_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    processing_time = models.FloatField(null=True, blank=True)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+
+    class Meta:
+        verbose_name_plural = "queries"
+        indexes = [
+            models.Index(fields=["user", "-accepted_at"]),
+            models.Index(fields=["status", "accepted_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.query_type} query {self.id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def as_frame_data(self) -> dict:
+        """Return one entry of the `previous_queries` frame."""
+        return {
+            "query_id": str(self.id),
+            "prompt": self.prompt,
+            "query_type": self.query_type,
+            "model_name": self.model_name,
+            "status": self.status,
+            "result": self.result,
+            "result_type": self.result_type,
+            "error": self.error,
+            "processing_time": self.processing_time,
+            "cost": float(self.cost),
+            "timestamp": self.accepted_at.isoformat() if self.accepted_at else None,
+        }
+
+
+class Charge(models.Model):
+    """The ledger: one row per successful query, never two (a constraint, not a habit)."""
+
+    query = models.ForeignKey(Query, on_delete=models.PROTECT, related_name="charges")
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="charges")
+    amount = models.DecimalField(max_digits=12, decimal_places=6)
+    processing_time = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["query"], name="one_charge_per_query")]
+
+    def __str__(self):
+        return f"{self.amount} for {self.query_id}"
+
+
+class SystemTotals(models.Model):
+    """The system-wide aggregate, one row per shard so a charge updates it atomically.
+
+    The system's figure is the sum over shards (`accounts.billing.system_totals`).
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    total_queries = models.PositiveBigIntegerField(default=0)
+    total_processing_time = models.FloatField(default=0.0)
+    total_cost = models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"))
+    failed_queries = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "system totals"
+
+    def __str__(self):
+        return f"{self.total_queries} queries"

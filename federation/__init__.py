@@ -1,0 +1,1 @@
+"""Federation between brokers: peers, signed requests, discovery."""

@@ -1,0 +1,1 @@
+"""Workers, pool aliases, selection, health and the model-server clients. Imports no other app."""

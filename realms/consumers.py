@@ -1,0 +1,232 @@
+"""The classic RENT-A-HAL WebSocket on /ws (PROTOCOL.md section 1)."""
+import logging
+import uuid
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from accounts import actions as accounts
+from accounts.billing import system_totals
+from pools import actions as pools
+from realms import actions as realms
+from realms import chunks
+from realms.frames import parse_submission, require_str
+from realms.jobs import user_group
+from rentahal.errors import BrokerError, Forbidden
+
+logger = logging.getLogger(__name__)
+
+BROADCAST_GROUP = "broadcast"
+COOKIE_NAME = "user_guid"
+
+
+class QueryConsumer(AsyncJsonWebsocketConsumer):
+    """One browser tab. Every tab of a user joins the user's group, so each sees every result."""
+
+    user = None
+
+    async def connect(self):
+        guid = accounts.normalise_guid(self.scope.get("cookies", {}).get(COOKIE_NAME))
+        await self.accept()
+        if guid is None:
+            guid = str(uuid.uuid4())
+            await self.send_json({"type": "set_cookie", "name": COOKIE_NAME, "value": guid})
+        self.user = await database_sync_to_async(accounts.get_or_create_user)(guid)
+        if self.user.is_banned:
+            await self.send_json({"type": "error", "message": "You are banned from this service."})
+            await self.close(code=4003)
+            return
+        await self.channel_layer.group_add(user_group(guid), self.channel_name)
+        await self.channel_layer.group_add(BROADCAST_GROUP, self.channel_name)
+        await self.send_user_info()
+        await self.send_previous_queries()
+        await self.send_worker_update()
+        # No Hugging Face models are brokered; the frame keeps classic clients' panels drawn.
+        await self.send_json({"type": "huggingface_update", "models": []})
+
+    async def disconnect(self, code):
+        if self.user is not None:
+            await self.channel_layer.group_discard(user_group(self.user.guid), self.channel_name)
+            await self.channel_layer.group_discard(BROADCAST_GROUP, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        raw = text_data if text_data is not None else bytes_data
+        if raw is None or self.user is None:
+            return
+        if len(raw) > settings.RENTAHAL_MAX_FRAME_BYTES:
+            logger.info("frame of %d bytes refused from %s", len(raw), self.user.guid)
+            await self.send_error(f"Frame of {len(raw)} bytes is over the {settings.RENTAHAL_MAX_FRAME_BYTES}-byte limit.")
+            return
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            logger.info("malformed JSON from %s: %s", self.user.guid, exc)
+            await self.send_error(f"Malformed JSON: {exc}")
+            return
+        await self.receive_json(frame)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self.send_error("A frame is a JSON object with a string 'type'.")
+            return
+        frame_type = content["type"]
+        handler = self.handlers.get(frame_type)
+        if handler is None:
+            await self.send_error(f"Unknown frame type '{frame_type[:64]}'.")
+            return
+        if frame_type in self.sysop_only and not self.user.is_sysop:
+            await self.send_error(f"'{frame_type}' is for sysops only.")
+            return
+        try:
+            await handler(self, content)
+        except BrokerError as exc:
+            logger.info("refused %s from %s: %s", frame_type, self.user.guid, exc.message)
+            await self.send_error(exc.message)
+
+    async def send_error(self, message: str) -> None:
+        await self.send_json({"type": "error", "message": message})
+
+    @classmethod
+    async def encode_json(cls, content):
+        return orjson.dumps(content).decode()
+
+    # -- pushes from jobs and other sockets -------------------------------------------
+
+    async def send_frame(self, event):
+        await self.send_json(event["frame"])
+
+    async def user_banned(self, event):
+        """Close this socket when a sysop bans its user (the original left it registered)."""
+        await self.send_json({"type": "error", "message": "You are banned from this service."})
+        await self.close(code=4003)
+
+    # -- client frames ------------------------------------------------------------------
+
+    async def send_user_info(self, content=None):
+        self.user = await database_sync_to_async(accounts.find_user)(self.user.guid)
+        await self.send_json({"type": "user_info", "data": self.user.as_frame_data()})
+
+    async def send_previous_queries(self, content=None):
+        data = await database_sync_to_async(accounts.previous_queries)(self.user)
+        await self.send_json({"type": "previous_queries", "data": data})
+
+    async def send_worker_update(self, content=None):
+        await self.send_json({"type": "worker_update", "workers": await database_sync_to_async(pools.list_workers)()})
+
+    async def submit_query(self, content):
+        submission = parse_submission(content.get("query"))
+        await self.refresh_user()
+        frame = await database_sync_to_async(realms.submit_query)(self.user, submission)
+        await self.send_json(frame)
+
+    async def vision_chunk(self, content):
+        progress = await chunks.store_vision_chunk(self.user.guid, content)
+        if progress.image is None:
+            await self.send_json(
+                {"type": "vision_chunk_received", "message": f"Chunk {progress.received}/{progress.total} received"}
+            )
+            return
+        await self.send_json({"type": "vision_upload_complete", "message": "Image received, submitting query"})
+        await self.submit_query({"query": {**progress.query, "image": progress.image}})
+
+    async def set_nickname(self, content):
+        nickname = require_str(content, "nickname")
+        self.user = await database_sync_to_async(accounts.set_nickname)(self.user, nickname)
+        await self.send_user_info()
+
+    async def pong(self, content):
+        """Heartbeat answer; receiving it is all that matters."""
+
+    async def get_stats(self, content):
+        stats = await database_sync_to_async(gather_system_stats)()
+        await self.send_json({"type": "system_stats", "data": stats})
+
+    async def add_worker(self, content):
+        spec = content.get("worker")
+        if not isinstance(spec, dict):
+            raise BrokerError("Field 'worker' must be an object with name, address and type.")
+        try:
+            await database_sync_to_async(pools.add_worker)(
+                name=require_str(spec, "name"),
+                address=require_str(spec, "address"),
+                query_type=require_str(spec, "type"),
+                wire_format=require_str(spec, "wire_format", required=False, default="predict"),
+                model=require_str(spec, "model", required=False),
+            )
+        except ValidationError as exc:
+            raise BrokerError(f"Worker not added: {pools.validation_message(exc)}") from None
+        await self.broadcast_worker_update()
+
+    async def remove_worker(self, content):
+        name = require_str(content, "worker_name")
+        if not await database_sync_to_async(pools.remove_worker)(name):
+            raise BrokerError(f"No worker named '{name}'.")
+        await self.broadcast_worker_update()
+
+    async def ban_user(self, content):
+        user = await database_sync_to_async(accounts.set_banned)(
+            require_str(content, "user_guid"), True, acting_user=self.user
+        )
+        await self.channel_layer.group_send(user_group(user.guid), {"type": "user.banned"})
+        await self.send_json({"type": "user_banned", "guid": user.guid})
+
+    async def unban_user(self, content):
+        user = await database_sync_to_async(accounts.set_banned)(
+            require_str(content, "user_guid"), False, acting_user=self.user
+        )
+        await self.send_json({"type": "user_unbanned", "guid": user.guid})
+
+    async def terminate_query(self, content):
+        guid = require_str(content, "user_guid")
+        await database_sync_to_async(realms.terminate_queries)(guid, acting_user=self.user)
+        await self.send_json({"type": "query_terminated", "guid": guid})
+
+    async def sysop_message(self, content):
+        message = require_str(content, "message")
+        await self.channel_layer.group_send(
+            BROADCAST_GROUP, {"type": "send.frame", "frame": {"type": "sysop_message", "message": message}}
+        )
+
+    async def broadcast_worker_update(self):
+        workers = await database_sync_to_async(pools.list_workers)()
+        await self.channel_layer.group_send(
+            BROADCAST_GROUP, {"type": "send.frame", "frame": {"type": "worker_update", "workers": workers}}
+        )
+
+    async def refresh_user(self):
+        """Re-read the user so a ban set from another socket or the admin takes effect."""
+        self.user = await database_sync_to_async(accounts.find_user)(self.user.guid)
+        if self.user.is_banned:
+            raise Forbidden("You are banned from this service.")
+
+    handlers = {
+        "submit_query": submit_query,
+        "vision_chunk": vision_chunk,
+        "set_nickname": set_nickname,
+        "get_previous_queries": send_previous_queries,
+        "pong": pong,
+        "get_stats": get_stats,
+        "add_worker": add_worker,
+        "remove_worker": remove_worker,
+        "ban_user": ban_user,
+        "unban_user": unban_user,
+        "terminate_query": terminate_query,
+        "sysop_message": sysop_message,
+    }
+    sysop_only = frozenset(
+        {"get_stats", "add_worker", "remove_worker", "ban_user", "unban_user", "terminate_query", "sysop_message"}
+    )
+
+
+def gather_system_stats() -> dict:
+    totals = system_totals()
+    return {
+        "total_queries": totals["total_queries"],
+        "failed_queries": totals["failed_queries"],
+        "total_processing_time": totals["total_processing_time"],
+        "total_cost": float(totals["total_cost"]),
+        "workers": pools.list_workers(),
+    }

@@ -1,0 +1,74 @@
+"""Validation of client frames: what a well-formed `submit_query` looks like."""
+import base64
+import binascii
+import dataclasses
+
+from django.conf import settings
+
+from rentahal.errors import BrokerError
+from rentahal.query_types import QueryType
+
+MODEL_TYPES = frozenset({"worker_node", "huggingface", "claude", "speech"})
+
+
+@dataclasses.dataclass(frozen=True)
+class QuerySubmission:
+    prompt: str
+    query_type: str
+    model_type: str
+    model_name: str
+    image: str
+
+
+def require_str(data: dict, field: str, *, required: bool = True, default: str = "") -> str:
+    value = data.get(field, None)
+    if value is None:
+        if required:
+            raise BrokerError(f"Missing field '{field}'.", code="missing_field")
+        return default
+    if not isinstance(value, str):
+        raise BrokerError(f"Field '{field}' must be a string.", code="bad_field")
+    return value
+
+
+def strip_data_url(image: str) -> str:
+    """Return the base64 payload of an image, accepting a data: URL as browsers send it."""
+    payload = image.split(",", 1)[1] if image.startswith("data:") else image
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BrokerError("Field 'image' is not valid base64.", code="bad_field") from None
+    return payload
+
+
+def parse_submission(query: object) -> QuerySubmission:
+    """Return the validated query of a `submit_query` frame, or raise BrokerError naming the problem."""
+    if not isinstance(query, dict):
+        raise BrokerError("Field 'query' must be an object.", code="bad_field")
+    prompt = require_str(query, "prompt")
+    if len(prompt) > settings.RENTAHAL_MAX_PROMPT_CHARS:
+        raise BrokerError(
+            f"Prompt is {len(prompt)} characters; the limit is {settings.RENTAHAL_MAX_PROMPT_CHARS}.",
+            code="prompt_too_long",
+        )
+    query_type = require_str(query, "query_type")
+    if query_type not in QueryType.values:
+        raise BrokerError(
+            f"Unknown query type '{query_type}'; expected one of {', '.join(QueryType.values)}.",
+            code="unknown_query_type",
+        )
+    model_type = require_str(query, "model_type", required=False, default="worker_node")
+    if model_type not in MODEL_TYPES:
+        raise BrokerError(f"Unknown model type '{model_type}'.", code="unknown_model_type")
+    image = require_str(query, "image", required=False)
+    if query_type == QueryType.VISION and not image:
+        raise BrokerError("A vision query needs an 'image'.", code="missing_field")
+    if not prompt.strip() and query_type != QueryType.VISION:
+        raise BrokerError("Prompt is empty.", code="missing_field")
+    return QuerySubmission(
+        prompt=prompt,
+        query_type=query_type,
+        model_type=model_type,
+        model_name=require_str(query, "model_name", required=False)[:128],
+        image=strip_data_url(image) if image else "",
+    )

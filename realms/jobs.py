@@ -1,0 +1,100 @@
+"""The RQ job that runs one query: select, call, store and charge, then push the frame."""
+import logging
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from rq import Callback
+from rq.timeouts import JobTimeoutException
+
+from accounts import actions as accounts
+from pools.clients import ModelRequest, ModelServerError
+from pools.dispatch import serve
+from pools.selection import NoWorkerAvailable
+from rentahal.queues import get_queue
+
+logger = logging.getLogger(__name__)
+
+
+def user_group(guid: str) -> str:
+    """Return the channel-layer group every socket of this user joins."""
+    return f"user.{guid}"
+
+
+async def push_frame(guid: str, frame: dict) -> None:
+    """Send a frame to all of a user's sockets; best effort, Postgres stays the record."""
+    await get_channel_layer().group_send(user_group(guid), {"type": "send.frame", "frame": frame})
+
+
+def enqueue_query(query, queue_name: str) -> None:
+    """Put the query's job on its realm's queue; the job id is the query id, so reruns replace."""
+    get_queue(queue_name).enqueue(
+        run_query,
+        str(query.id),
+        job_id=str(query.id),
+        job_timeout=settings.RENTAHAL_JOB_TIMEOUT,
+        result_ttl=300,
+        failure_ttl=86400,
+        on_failure=Callback(fail_crashed_query),
+    )
+    accounts.mark_queued(query.id)
+
+
+async def run_query(query_id: str) -> str:
+    """Run the query once; a rerun of a finished query does nothing and charges nothing."""
+    query = await sync_to_async(accounts.start_query)(query_id)
+    if query is None:
+        return "already finished"
+    guid = query.user_id
+    request = ModelRequest(
+        prompt=query.prompt,
+        query_type=query.query_type,
+        model_type=query.model_type,
+        model_name=query.model_name,
+        image=query.image or None,
+    )
+
+    async def forward_chunk(text: str) -> None:
+        await push_frame(guid, {"type": "query_chunk", "query_id": query_id, "chunk": text})
+
+    try:
+        served = await serve(request, on_chunk=forward_chunk)
+    except (NoWorkerAvailable, ModelServerError) as exc:
+        await finish_with_failure(query_id, guid, str(exc))
+        return "failed"
+    finished = await sync_to_async(accounts.finish_query)(
+        query_id, result=served.answer.result, result_type=served.answer.result_type, worker=served.worker
+    )
+    if finished is not None:
+        await push_frame(
+            guid,
+            {
+                "type": "query_result",
+                "query_id": query_id,
+                "result": finished.result,
+                "result_type": finished.result_type,
+                "processing_time": finished.processing_time,
+                "cost": float(finished.cost),
+                "worker": finished.worker,
+            },
+        )
+    return "done"
+
+
+async def finish_with_failure(query_id: str, guid: str, reason: str) -> None:
+    failed = await sync_to_async(accounts.fail_query)(query_id, error=reason)
+    if failed is not None:
+        await push_frame(guid, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})
+
+
+def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback: a job that crashed or timed out still ends as a recorded failure."""
+    query_id = job.args[0]
+    logger.error("query %s job crashed: %s: %s", query_id, exc_type.__name__, exc_value)
+    if issubclass(exc_type, JobTimeoutException):
+        reason = f"no answer within {job.timeout} seconds"
+    else:
+        reason = f"internal error ({exc_type.__name__})"
+    query = accounts.fail_query(query_id, error=reason)
+    if query is not None:
+        async_to_sync(push_frame)(query.user_id, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})

@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, ASGI and URL wiring, the shard router, RQ queues, metrics."""

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RentahalConfig(AppConfig):
+    name = "rentahal"
+    verbose_name = "rentahal"

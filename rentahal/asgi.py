@@ -1,0 +1,20 @@
+"""ASGI entry point: HTTP goes to Django, /ws to the realms consumer."""
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rentahal.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import CookieMiddleware  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from realms.consumers import QueryConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": CookieMiddleware(URLRouter([path("ws", QueryConsumer.as_asgi())])),
+    }
+)

@@ -1,0 +1,145 @@
+"""Settings for rentahal, read from the environment through django-environ.
+
+Every value has a default that works on a developer machine with the local Postgres and
+Redis, so `manage.py` runs with no configuration at all.
+"""
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+SECRET_KEY = env("SECRET_KEY", default="rentahal-dev-only-secret-key-change-me-in-production")
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_rq",
+    "rest_framework",
+    "rentahal",
+    "accounts",
+    "pools",
+    "realms",
+    "federation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "rentahal.urls"
+ASGI_APPLICATION = "rentahal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/rentahal"),
+}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DATABASE_ROUTERS = ["rentahal.routers.ShardRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+# The pub/sub layer pushes results about 2.4x faster than the core layer (MEASURED.md);
+# both are at-most-once, and Postgres stays the record. max_connections is raised because
+# a reconnect storm otherwise exhausts redis-py's default pool and fails handshakes.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {
+            "hosts": [{"address": env("CHANNEL_REDIS_URL", default=REDIS_URL), "max_connections": 1000}],
+            "prefix": env("CHANNEL_PREFIX", default="rentahal"),
+        },
+    },
+}
+
+# Realm queues are created from Realm rows at run time (rentahal.queues.get_queue); the
+# default realms' queues are listed here too so django-rq's dashboard shows them.
+RQ_QUEUES = {
+    name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600}
+    for name in ["default", "realm.chat", "realm.vision", "realm.imagine", "realm.speech"]
+}
+RQ_SHOW_ADMIN_LINK = True
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "run" / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+}
+
+# --- The broker's own knobs -------------------------------------------------------------
+# Billing (PROTOCOL.md section 4): cost = base + processing seconds x rate.
+RENTAHAL_BASE_COST_PER_QUERY = env.float("BASE_COST_PER_QUERY", default=0.01)
+RENTAHAL_COST_PER_SECOND = env.float("COST_PER_SECOND", default=0.001)
+# Largest WebSocket frame accepted, and largest prompt inside it.
+RENTAHAL_MAX_FRAME_BYTES = env.int("MAX_FRAME_BYTES", default=2 * 1024 * 1024)
+RENTAHAL_MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=32_000)
+# Queries waiting in one realm's queue before new ones are refused.
+RENTAHAL_QUEUE_LIMIT = env.int("QUEUE_LIMIT", default=1000)
+# Model-server calls: connect and total read timeouts, and a cap on answer size.
+RENTAHAL_CONNECT_TIMEOUT = env.float("MODEL_CONNECT_TIMEOUT", default=5.0)
+RENTAHAL_READ_TIMEOUT = env.float("MODEL_READ_TIMEOUT", default=300.0)
+RENTAHAL_MAX_ANSWER_BYTES = env.int("MAX_ANSWER_BYTES", default=32 * 1024 * 1024)
+# RQ job timeout for one query, above the model read timeout so the call fails first.
+RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
+# Accepted queries older than this with no RQ job are re-enqueued by the reconciler.
+RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=30.0)

@@ -1,0 +1,10 @@
+"""URL wiring: the users' page, the operators' admin, django-rq's dashboard, the APIs."""
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="index.html"), name="index"),
+    path("admin/rq/", include("django_rq.urls")),
+    path("admin/", admin.site.urls),
+]
