@@ -29,7 +29,7 @@ def get_free_port() -> int:
 
 def start_command(port: int, output) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "manage.py", "serve_local_model", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "manage.py", "serve_local_model", "--port", str(port)],
         cwd=PROJECT_ROOT,
         stdout=output,
         stderr=subprocess.STDOUT,
@@ -63,7 +63,7 @@ def wait_until_serving(process: subprocess.Popen, url: str, output) -> None:
                     return
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.1)
-    pytest.fail(f"serve_local_model did not answer within {STARTUP_DEADLINE} s:\n{read_output(output)}")
+    pytest.fail(f"serve_local_model gave no answer in {STARTUP_DEADLINE} s:\n{read_output(output)}")
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,10 @@ def post_json(url: str, body: dict) -> bytes:
 
 
 def test_chat_completion_answers_the_capital_of_france(model_url):
-    body = json.loads(
-        post_json(f"{model_url}/v1/chat/completions", {"messages": CAPITAL_QUESTION, "max_tokens": 24})
+    raw = post_json(
+        f"{model_url}/v1/chat/completions", {"messages": CAPITAL_QUESTION, "max_tokens": 24}
     )
+    body = json.loads(raw)
 
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
@@ -119,7 +120,7 @@ def test_models_endpoint_lists_the_bundled_model(model_url):
     assert [model["id"] for model in body["data"]] == ["SmolLM2-135M-Instruct"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_signal_stops_the_command_cleanly(signum):
     port = get_free_port()
     with tempfile.TemporaryFile() as output:

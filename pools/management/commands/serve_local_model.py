@@ -1,4 +1,4 @@
-"""`manage.py serve_local_model`: serve the bundled SmolLM2 chat model on an OpenAI-compatible port."""
+"""`manage.py serve_local_model`: serve the bundled SmolLM2 chat model on an OpenAI port."""
 import logging
 import signal
 import threading
@@ -20,8 +20,8 @@ class Command(BaseCommand):
     requires_system_checks = []
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
-        parser.add_argument("--port", type=int, default=8090, help="Port to bind (default 8090).")
+        parser.add_argument("--host", default="127.0.0.1", help="Address to bind.")
+        parser.add_argument("--port", type=int, default=8090, help="Port to bind.")
         parser.add_argument("--ctx-size", type=int, default=2048, help="Context window in tokens.")
         parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference.")
 
