@@ -1,16 +1,14 @@
 """Create the four default realms, one per query type (seed 002)."""
 from django.db import migrations, router
 
-DEFAULT_REALMS = [("$CHAT", "chat"), ("$VISION", "vision"), ("$IMAGINE", "imagine"), ("$SPEECH", "speech")]
+from realms.defaults import ensure_default_realms
 
 
 def create_default_realms(apps, schema_editor):
     Realm = apps.get_model("realms", "Realm")
     alias = schema_editor.connection.alias
-    if not router.allow_migrate_model(alias, Realm):
-        return
-    for name, query_type in DEFAULT_REALMS:
-        Realm.objects.using(alias).get_or_create(name=name, defaults={"query_type": query_type})
+    if router.allow_migrate_model(alias, Realm):
+        ensure_default_realms(Realm, using=alias)
 
 
 class Migration(migrations.Migration):

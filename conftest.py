@@ -1,0 +1,183 @@
+"""Fixtures shared by every test: real Redis flushed per test, personas, a fake model server,
+a real RQ worker process, and WebSocket clients for /ws."""
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.db import connections
+
+from accounts.models import User
+from pools.models import Worker
+from realms.defaults import ensure_default_realms
+from realms.models import Realm
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    """Flush the tests' own Redis database around each test, as RQ's RQTestCase does."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def default_realms(db):
+    """The default realms; transactional tests truncate what the data migration made."""
+    ensure_default_realms(Realm)
+    return {realm.query_type: realm for realm in Realm.objects.all()}
+
+
+def make_user(nickname: str, **fields) -> User:
+    guid = str(uuid.uuid4())
+    from rentahal.sharding import shard_for_guid
+
+    return User.objects.using(shard_for_guid(guid)).create(guid=guid, nickname=nickname, **fields)
+
+
+@pytest.fixture
+def sysop(db):
+    return make_user("sysop", is_sysop=True)
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def banned_user(db):
+    return make_user("mallory", is_banned=True)
+
+
+@pytest.fixture
+def fake_server():
+    """A fake model server on a loopback port, speaking every wire format."""
+    from pools.fake_server import run_in_thread
+
+    handle = run_in_thread()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def register_worker(db):
+    """Register a worker that talks to the fake server in the given wire format."""
+
+    def register(server, wire_format="openai", query_type="chat", name=None, **fields) -> Worker:
+        return Worker.objects.create(
+            name=name or f"{wire_format}-{query_type}-{uuid.uuid4().hex[:6]}",
+            address=server.url,
+            query_type=query_type,
+            wire_format=wire_format,
+            model=fields.pop("model", "fake-model"),
+            **fields,
+        )
+
+    return register
+
+
+def worker_environment() -> dict:
+    """Environment for a child process that must see this test run's database and Redis."""
+    db = connections["default"].settings_dict
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        CHANNEL_PREFIX=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
+    )
+    return env
+
+
+@pytest.fixture
+def rq_worker(transactional_db, default_realms, clean_redis):
+    """A real RQ worker process serving every realm's queue, stopped after the test."""
+    from rq import Worker as RQWorker
+
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_realm_worker"],
+        cwd=PROJECT_DIR,
+        env=worker_environment(),
+    )
+    deadline = time.monotonic() + 20
+    while not RQWorker.all(connection=clean_redis):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the RQ worker did not start")
+        time.sleep(0.05)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class Client:
+    """A WebSocket client of /ws that keeps the frames it has read."""
+
+    def __init__(self, communicator: WebsocketCommunicator):
+        self.communicator = communicator
+        self.frames: list[dict] = []
+
+    async def send(self, frame: dict) -> None:
+        await self.communicator.send_json_to(frame)
+
+    async def send_text(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self, timeout: float = 5) -> dict:
+        frame = await self.communicator.receive_json_from(timeout=timeout)
+        self.frames.append(frame)
+        return frame
+
+    async def receive_until(self, frame_type: str, timeout: float = 15) -> list[dict]:
+        """Return the frames read up to and including the first of `frame_type`."""
+        start = len(self.frames)
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self.receive(timeout=max(0.01, deadline - time.monotonic()))
+            if frame["type"] == frame_type:
+                return self.frames[start:]
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+@pytest.fixture
+async def connect():
+    """Open /ws connections, optionally as a known user; all are closed after the test."""
+    from rentahal.asgi import application
+
+    opened: list[Client] = []
+
+    async def open_socket(guid: str | None = None, *, greeting: bool = True) -> Client:
+        headers = [(b"cookie", f"user_guid={guid}".encode())] if guid else []
+        communicator = WebsocketCommunicator(application, "/ws", headers=headers)
+        connected, _ = await communicator.connect()
+        assert connected
+        client = Client(communicator)
+        opened.append(client)
+        if greeting:
+            await client.receive_until("huggingface_update")
+        return client
+
+    yield open_socket
+    for client in opened:
+        await client.close()

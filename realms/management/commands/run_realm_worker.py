@@ -1,0 +1,34 @@
+"""Start an RQ worker on the queues of the named realms (all realms when none are named)."""
+import logging
+
+from django.core.management.base import BaseCommand, CommandError
+from rq import SimpleWorker
+
+from realms.models import Realm
+from rentahal.queues import get_queue
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Run an RQ worker for the queues of the given realms, e.g. `run_realm_worker '$CHAT'`."
+
+    def add_arguments(self, parser):
+        parser.add_argument("realms", nargs="*", help="Realm names such as $CHAT; all realms if omitted.")
+        parser.add_argument("--burst", action="store_true", help="Exit once the queues are empty.")
+        parser.add_argument("--name", help="Worker name shown in RQ's registries.")
+
+    def handle(self, *args, **options):
+        names = options["realms"]
+        realms = list(Realm.objects.filter(name__in=names) if names else Realm.objects.all())
+        unknown = set(names) - {realm.name for realm in realms}
+        if unknown:
+            raise CommandError(f"Unknown realm(s): {', '.join(sorted(unknown))}")
+        if not realms:
+            raise CommandError("There are no realms; run `manage.py migrate` first.")
+        queues = [get_queue(realm.queue_name) for realm in realms]
+        # SimpleWorker runs jobs in this process: a fork per job would copy Django's open
+        # database connections into children and costs a third of the throughput.
+        worker = SimpleWorker(queues, connection=queues[0].connection, name=options["name"])
+        logger.info("worker %s serving %s", worker.name, ", ".join(queue.name for queue in queues))
+        worker.work(burst=options["burst"], with_scheduler=True)
