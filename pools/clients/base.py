@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 # How much of an error body goes into the message a user sees.
-ERROR_EXCERPT_BYTES = 300
+ERROR_EXCERPT_CHARS = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,12 +113,12 @@ def failures_reported(worker, timeout: aiohttp.ClientTimeout) -> Iterator[None]:
         yield
     except aiohttp.ConnectionTimeoutError as exc:
         raise ModelServerError(
-            f"{worker.name} at {worker.base_url} did not accept a connection within {timeout.sock_connect:g}s",
+            f"{worker.name} at {worker.base_url} timed out connecting after {timeout.sock_connect:g}s",
             kind="timeout",
         ) from exc
     # TimeoutError must come before OSError, which it subclasses.
     except TimeoutError as exc:
-        raise ModelServerError(f"{worker.name} did not answer within {timeout.total:g}s", kind="timeout") from exc
+        raise ModelServerError(f"{worker.name} timed out after {timeout.total:g}s", kind="timeout") from exc
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror or str(exc.os_error)
         raise ModelServerError(f"could not connect to {worker.name} at {worker.base_url}: {reason}") from exc
@@ -178,7 +178,7 @@ def describe_error_body(body: bytes) -> str:
             error = error.get("message")
         text = error if isinstance(error, str) else body.decode("utf-8", "replace")
     text = " ".join(text.split())
-    return text if len(text) <= ERROR_EXCERPT_BYTES else text[:ERROR_EXCERPT_BYTES] + "…"
+    return text if len(text) <= ERROR_EXCERPT_CHARS else text[:ERROR_EXCERPT_CHARS] + "…"
 
 
 class AnswerBody:
@@ -238,6 +238,25 @@ class AnswerBody:
         if pending.strip():
             yield bytes(pending.strip())
 
+    async def streamed_answer(
+        self, parse_line: Callable[[bytes], tuple[str, bool]], *, on_chunk: ChunkCallback | None, end_marker: str
+    ) -> ModelAnswer:
+        """Collect a streamed answer, passing each piece of text to `on_chunk` as it arrives.
+
+        `parse_line` returns the text a line adds and whether it is the last line; a stream
+        that stops before its last line was cut off, so it is garbage, not a short answer.
+        """
+        pieces = []
+        async for line in self.lines():
+            text, is_last = parse_line(line)
+            if text:
+                pieces.append(text)
+                if on_chunk is not None:
+                    await on_chunk(text)
+            if is_last:
+                return ModelAnswer(result="".join(pieces), time_to_first_byte=self.time_to_first_byte)
+        raise malformed(self.worker, f"the stream ended without {end_marker}")
+
 
 @contextlib.asynccontextmanager
 async def post_for_answer(
@@ -267,7 +286,7 @@ async def post_for_answer(
                 )
             )
             if not 200 <= response.status < 300:
-                excerpt = describe_error_body(await response.content.read(ERROR_EXCERPT_BYTES * 4))
+                excerpt = describe_error_body(await response.content.read(ERROR_EXCERPT_CHARS * 4))
                 raise error_for_status(
                     worker, response.status, retry_after=response.headers.get("Retry-After"), excerpt=excerpt
                 )
