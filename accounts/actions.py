@@ -8,7 +8,7 @@ from django.utils import timezone
 from accounts import billing
 from accounts.models import FoundingUser, Query, User
 from rentahal.errors import BrokerError, Forbidden, NotFound
-from rentahal.sharding import new_query_id, shard_for_guid, shard_for_query
+from rentahal.sharding import new_query_id, shard_aliases, shard_for_guid, shard_for_query
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +172,16 @@ def unfinished_queries(guid: str) -> list[Query]:
     return list(
         Query.objects.using(shard_for_guid(guid)).filter(user_id=guid).exclude(status__in=Query.FINISHED)
     )
+
+
+def unfinished_queries_older_than(cutoff) -> list[Query]:
+    """Return unfinished queries accepted before `cutoff`, from every shard."""
+    found = []
+    for alias in shard_aliases():
+        found.extend(
+            Query.objects.using(alias)
+            .filter(accepted_at__lt=cutoff)
+            .exclude(status__in=Query.FINISHED)
+            .only("id", "status", "realm", "attempts", "user_id")
+        )
+    return found

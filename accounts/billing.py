@@ -2,6 +2,7 @@
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.db import connections
 from django.db.models import F, Sum
 
 from accounts.models import Charge, Query, SystemTotals, User
@@ -32,16 +33,30 @@ def charge(query: Query, processing_time: float, *, using: str) -> Decimal:
         total_cost=F("total_cost") + amount,
         query_count=F("query_count") + 1,
     )
-    SystemTotals.objects.using(using).filter(pk=1).update(
-        total_queries=F("total_queries") + 1,
-        total_processing_time=F("total_processing_time") + processing_time,
-        total_cost=F("total_cost") + amount,
-    )
+    add_to_system_totals(using=using, queries=1, processing_time=processing_time, cost=amount)
     return amount
 
 
 def count_failure(*, using: str) -> None:
-    SystemTotals.objects.using(using).filter(pk=1).update(failed_queries=F("failed_queries") + 1)
+    add_to_system_totals(using=using, failed=1)
+
+
+def add_to_system_totals(*, using: str, queries=0, processing_time=0.0, cost=Decimal("0"), failed=0) -> None:
+    """Add to the shard's totals row, creating it on first use, in one statement."""
+    table = SystemTotals._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {table} (id, total_queries, total_processing_time, total_cost, failed_queries)
+            VALUES (1, %s, %s, %s, %s)
+            ON CONFLICT (id) DO UPDATE SET
+                total_queries = {table}.total_queries + EXCLUDED.total_queries,
+                total_processing_time = {table}.total_processing_time + EXCLUDED.total_processing_time,
+                total_cost = {table}.total_cost + EXCLUDED.total_cost,
+                failed_queries = {table}.failed_queries + EXCLUDED.failed_queries
+            """,
+            [queries, processing_time, cost, failed],
+        )
 
 
 def system_totals() -> dict:

@@ -44,8 +44,13 @@ async def model_session():
         yield session
 
 
-async def serve(request: ModelRequest, *, on_chunk: ChunkCallback | None = None) -> Served:
-    """Return the answer of the worker chosen for the request.
+async def serve(
+    request: ModelRequest, *, realm: str, affinity_key: str = "", on_chunk: ChunkCallback | None = None
+) -> Served:
+    """Return the answer of the worker chosen for the request in `realm`.
+
+    `affinity_key` (a conversation id, else the user's guid) lets a pool keep one
+    conversation on one model server.
 
     Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
     """

@@ -58,7 +58,7 @@ async def run_query(query_id: str) -> str:
         await push_frame(guid, {"type": "query_chunk", "query_id": query_id, "chunk": text})
 
     try:
-        served = await serve(request, on_chunk=forward_chunk)
+        served = await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
     except (NoWorkerAvailable, ModelServerError) as exc:
         await finish_with_failure(query_id, guid, str(exc))
         return "failed"
