@@ -1,0 +1,147 @@
+"""Run the whole broker on one machine: migrations, a real local chat model registered as a
+worker, RQ realm workers, housekeeping, and daphne serving the page, /ws and the admin."""
+import logging
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+from psycopg import sql
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from pools import actions as pools
+from pools.local_model import MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+LOCAL_WORKER_NAME = "smollm2-local"
+RESTART_BACKOFF_SECONDS = 2.0
+
+
+class Child:
+    """A supervised child process, restarted when it dies (an RQ worker may exit on a Redis failover)."""
+
+    def __init__(self, name: str, argv: list[str]):
+        self.name = name
+        self.argv = argv
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR)
+        self.started_at = time.monotonic()
+        logger.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def restart_if_dead(self) -> None:
+        if self.process.poll() is None:
+            return
+        logger.warning("%s exited with %s; restarting", self.name, self.process.returncode)
+        if time.monotonic() - self.started_at < RESTART_BACKOFF_SECONDS:
+            time.sleep(RESTART_BACKOFF_SECONDS)
+        self.start()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+
+    def wait(self, timeout: float) -> None:
+        if not self.process:
+            return
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def manage(*args: str) -> list[str]:
+    return [sys.executable, str(settings.BASE_DIR / "manage.py"), *args]
+
+
+def wait_for_http(url: str, *, timeout: float, child: Child) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise CommandError(f"{child.name} exited with {child.process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise CommandError(f"{child.name} did not answer at {url} within {timeout:.0f} s")
+
+
+def create_database_if_missing(alias: str) -> None:
+    """Create the configured database so a fresh machine needs no manual `createdb`."""
+    db = settings.DATABASES[alias]
+    params = {"host": db["HOST"] or None, "port": db["PORT"] or None, "user": db["USER"] or None, "dbname": "postgres"}
+    if db["PASSWORD"]:
+        params["password"] = db["PASSWORD"]
+    with psycopg.connect(**params, autocommit=True) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone() is None:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+            logger.info("created database %s", db["NAME"])
+
+
+class Command(BaseCommand):
+    help = "Migrate, start a local model worker, RQ workers and daphne; stop everything on Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--model-port", type=int, default=8090)
+        parser.add_argument("--no-local-model", action="store_true", help="Do not start the bundled chat model.")
+        parser.add_argument("--housekeeping-every", type=float, default=30.0)
+
+    def handle(self, *args, **options):
+        for alias in settings.DATABASES:
+            create_database_if_missing(alias)
+            call_command("migrate", database=alias, interactive=False, verbosity=0)
+        self.stdout.write("databases migrated")
+        children: list[Child] = []
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            if not options["no_local_model"]:
+                model = Child("local model", manage("serve_local_model", "--port", str(options["model_port"])))
+                model.start()
+                children.append(model)
+                url = f"http://127.0.0.1:{options['model_port']}"
+                wait_for_http(f"{url}/v1/models", timeout=60, child=model)
+                pools.add_worker(
+                    name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME
+                )
+                self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME}")
+            every = str(options["housekeeping_every"])
+            for child in [
+                Child("realm worker", manage("run_realm_worker")),
+                Child("reconciler", manage("reconcile_queries", "--every", every)),
+                Child(
+                    "daphne",
+                    [sys.executable, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "rentahal.asgi:application"],
+                ),
+            ]:
+                child.start()
+                children.append(child)
+            self.stdout.write(f"rentahal is up at http://{options['host']}:{options['port']}/ (admin at /admin/)")
+            while not stopping:
+                for child in children:
+                    child.restart_if_dead()
+                time.sleep(0.5)
+        finally:
+            for child in reversed(children):
+                child.stop()
+            for child in children:
+                child.wait(timeout=15)
+            self.stdout.write("rentahal stopped")
