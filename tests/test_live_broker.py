@@ -1,0 +1,108 @@
+"""The broker as a newcomer runs it: `manage.py run_broker` serving the page, the admin and
+/ws through daphne, with the bundled real model answering."""
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+import websockets
+
+from conftest import PROJECT_DIR, worker_environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_broker(*extra: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_broker", "--port", str(port), "--model-port", str(free_port()), *extra],
+        cwd=PROJECT_DIR,
+        env=worker_environment(),
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
+                return process, port
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("run_broker did not come up")
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def broker(transactional_db):
+    process, port = start_broker()
+    yield port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def broker_without_model(transactional_db):
+    process, port = start_broker("--no-local-model")
+    yield port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+async def read_until(ws, frame_type: str, timeout: float = 30) -> dict:
+    while True:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if frame["type"] == frame_type:
+            return frame
+
+
+async def test_newcomer_gets_a_real_answer_from_the_bundled_model(broker):
+    async with websockets.connect(f"ws://127.0.0.1:{broker}/ws") as ws:
+        await read_until(ws, "huggingface_update")
+        await ws.send(orjson.dumps({"type": "submit_query", "query": {"prompt": "What is the capital of France?", "query_type": "chat", "model_type": "worker_node", "model_name": ""}}).decode())
+        result = await read_until(ws, "query_result", timeout=60)
+
+    assert "paris" in result["result"].lower()
+    assert result["worker"] == "smollm2-local"
+
+
+def test_page_and_admin_are_served_with_their_static_files(broker_without_model):
+    base = f"http://127.0.0.1:{broker_without_model}"
+
+    with urllib.request.urlopen(f"{base}/") as page:
+        assert b'new WebSocket' in page.read()
+    with urllib.request.urlopen(f"{base}/admin/login/") as login:
+        assert login.status == 200
+    with urllib.request.urlopen(f"{base}/static/admin/css/base.css") as css:
+        assert css.status == 200
+
+
+async def test_idle_socket_outlives_redis_socket_timeouts(broker_without_model):
+    """redis-py 8 killed idle Channels sockets after 5 s (MEASURED.md); this one idles 7 s."""
+    async with websockets.connect(f"ws://127.0.0.1:{broker_without_model}/ws") as ws:
+        await read_until(ws, "huggingface_update")
+        await asyncio.sleep(7)
+        await ws.send('{"type": "get_previous_queries"}')
+
+        assert (await read_until(ws, "previous_queries", timeout=5))["data"] == []
+
+
+async def test_three_hundred_sockets_connecting_at_once_all_get_in(broker_without_model):
+    """A reconnect storm must not exhaust the channel layer's Redis pool (MEASURED.md)."""
+    url = f"ws://127.0.0.1:{broker_without_model}/ws"
+
+    async def visit():
+        async with websockets.connect(url, open_timeout=30) as ws:
+            return (await read_until(ws, "user_info"))["data"]["guid"]
+
+    guids = await asyncio.gather(*(visit() for _ in range(300)))
+
+    assert len(set(guids)) == 300

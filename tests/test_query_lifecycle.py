@@ -1,0 +1,102 @@
+"""What happens to a query beyond the happy path: vision uploads in chunks, reruns,
+lost jobs found by the reconciler."""
+import base64
+import datetime
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from accounts import actions as accounts
+from accounts.models import Charge, Query
+from realms.jobs import run_query
+from realms.reconcile import reconcile_queries
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+IMAGE = base64.b64encode(bytes(range(256)) * 12).decode()
+
+
+async def test_vision_image_sent_in_chunks_is_reassembled_and_answered(rq_worker, fake_server, register_worker, alice, connect):
+    await sync_to_async(register_worker)(fake_server, "predict", query_type="vision")
+    client = await connect(alice.guid)
+    pieces = [IMAGE[i : i + 1024] for i in range(0, len(IMAGE), 1024)]
+
+    for index, piece in enumerate(pieces):
+        await client.send(
+            {"type": "vision_chunk", "chunk_id": index, "total_chunks": len(pieces), "chunk_data": piece,
+             "image_id": "img-1", "prompt": "what is this", "query_type": "vision", "model_type": "worker_node", "model_name": ""}
+        )
+    frames = await client.receive_until("query_result")
+
+    types = [frame["type"] for frame in frames]
+    assert types[: len(pieces)] == ["vision_chunk_received"] * (len(pieces) - 1) + ["vision_upload_complete"]
+    assert types[len(pieces)] == "queue_update"
+    assert frames[-1]["result"] == "echo: what is this [image: 3072 bytes]"
+
+
+async def test_vision_chunk_with_missing_fields_is_refused(alice, connect):
+    client = await connect(alice.guid)
+
+    await client.send({"type": "vision_chunk", "chunk_id": 0, "image_id": "x"})
+
+    assert await client.receive() == {
+        "type": "error",
+        "message": "A vision_chunk needs chunk_id, total_chunks, chunk_data and image_id.",
+    }
+
+
+async def test_rerun_of_a_finished_query_charges_nothing(rq_worker, fake_server, register_worker, alice, connect):
+    await sync_to_async(register_worker)(fake_server, "openai")
+    client = await connect(alice.guid)
+    await client.send({"type": "submit_query", "query": {"prompt": "once", "query_type": "chat"}})
+    query_id = (await client.receive_until("query_result"))[-1]["query_id"]
+
+    outcome = await run_query(query_id)
+
+    assert outcome == "already finished"
+    assert await sync_to_async(Charge.objects.filter(query_id=query_id).count)() == 1
+
+
+def accept_without_enqueueing(user, prompt: str) -> Query:
+    """Simulate a crash between the commit of the query row and its enqueue."""
+    query = accounts.accept_query(
+        user, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
+        realm="$CHAT", on_accepted=lambda accepted: None,
+    )
+    Query.objects.filter(pk=query.pk).update(accepted_at=timezone.now() - datetime.timedelta(minutes=5))
+    return query
+
+
+async def test_reconciler_re_enqueues_a_query_whose_job_was_lost(rq_worker, fake_server, register_worker, alice, connect):
+    await sync_to_async(register_worker)(fake_server, "openai")
+    client = await connect(alice.guid)
+    query = await sync_to_async(accept_without_enqueueing)(alice, "lost and found")
+
+    counts = await sync_to_async(reconcile_queries)()
+    result = (await client.receive_until("query_result"))[-1]
+
+    assert counts == {"requeued": 1, "failed": 0}
+    assert result["query_id"] == str(query.pk)
+    assert result["result"] == "echo: lost and found"
+
+
+def test_reconciler_fails_a_query_lost_too_often(default_realms, alice):
+    query = accept_without_enqueueing(alice, "cursed")
+    Query.objects.filter(pk=query.pk).update(attempts=3)
+
+    counts = reconcile_queries()
+
+    query.refresh_from_db()
+    assert counts == {"requeued": 0, "failed": 1}
+    assert (query.status, query.error) == (Query.Status.FAILED, "it was lost 3 times")
+    assert Charge.objects.count() == 0
+
+
+def test_reconciler_leaves_recent_queries_alone(default_realms, alice):
+    accounts.accept_query(
+        alice, query_type="chat", prompt="just now", model_type="worker_node", model_name="", image="",
+        realm="$CHAT", on_accepted=lambda accepted: None,
+    )
+
+    assert reconcile_queries() == {"requeued": 0, "failed": 0}
