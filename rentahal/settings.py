@@ -108,9 +108,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "run" / "static"
-# WhiteNoise serves the admin's files from the app directories, so daphne alone serves
-# the whole console without a collectstatic step or a separate web server.
+# WhiteNoise serves the admin's files straight from the app directories, so daphne alone
+# serves the whole console without a collectstatic step or a separate web server.
 WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
