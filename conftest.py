@@ -19,6 +19,24 @@ from realms.defaults import ensure_default_realms
 from realms.models import Realm
 
 PROJECT_DIR = Path(__file__).resolve().parent
+DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
+def pytest_collection_modifyitems(items):
+    """Let every database test reach every shard: the suite runs sharded (tests/settings.py).
+
+    A test's own `databases=` wins; otherwise its django_db marker (or bare db fixture) is
+    given `databases="__all__"`, as STYLE.md asks, so a test never has to know the shards.
+    """
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker is not None and "databases" in marker.kwargs:
+            continue
+        if marker is None and not DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            continue
+        kwargs = dict(marker.kwargs) if marker is not None else {}
+        args = marker.args if marker is not None else ()
+        item.add_marker(pytest.mark.django_db(*args, databases="__all__", **kwargs), append=False)
 
 
 @pytest.fixture(autouse=True)
@@ -92,13 +110,18 @@ def register_worker(db):
     return register
 
 
+def database_url(alias: str) -> str:
+    db = connections[alias].settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
 def worker_environment() -> dict:
-    """Environment for a child process that must see this test run's database and Redis."""
-    db = connections["default"].settings_dict
+    """Environment for a child process that must see this test run's databases and Redis."""
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        DATABASE_URL=database_url("default"),
+        SHARD_URLS=",".join(database_url(alias) for alias in settings.DATABASES if alias.startswith("shard")),
         REDIS_URL=settings.REDIS_URL,
         CHANNEL_PREFIX=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
     )

@@ -1,4 +1,8 @@
-"""Every write to users and queries: one transaction on the user's shard each."""
+"""Every write to users and queries: one transaction on the user's shard each.
+
+Every write runs inside `rentahal.sharding.writing_for`, which resolves the shard under
+the prefix's fence, so a shard move never loses a write or lets one land on the old shard.
+"""
 import logging
 import uuid
 
@@ -8,7 +12,13 @@ from django.utils import timezone
 from accounts import billing
 from accounts.models import FoundingUser, Query, User
 from rentahal.errors import BrokerError, Forbidden, NotFound
-from rentahal.sharding import new_query_id, shard_aliases, shard_for_guid, shard_for_query
+from rentahal.sharding import (
+    new_query_id,
+    serialised_across_shards,
+    shard_aliases,
+    shard_for_guid,
+    writing_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +48,15 @@ def get_or_create_user(guid: str) -> User:
     with transaction.atomic(using="default"):
         _, is_first = FoundingUser.objects.using("default").get_or_create(pk=1, defaults={"guid": guid})
     try:
-        with transaction.atomic(using=alias):
-            user = User.objects.using(alias).create(guid=guid, nickname=default_nickname(guid), is_sysop=is_first)
+        with writing_for(guid) as alias:
+            # Checked again under the fence: the read above may have used a map that a
+            # shard move has since switched.
+            user = User.objects.using(alias).filter(pk=guid).first()
+            if user is None:
+                user = User.objects.using(alias).create(guid=guid, nickname=default_nickname(guid), is_sysop=is_first)
     except IntegrityError:
         # Two tabs of a new user connected at once; the other created the row.
-        user = User.objects.using(alias).get(pk=guid)
+        user = User.objects.using(shard_for_guid(guid)).get(pk=guid)
     if is_first:
         logger.info("first user %s is sysop", guid)
     return user
@@ -60,12 +74,18 @@ def set_nickname(user: User, nickname: str) -> User:
     nickname = (nickname or "").strip()
     if not 1 <= len(nickname) <= 64:
         raise BrokerError("A nickname is 1 to 64 characters.", code="bad_nickname")
-    alias = shard_for_guid(user.guid)
-    try:
-        with transaction.atomic(using=alias, durable=True):
-            User.objects.using(alias).filter(pk=user.pk).update(nickname=nickname)
-    except IntegrityError:
-        raise BrokerError("Nickname already taken", code="nickname_taken") from None
+    taken = BrokerError("Nickname already taken", code="nickname_taken")
+    # Each shard's unique constraint sees only its own users; the lock makes "nobody on any
+    # shard has it" and the write one step for everyone asking for this nickname.
+    with serialised_across_shards(f"nickname:{nickname}"):
+        for alias in shard_aliases():
+            if User.objects.using(alias).filter(nickname=nickname).exclude(pk=user.pk).exists():
+                raise taken
+        try:
+            with writing_for(user.guid) as alias:
+                User.objects.using(alias).filter(pk=user.pk).update(nickname=nickname)
+        except IntegrityError:
+            raise taken from None
     user.nickname = nickname
     return user
 
@@ -76,7 +96,8 @@ def set_banned(guid: str, is_banned: bool, *, acting_user: User) -> User:
     user = find_user(guid)
     if user.pk == acting_user.pk and is_banned:
         raise BrokerError("A sysop cannot ban themselves.", code="ban_self")
-    User.objects.using(shard_for_guid(user.guid)).filter(pk=user.pk).update(is_banned=is_banned)
+    with writing_for(user.guid) as alias:
+        User.objects.using(alias).filter(pk=user.pk).update(is_banned=is_banned)
     user.is_banned = is_banned
     return user
 
@@ -93,8 +114,7 @@ def accept_query(
 
     The row exists before any job does, so an acknowledged query is never only in Redis.
     """
-    alias = shard_for_guid(user.guid)
-    with transaction.atomic(using=alias, durable=True):
+    with writing_for(user.guid) as alias:
         query = Query.objects.using(alias).create(
             id=new_query_id(user.guid),
             user_id=user.pk,
@@ -110,15 +130,13 @@ def accept_query(
 
 
 def mark_queued(query_id) -> None:
-    Query.objects.using(shard_for_query(query_id)).filter(pk=query_id, status=Query.Status.ACCEPTED).update(
-        status=Query.Status.QUEUED
-    )
+    with writing_for(query_id) as alias:
+        Query.objects.using(alias).filter(pk=query_id, status=Query.Status.ACCEPTED).update(status=Query.Status.QUEUED)
 
 
 def start_query(query_id) -> Query | None:
     """Mark the query running and return it, or None if it is already finished (a rerun)."""
-    alias = shard_for_query(query_id)
-    with transaction.atomic(using=alias, durable=True):
+    with writing_for(query_id) as alias:
         query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
         if query is None or query.is_finished:
             return None
@@ -131,8 +149,7 @@ def start_query(query_id) -> Query | None:
 
 def finish_query(query_id, *, result: str, result_type: str, worker: str) -> Query | None:
     """Store the result and charge for it in one transaction; None if already finished."""
-    alias = shard_for_query(query_id)
-    with transaction.atomic(using=alias, durable=True):
+    with writing_for(query_id) as alias:
         query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
         if query is None or query.is_finished:
             return None
@@ -152,8 +169,7 @@ def finish_query(query_id, *, result: str, result_type: str, worker: str) -> Que
 
 def fail_query(query_id, *, error: str, worker: str = "") -> Query | None:
     """Record a failure the user can read; nothing is charged. None if already finished."""
-    alias = shard_for_query(query_id)
-    with transaction.atomic(using=alias, durable=True):
+    with writing_for(query_id) as alias:
         query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
         if query is None or query.is_finished:
             return None
@@ -175,13 +191,32 @@ def unfinished_queries(guid: str) -> list[Query]:
 
 
 def unfinished_queries_older_than(cutoff) -> list[Query]:
-    """Return unfinished queries accepted before `cutoff`, from every shard."""
-    found = []
+    """Return unfinished queries accepted before `cutoff`, from every shard.
+
+    A query seen on two shards (mid-move, before the old copy is removed) is returned once.
+    """
+    found = {}
     for alias in shard_aliases():
-        found.extend(
+        for query in (
             Query.objects.using(alias)
             .filter(accepted_at__lt=cutoff)
             .exclude(status__in=Query.FINISHED)
             .only("id", "status", "realm", "attempts", "user_id")
-        )
-    return found
+        ):
+            found.setdefault(query.pk, query)
+    return list(found.values())
+
+
+def list_users(*, limit: int | None = None) -> list[User]:
+    """Return every user, gathered from every shard, newest first (for sysop views).
+
+    A user seen on two shards mid-move is listed once, from the shard the map names.
+    """
+    found: dict[str, User] = {}
+    for alias in shard_aliases():
+        rows = User.objects.using(alias).order_by("-created_at")
+        for user in rows[:limit] if limit else rows:
+            if user.pk not in found or shard_for_guid(user.pk) == alias:
+                found[user.pk] = user
+    users = sorted(found.values(), key=lambda user: user.created_at, reverse=True)
+    return users[:limit] if limit else users

@@ -9,6 +9,7 @@ from decimal import Decimal
 from django.db import models
 
 from rentahal.query_types import QueryType
+from rentahal.sharding import ShardedQuerySet
 
 
 class User(models.Model):
@@ -22,6 +23,9 @@ class User(models.Model):
     total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
     query_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ShardedQuerySet.as_manager()
+    shard_key_lookups = ("pk", "guid")
 
     def __str__(self):
         return self.nickname
@@ -90,6 +94,9 @@ class Query(models.Model):
     processing_time = models.FloatField(null=True, blank=True)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
 
+    objects = ShardedQuerySet.as_manager()
+    shard_key_lookups = ("pk", "id", "user", "user_id")
+
     class Meta:
         verbose_name_plural = "queries"
         indexes = [
@@ -129,6 +136,9 @@ class Charge(models.Model):
     amount = models.DecimalField(max_digits=12, decimal_places=6)
     processing_time = models.FloatField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ShardedQuerySet.as_manager()
+    shard_key_lookups = ("user", "user_id", "query", "query_id")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["query"], name="one_charge_per_query")]

@@ -1,20 +1,34 @@
 """The database router: shared tables on `default`, per-user tables on their shard."""
-from rentahal.sharding import is_sharded, shard_aliases
+from rentahal.sharding import is_sharded, shard_aliases, shard_for_guid
 
 
 class ShardRouter:
-    """Send per-user models to a shard and everything else to `default`.
+    """Send per-user models to their shard and everything else to `default`.
 
-    Per-user querysets name their shard explicitly (`.using(shard_for_guid(guid))`);
-    the router only follows an instance to the database it came from, so a related
-    lookup never crosses into another shard.
+    A per-user queryset that filters on a guid or query id carries it as the `shard_key`
+    hint (`rentahal.sharding.ShardedQuerySet`); actions name their shard outright with
+    `.using(alias)`. An instance loaded from a shard stays there, so a related lookup never
+    crosses into another shard, and a new one goes to the shard of its guid (`User.guid`,
+    or `user_id` on queries and charges). With shards configured, a per-user query with no
+    key falls through to `default`, which has no per-user tables, and fails loudly rather
+    than reading the wrong shard.
     """
 
     def db_for_read(self, model, **hints):
+        if not is_sharded(model):
+            return "default"
+        aliases = shard_aliases()
+        if aliases == ["default"]:
+            return "default"
+        if hints.get("shard_key"):
+            return shard_for_guid(hints["shard_key"])
         instance = hints.get("instance")
-        if is_sharded(model) and instance is not None and instance._state.db:
+        if instance is None:
+            return None
+        if instance._state.db:
             return instance._state.db
-        return None if is_sharded(model) else "default"
+        guid = getattr(instance, "user_id", None) or getattr(instance, "guid", None)
+        return shard_for_guid(guid) if guid else None
 
     db_for_write = db_for_read
 
@@ -24,11 +38,10 @@ class ShardRouter:
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if model_name is None:
             return None
-        label = f"{app_label}.{model_name}"
         from django.apps import apps
 
         try:
-            model = apps.get_model(label)
+            model = apps.get_model(app_label, model_name)
         except LookupError:
             return None
         if is_sharded(model):

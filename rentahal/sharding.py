@@ -1,14 +1,45 @@
-"""Which database holds a user's rows.
+"""Which database holds a user's rows, and the fence that keeps writes off a moving prefix.
 
 Per-user rows (users, queries, charges) live on the shard that the shard map names for
 the first two hex characters of the user's guid. Query ids carry the same two characters,
-so a job that holds only a query id finds the right shard without a lookup.
+so a job that holds only a query id finds the right shard without a lookup of the query.
+
+The map lives on `default` (`rentahal.models.ShardMapEntry`). Each process caches it and
+trusts the cache while a version token agrees: reads compare the token kept in Redis (one
+GET, no database round trip); writes compare the token in Postgres after taking the
+prefix's fence, because only that read is ordered after a switch (see `writing_for`).
 """
+import contextlib
+import logging
+import threading
 import uuid
 
+import redis
 from django.conf import settings
+from django.db import OperationalError, connections, models, transaction
+
+from rentahal.errors import Unavailable
+
+logger = logging.getLogger(__name__)
 
 SHARDED_MODELS = frozenset({"accounts.user", "accounts.query", "accounts.charge", "accounts.systemtotals"})
+PREFIXES = [f"{number:02x}" for number in range(256)]
+
+# Advisory lock keys on `default`: (class, prefix number) fences one prefix; (class, hash)
+# serialises a check that spans shards, such as nickname uniqueness.
+FENCE_LOCK_CLASS = 0x5248_0001
+SPAN_LOCK_CLASS = 0x5248_0002
+# How long a writer waits at a closed fence before giving up with a retryable error.
+WRITER_FENCE_TIMEOUT_MS = 10_000
+TOKEN_KEY = "rentahal:shard-map:token"
+
+
+class ShardMoving(Unavailable):
+    code = "shard_moving"
+
+
+class UnknownShard(Exception):
+    """The shard map names a database alias that is not configured."""
 
 
 def is_sharded(model) -> bool:
@@ -20,14 +51,22 @@ def shard_aliases() -> list[str]:
     return [alias for alias in settings.DATABASES if alias.startswith("shard")] or ["default"]
 
 
-def guid_prefix(guid: str) -> str:
+def has_shards() -> bool:
+    return shard_aliases() != ["default"]
+
+
+def guid_prefix(guid) -> str:
     return str(guid)[:2].lower()
 
 
-def shard_for_guid(guid: str) -> str:
-    """Return the database alias holding the rows of the user with this guid."""
+def is_valid_prefix(prefix: str) -> bool:
+    return isinstance(prefix, str) and len(prefix) == 2 and all(char in "0123456789abcdef" for char in prefix)
+
+
+def default_shard_for_prefix(prefix: str) -> str:
+    """Return the shard an unmapped prefix is given: the prefix number modulo the shard count."""
     aliases = shard_aliases()
-    return aliases[int(guid_prefix(guid), 16) % len(aliases)]
+    return aliases[int(prefix, 16) % len(aliases)]
 
 
 def new_query_id(user_guid: str) -> uuid.UUID:
@@ -37,5 +76,222 @@ def new_query_id(user_guid: str) -> uuid.UUID:
     return uuid.UUID(bytes=bytes(raw))
 
 
+# -- the cached map -----------------------------------------------------------------------
+
+class _MapCache:
+    """The shard map as last read by this process, and the token it was read at."""
+
+    def __init__(self):
+        self.token: str | None = None
+        self.entries: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+
+_cache = _MapCache()
+_redis_client = None
+
+
+def _redis():
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    return _redis_client
+
+
+def read_token() -> str:
+    """Return the map's version token from Postgres ('' before the first switch)."""
+    from rentahal.models import ShardMapVersion
+
+    return ShardMapVersion.objects.using("default").filter(pk=1).values_list("token", flat=True).first() or ""
+
+
+def _shared_token() -> str:
+    """Return the token from Redis, seeding it from Postgres when Redis has none.
+
+    Readers seed with SET NX and the mover sets unconditionally after its commit, so a
+    reader that read an old token can never overwrite a newer one.
+    """
+    try:
+        token = _redis().get(TOKEN_KEY)
+        if token is not None:
+            return token.decode()
+        token = read_token()
+        _redis().set(TOKEN_KEY, token, nx=True)
+        return token
+    except redis.RedisError:
+        logger.warning("Redis unreachable; reading the shard map token from Postgres")
+        return read_token()
+
+
+def publish_token(token: str) -> None:
+    """Tell every process the map changed (called by the mover after its commit)."""
+    try:
+        _redis().set(TOKEN_KEY, token)
+    except redis.RedisError:
+        logger.warning("could not publish shard map token to Redis; processes see it on their next write")
+
+
+def _entries_at(token: str) -> dict[str, str]:
+    """Return the cached entries, reloading them if the token moved on."""
+    if _cache.token != token:
+        from rentahal.models import ShardMapEntry
+
+        entries = dict(ShardMapEntry.objects.using("default").values_list("prefix", "shard"))
+        with _cache.lock:
+            _cache.entries, _cache.token = entries, token
+    return _cache.entries
+
+
+def _record_prefix(prefix: str) -> str:
+    """Record the deterministic shard of an unmapped prefix; return what the map then says."""
+    from rentahal.models import ShardMapEntry
+
+    table = ShardMapEntry._meta.db_table
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (prefix, shard, updated_at) VALUES (%s, %s, now()) ON CONFLICT (prefix) DO NOTHING",
+            [prefix, default_shard_for_prefix(prefix)],
+        )
+        cursor.execute(f"SELECT shard FROM {table} WHERE prefix = %s", [prefix])
+        shard = cursor.fetchone()[0]
+    with _cache.lock:
+        _cache.entries = {**_cache.entries, prefix: shard}
+    return shard
+
+
+def _lookup(prefix: str, token: str) -> str:
+    shard = _entries_at(token).get(prefix) or _record_prefix(prefix)
+    if shard not in settings.DATABASES:
+        raise UnknownShard(f"The shard map names '{shard}' for prefix {prefix}, but no such database is configured.")
+    return shard
+
+
+def shard_for_prefix(prefix: str, *, fresh: bool = False) -> str:
+    """Return the alias holding this prefix; `fresh` checks the token in Postgres, not Redis."""
+    if not has_shards():
+        return "default"
+    return _lookup(prefix, read_token() if fresh else _shared_token())
+
+
+def shard_for_guid(guid: str) -> str:
+    """Return the database alias holding the rows of the user with this guid."""
+    return shard_for_prefix(guid_prefix(guid))
+
+
 def shard_for_query(query_id) -> str:
     return shard_for_guid(str(query_id))
+
+
+def forget_cached_map() -> None:
+    with _cache.lock:
+        _cache.token, _cache.entries = None, {}
+
+
+# -- the write fence ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def writing_for(key):
+    """Yield the alias for writing this guid's (or query id's) rows, inside one durable
+    transaction on it, with the prefix's fence held shared for the whole transaction.
+
+    The mover takes the same fence exclusively for its switch: it waits until writers in
+    flight have committed, copies what they wrote, switches the map and releases. A writer
+    that meets the closed fence waits (at most WRITER_FENCE_TIMEOUT_MS, then ShardMoving)
+    and then reads the token again in a new statement, so it sees the switch and writes to
+    the new shard. The token must be read after the lock is granted: a statement's snapshot
+    is taken when it starts, before any lock wait.
+    """
+    if not has_shards():
+        with transaction.atomic(using="default", durable=True):
+            yield "default"
+        return
+    prefix = guid_prefix(key)
+    with transaction.atomic(using="default"):
+        with connections["default"].cursor() as cursor:
+            try:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock_shared(%s, %s)",
+                    [f"{WRITER_FENCE_TIMEOUT_MS}ms", FENCE_LOCK_CLASS, int(prefix, 16)],
+                )
+            except OperationalError as exc:
+                raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
+        alias = _lookup(prefix, read_token())
+        with transaction.atomic(using=alias, durable=True):
+            yield alias
+
+
+@contextlib.contextmanager
+def fence_prefix(prefix: str, *, timeout_ms: int):
+    """Hold the prefix's fence exclusively for the enclosing `default` transaction (the mover)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(%s, %s)",
+            [f"{timeout_ms}ms", FENCE_LOCK_CLASS, int(prefix, 16)],
+        )
+    yield
+
+
+@contextlib.contextmanager
+def serialised_across_shards(key: str):
+    """Run a check-then-write that spans shards one at a time per key (a `default` lock).
+
+    Unsharded, the database's own constraints already decide, so nothing is taken.
+    """
+    if not has_shards():
+        yield
+        return
+    with transaction.atomic(using="default"):
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [SPAN_LOCK_CLASS, key])
+        yield
+
+
+# -- querysets that know their shard ------------------------------------------------------
+
+class ShardedQuerySet(models.QuerySet):
+    """A queryset of a per-user model that routes itself by the guid or query id it filters on.
+
+    `Query.objects.get(pk=query_id)` or `Charge.objects.filter(user=user)` carry the shard
+    key as a router hint (`shard_key`), so `ShardRouter` sends them to the right shard
+    without the caller naming it. The model lists which lookups are shard keys
+    (`shard_key_lookups`). A query with no key has no shard: it must say `.using(alias)`
+    or loop over `shard_aliases()`, except `count()`, which then sums every shard (rows
+    of a prefix caught mid-move are counted on both shards, as `manage.py shards` shows).
+    """
+
+    def _has_shard(self) -> bool:
+        return self._db is not None or "shard_key" in self._hints or "instance" in self._hints
+
+    def count(self):
+        if not self._has_shard() and has_shards():
+            return sum(self.using(alias).count() for alias in shard_aliases())
+        return super().count()
+
+    def _filter_or_exclude(self, negate, args, kwargs):
+        clone = super()._filter_or_exclude(negate, args, kwargs)
+        if not negate and not self._has_shard():
+            key = _shard_key(self.model, kwargs)
+            if key is not None:
+                # _clone() shares the hints dict with its parent, so replace it, never mutate.
+                clone._hints = {**clone._hints, "shard_key": key}
+        return clone
+
+    def create(self, **kwargs):
+        if self._db is None:
+            key = _shard_key(self.model, kwargs)
+            if key is not None:
+                return self.using(shard_for_guid(key)).create(**kwargs)
+        return super().create(**kwargs)
+
+
+def _shard_key(model, lookups: dict) -> str | None:
+    for name in getattr(model, "shard_key_lookups", ()):
+        value = lookups.get(name)
+        if value is None:
+            continue
+        if isinstance(value, models.Model):
+            value = value.pk
+        key = str(value)
+        if is_valid_prefix(guid_prefix(key)):
+            return key
+    return None

@@ -1,10 +1,14 @@
-"""Test settings: the real Postgres and Redis, on a database, Redis db and prefix of their own.
+"""Test settings: the real Postgres and Redis, on databases, a Redis db and a prefix of their own.
 
-RENTAHAL_TEST_SLOT (0-7) gives parallel test runs on one machine separate databases.
+RENTAHAL_TEST_SLOT (0-7) gives parallel test runs on one machine separate databases. The
+whole suite runs sharded, on default plus three shard databases, so every test of the
+query path also shows it works across shards. A child process (the RQ worker) is handed
+SHARD_URLS naming the test shard databases (conftest.worker_environment) and uses those.
 """
 import os
 
 SLOT = int(os.environ.get("RENTAHAL_TEST_SLOT", "0"))
+TEST_SHARDS = 3
 os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{15 - SLOT}")
 os.environ.setdefault("CHANNEL_PREFIX", f"rentahal-test-{SLOT}")
 
@@ -12,6 +16,12 @@ from rentahal.settings import *  # noqa: E402,F403
 
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
 DATABASES["default"]["TEST"] = {"NAME": f"test_rentahal_{SLOT}"}  # noqa: F405
+if not any(alias.startswith("shard") for alias in DATABASES):  # noqa: F405
+    for _index in range(TEST_SHARDS):
+        DATABASES[f"shard{_index}"] = {**DATABASES["default"], "NAME": f"rentahal_shard{_index}"}  # noqa: F405
+for _alias in [alias for alias in DATABASES if alias.startswith("shard")]:  # noqa: F405
+    DATABASES[_alias]["CONN_MAX_AGE"] = 0  # noqa: F405
+    DATABASES[_alias]["TEST"] = {"NAME": f"test_rentahal_{SLOT}_{_alias}"}  # noqa: F405
 
 RENTAHAL_READ_TIMEOUT = float(os.environ.get("MODEL_READ_TIMEOUT", 3.0))
 RENTAHAL_JOB_TIMEOUT = 30
