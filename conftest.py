@@ -128,28 +128,46 @@ def worker_environment() -> dict:
     return env
 
 
-@pytest.fixture
-def rq_worker(transactional_db, default_realms, clean_redis):
-    """A real RQ worker process serving every realm's queue, stopped after the test."""
+WORKER_KINDS = {
+    # RQ's stock worker, one job at a time.
+    "simple": ["--concurrency", "1"],
+    # rentahal.worker.ConcurrentWorker, many jobs in flight on one event loop.
+    "concurrent": ["--concurrency", "16", "--shutdown-grace", "5"],
+}
+
+
+def start_rq_worker(connection, *arguments: str) -> subprocess.Popen:
+    """Start `manage.py run_realm_worker` with `arguments` and wait until RQ lists it."""
     from rq import Worker as RQWorker
 
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_realm_worker"],
+        [sys.executable, "manage.py", "run_realm_worker", *arguments],
         cwd=PROJECT_DIR,
         env=worker_environment(),
     )
     deadline = time.monotonic() + 20
-    while not RQWorker.all(connection=clean_redis):
+    while not RQWorker.all(connection=connection):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail("the RQ worker did not start")
         time.sleep(0.05)
-    yield process
+    return process
+
+
+def stop_rq_worker(process: subprocess.Popen, timeout: float = 10) -> None:
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(params=list(WORKER_KINDS))
+def rq_worker(request, transactional_db, default_realms, clean_redis):
+    """A real RQ worker process of each kind serving every realm's queue, stopped after the test."""
+    process = start_rq_worker(clean_redis, *WORKER_KINDS[request.param])
+    yield process
+    stop_rq_worker(process)
 
 
 class Client:
