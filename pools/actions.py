@@ -1,21 +1,39 @@
-"""Every write to workers: registration and removal."""
+"""Every write to pools: workers, pool aliases and their members, and recorded attempts."""
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from pools.models import Worker
+from pools.models import PoolAlias, PoolMember, SelectionOutcome, Strategy, Worker
+
+if TYPE_CHECKING:
+    from pools.clients import ModelAnswer, ModelServerError
+    from pools.selection import Selection
 
 logger = logging.getLogger(__name__)
 
 
-def add_worker(*, name: str, address: str, query_type: str, wire_format: str = "predict", model: str = "") -> Worker:
+def add_worker(
+    *,
+    name: str,
+    address: str,
+    query_type: str,
+    wire_format: str = "predict",
+    model: str = "",
+    realm: str = "",
+    max_concurrency: int = 0,
+) -> Worker:
     """Register a model server, or update the one of that name; raise ValidationError on bad fields."""
     worker = Worker.objects.filter(name=name).first() or Worker(name=name)
     worker.address = address
     worker.query_type = query_type
     worker.wire_format = wire_format
     worker.model = model
+    worker.realm = realm
+    worker.max_concurrency = max_concurrency
     worker.full_clean(validate_unique=False)
     with transaction.atomic(using="default"):
         worker.save()
@@ -42,3 +60,103 @@ def validation_message(error: ValidationError) -> str:
     if hasattr(error, "message_dict"):
         return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in error.message_dict.items())
     return " ".join(error.messages)
+
+
+def check_members(pool: PoolAlias, workers: list[Worker]) -> None:
+    """Raise ValidationError unless the pool has members and all serve the pool's type."""
+    if not workers:
+        raise ValidationError({"members": f"Pool {pool.name} needs at least one member."})
+    wrong = [worker for worker in workers if worker.query_type != pool.query_type]
+    if wrong:
+        names = ", ".join(f"{worker.name} ({worker.query_type})" for worker in wrong)
+        raise ValidationError({"members": f"{pool.name} is a {pool.query_type} pool; these workers serve another type: {names}."})
+
+
+def resolve_workers(names: list[str]) -> list[Worker]:
+    """Return the workers named, raising ValidationError naming any that do not exist."""
+    workers = {worker.name: worker for worker in Worker.objects.filter(name__in=names)}
+    unknown = [name for name in names if name not in workers]
+    if unknown:
+        raise ValidationError({"members": f"No worker named {', '.join(unknown)}."})
+    return [workers[name] for name in dict.fromkeys(names)]
+
+
+def save_pool(
+    pool: PoolAlias, *, members: list[str] | None = None, weights: dict[str, int] | None = None
+) -> PoolAlias:
+    """Validate and save a pool alias and, when given, replace its members (by worker name)."""
+    pool.full_clean()
+    with transaction.atomic(using="default", durable=True):
+        if members is None:
+            workers = [seat.worker for seat in pool.memberships.select_related("worker")] if pool.pk else []
+            check_members(pool, workers)
+            pool.save()
+            return pool
+        workers = resolve_workers(members)
+        check_members(pool, workers)
+        pool.save()
+        pool.memberships.exclude(worker__in=workers).delete()
+        weights = weights or {}
+        for worker in workers:
+            PoolMember.objects.update_or_create(pool=pool, worker=worker, defaults={"weight": weights.get(worker.name, 1)})
+    logger.info("pool %s (%s, %s) saved with %s", pool, pool.query_type, pool.strategy, members)
+    return pool
+
+
+def create_pool(
+    name: str, *, query_type: str, members: list[str], strategy: str = Strategy.AUTO, realm: str = "",
+    weights: dict[str, int] | None = None,
+) -> PoolAlias:
+    """Create a pool alias; raise ValidationError for a bad name, strategy, type or member list."""
+    return save_pool(PoolAlias(name=name, realm=realm, query_type=query_type, strategy=strategy), members=members, weights=weights)
+
+
+def ensure_pool(name: str, *, query_type: str, realm: str = "", strategy: str = Strategy.AUTO, members: list[str]) -> PoolAlias:
+    """Make sure the pool exists with at least these members; idempotent, keeps other members and settings."""
+    pool = PoolAlias.objects.filter(name=name, realm=realm).first()
+    if pool is None:
+        return create_pool(name, query_type=query_type, members=members, strategy=strategy, realm=realm)
+    current = list(pool.memberships.values_list("worker__name", flat=True))
+    missing = [member for member in members if member not in current]
+    if not missing:
+        return pool
+    return save_pool(pool, members=current + missing)
+
+
+def set_pool_strategy(pool: PoolAlias, strategy: str) -> PoolAlias:
+    pool.strategy = strategy
+    return save_pool(pool)
+
+
+def delete_pool(pool: PoolAlias) -> None:
+    with transaction.atomic(using="default", durable=True):
+        pool.delete()
+    logger.info("pool %s deleted", pool)
+
+
+def record_attempt(
+    selection: Selection,
+    attempt: int,
+    *,
+    duration: float,
+    answer: ModelAnswer | None = None,
+    error: ModelServerError | None = None,
+) -> SelectionOutcome:
+    """Record one attempt's outcome for the A/B report, and count it for the worker's health."""
+    from pools import health
+
+    if error is not None:
+        health.record_failure(selection.worker.name, error)
+    else:
+        health.record_success(selection.worker.name, latency=answer.time_to_first_byte if answer else None)
+    return SelectionOutcome.objects.create(
+        pool=selection.pool.name if selection.pool else "",
+        pool_realm=selection.pool.realm if selection.pool else "",
+        worker=selection.worker.name,
+        strategy=selection.strategy,
+        realm=selection.realm,
+        attempt=attempt,
+        result=error.kind if error is not None else SelectionOutcome.Result.OK,
+        time_to_first_byte=answer.time_to_first_byte if answer else None,
+        duration=duration,
+    )

@@ -1,15 +1,22 @@
-"""Serve one model request: pick a worker, call it in its wire format, report the outcome."""
+"""Serve one model request: pick a worker, call it in its wire format, report the outcome, and
+fail over to another member when the server was at fault."""
+from __future__ import annotations
+
+import asyncio
 import contextlib
 import contextvars
 import dataclasses
 import logging
+import time
 
 import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, client_for
-from pools.selection import select_worker
+from pools import actions, config, state
+from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
+from pools.models import Strategy
+from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
 
 logger = logging.getLogger(__name__)
 
@@ -18,12 +25,25 @@ logger = logging.getLogger(__name__)
 shared_session: contextvars.ContextVar[aiohttp.ClientSession | None] = contextvars.ContextVar(
     "shared_session", default=None
 )
+# How long a query waits between looks when every candidate is at its concurrency cap.
+BUSY_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
 class Served:
+    """The answer and who gave it.
+
+    `worker_realm` is the realm that lent the worker (its pool's realm, else its own; blank
+    for an any-realm worker) and `is_cross_realm` says it is not the query's realm.
+    """
+
     worker: str
     answer: ModelAnswer
+    pool: str = ""
+    strategy: str = ""
+    worker_realm: str = ""
+    is_cross_realm: bool = False
+    attempts: int = 1
 
 
 def call_limits() -> CallLimits:
@@ -44,19 +64,107 @@ async def model_session():
         yield session
 
 
+async def current_plan(request: ModelRequest, realm: str) -> Plan:
+    """Return where to look for the request's worker; the DB is read only when config changed."""
+    snapshot = config.cached_snapshot() or await sync_to_async(config.current_snapshot)()
+    return plan_selection(snapshot, query_type=request.query_type, realm=realm, model_name=request.model_name)
+
+
+def ticket_pool(plan: Plan) -> int | None:
+    """Return the pool whose round-robin ticket is taken with the state read (the first one tried)."""
+    pools = plan.pools
+    if pools and pools[0].strategy in (Strategy.ROUND_ROBIN, Strategy.AUTO):
+        return pools[0].id
+    return None
+
+
 async def serve(
     request: ModelRequest, *, realm: str, affinity_key: str = "", on_chunk: ChunkCallback | None = None
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
 
     `affinity_key` (a conversation id, else the user's guid) lets a pool keep one
-    conversation on one model server.
+    conversation on one model server. A server fault moves the request to another member,
+    up to RENTAHAL_MAX_ATTEMPTS calls; a bad request is not retried. Once chunks of an
+    answer have reached the user, a failure is final: a retry would stream a second answer
+    into the first.
 
     Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
     """
-    worker = await sync_to_async(select_worker)(request.query_type)
-    async with model_session() as session:
-        answer = await client_for(worker.wire_format).call(
-            session, worker, request, limits=call_limits(), on_chunk=on_chunk
-        )
-    return Served(worker=worker.name, answer=answer)
+    plan = await current_plan(request, realm)
+    advance = ticket_pool(plan)
+    failed: set[str] = set()
+    full: set[str] = set()
+    last_error: ModelServerError | None = None
+    streamed = False
+    attempts = 0
+    busy_waits = 0
+    busy_deadline = time.monotonic() + settings.RENTAHAL_BUSY_WAIT_SECONDS
+
+    async def forward(text: str) -> None:
+        nonlocal streamed
+        streamed = True
+        await on_chunk(text)
+
+    while attempts < settings.RENTAHAL_MAX_ATTEMPTS:
+        shared = state.read_state(plan, affinity_key=affinity_key, advance_pool=advance)
+        try:
+            selection = select_worker(
+                plan, shared, prompt=request.prompt, exclude=frozenset(failed), full=frozenset(full),
+                explore=settings.RENTAHAL_LATENCY_EXPLORE,
+            )
+        except NoWorkerAvailable as exc:
+            if exc.is_busy and time.monotonic() < busy_deadline:
+                await asyncio.sleep(BUSY_POLL_SECONDS[min(busy_waits, len(BUSY_POLL_SECONDS) - 1)])
+                busy_waits += 1
+                full.clear()
+                continue
+            if last_error is not None:
+                raise last_error from None
+            raise
+        worker = selection.worker
+        lease = state.acquire_lease(worker.name, cap=worker.max_concurrency, ttl=lease_seconds())
+        if lease is None:
+            full.add(worker.name)
+            continue
+        attempts += 1
+        remember = selection.strategy == Strategy.AFFINITY
+        pool_id = selection.pool.id if selection.pool else None
+        state.note_chosen(pool_id, worker.name, affinity_key=affinity_key, remember=remember,
+                          advance_pool=pool_id if selection.pool and pool_id != advance else None)
+        started = time.monotonic()
+        try:
+            async with model_session() as session:
+                answer = await client_for(worker.wire_format).call(
+                    session, worker, request, limits=call_limits(), on_chunk=forward if on_chunk else None
+                )
+        except ModelServerError as exc:
+            await sync_to_async(actions.record_attempt)(selection, attempts, error=exc, duration=time.monotonic() - started)
+            if not exc.is_server_fault or streamed:
+                raise
+            logger.info("attempt %d on %s failed (%s), failing over", attempts, worker.name, exc.kind)
+            failed.add(worker.name)
+            last_error = exc
+            continue
+        finally:
+            state.release_lease(worker.name, lease)
+        await sync_to_async(actions.record_attempt)(selection, attempts, answer=answer, duration=time.monotonic() - started)
+        return served_by(selection, answer, attempts)
+    raise last_error
+
+
+def served_by(selection: Selection, answer: ModelAnswer, attempts: int) -> Served:
+    return Served(
+        worker=selection.worker.name,
+        answer=answer,
+        pool=selection.pool.name if selection.pool else "",
+        strategy=selection.strategy,
+        worker_realm=selection.source_realm,
+        is_cross_realm=selection.is_cross_realm,
+        attempts=attempts,
+    )
+
+
+def lease_seconds() -> float:
+    """Return how long an in-flight lease lives: past any call's timeout, so only a crash expires it."""
+    return settings.RENTAHAL_CONNECT_TIMEOUT + settings.RENTAHAL_READ_TIMEOUT + 30.0

@@ -1,7 +1,20 @@
-"""Model servers (workers), the pool aliases that group them, and their specializations."""
+"""Model servers (workers), the pool aliases that group them, their specializations, and the
+per-attempt outcomes that A/B reports are drawn from."""
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from rentahal.query_types import QueryType
+
+ALIAS_PATTERN = r"^\$[A-Z0-9_]+$"
+
+alias_name_validator = RegexValidator(
+    ALIAS_PATTERN, "A pool alias is $ followed by capital letters, digits or underscores, e.g. $CHAT."
+)
+# Realms are named like aliases; pools imports no other app, so it repeats the rule here.
+realm_name_validator = RegexValidator(
+    ALIAS_PATTERN, "A realm name is $ followed by capital letters, digits or underscores, e.g. $CHAT."
+)
 
 
 class WireFormat(models.TextChoices):
@@ -11,6 +24,19 @@ class WireFormat(models.TextChoices):
     A1111 = "a1111", "AUTOMATIC1111 txt2img"
     OLLAMA = "ollama", "Ollama /api/chat"
     OPENAI = "openai", "OpenAI-compatible /v1/chat/completions"
+
+
+class Strategy(models.TextChoices):
+    """How a pool picks among its available members (pools.selection)."""
+
+    AUTO = "auto", "Auto: pick a strategy from the pool's health"
+    HEALTH = "health", "Highest health score"
+    ROUND_ROBIN = "round_robin", "Round robin"
+    LEAST_BUSY = "least_busy", "Fewest queries in flight"
+    RANDOM = "random", "Random"
+    AFFINITY = "affinity", "Keep a conversation on one member"
+    LATENCY = "latency", "Lowest recent latency"
+    WEIGHTED = "weighted", "Random by member weight"
 
 
 class Worker(models.Model):
@@ -26,6 +52,12 @@ class Worker(models.Model):
         max_length=256, blank=True, help_text="Model name sent to Ollama/OpenAI-compatible servers."
     )
     api_key = models.CharField(max_length=256, blank=True, help_text="Bearer token, if the server wants one.")
+    realm = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[realm_name_validator],
+        help_text="The realm this server belongs to, e.g. $CHAT; blank means any realm.",
+    )
     health_score = models.FloatField(default=MAX_HEALTH)
     is_blacklisted = models.BooleanField(default=False)
     last_active = models.DateTimeField(null=True, blank=True)
@@ -52,8 +84,110 @@ class Worker(models.Model):
             "address": self.address,
             "type": self.query_type,
             "wire_format": self.wire_format,
+            "realm": self.realm,
             "health_score": self.health_score,
             "is_blacklisted": self.is_blacklisted,
             "last_active": self.last_active.isoformat() if self.last_active else None,
         }
 
+
+class Specialization(models.Model):
+    """A topic a worker is good at, recognised by keywords in the query's words."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="specializations")
+    topic = models.CharField(max_length=64)
+    keywords = models.JSONField(default=list, help_text='A list of words, e.g. ["python", "django"].')
+
+    class Meta:
+        ordering = ["worker", "topic"]
+        constraints = [models.UniqueConstraint(fields=["worker", "topic"], name="one_topic_per_worker")]
+
+    def __str__(self):
+        return f"{self.worker}: {self.topic}"
+
+    def clean(self):
+        if not isinstance(self.keywords, list) or not self.keywords:
+            raise ValidationError({"keywords": "Give a non-empty list of keywords."})
+        if not all(isinstance(word, str) and word.strip() for word in self.keywords):
+            raise ValidationError({"keywords": "Every keyword must be a non-empty string."})
+
+
+class PoolAlias(models.Model):
+    """A service name such as $CHAT that stands for a set of workers of one type."""
+
+    name = models.CharField(max_length=64, validators=[alias_name_validator])
+    realm = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[realm_name_validator],
+        help_text="The realm this pool serves, e.g. $CHAT; blank means any realm.",
+    )
+    query_type = models.CharField("type", max_length=16, choices=QueryType.choices)
+    strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.AUTO)
+    members = models.ManyToManyField(Worker, through="PoolMember", related_name="pools")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "realm"]
+        verbose_name_plural = "pool aliases"
+        constraints = [models.UniqueConstraint(fields=["name", "realm"], name="one_alias_per_realm")]
+
+    def __str__(self):
+        return f"{self.name} in {self.realm}" if self.realm else self.name
+
+
+class PoolMember(models.Model):
+    """A worker's seat in a pool; the weight counts for the weighted strategy."""
+
+    pool = models.ForeignKey(PoolAlias, on_delete=models.CASCADE, related_name="memberships")
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="memberships")
+    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["pool", "worker"]
+        constraints = [models.UniqueConstraint(fields=["pool", "worker"], name="one_seat_per_worker")]
+
+    def __str__(self):
+        return f"{self.worker} in {self.pool}"
+
+    def clean(self):
+        if self.pool_id and self.worker_id and self.worker.query_type != self.pool.query_type:
+            raise ValidationError(
+                {"worker": f"{self.worker.name} serves {self.worker.query_type}, but {self.pool.name} is a {self.pool.query_type} pool."}
+            )
+
+
+class SelectionOutcome(models.Model):
+    """One attempt to serve a query: which pool and member, how it ended, how long it took.
+
+    Queries live in accounts, which pools may not import, so the A/B report reads these rows
+    instead. They sit in the default database (not a Redis stream) because the report is an
+    aggregate over days that SQL answers directly, and an attempt is rare next to the
+    model call it records (one insert per call of seconds).
+    """
+
+    class Result(models.TextChoices):
+        OK = "ok"
+        SERVER = "server"
+        TIMEOUT = "timeout"
+        RATE_LIMITED = "rate_limited"
+        AUTH = "auth"
+        CLIENT = "client"
+
+    pool = models.CharField(max_length=64, blank=True, db_index=True, help_text="Alias name; blank for a direct worker.")
+    pool_realm = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=128, db_index=True)
+    strategy = models.CharField(max_length=16, blank=True, help_text="The strategy that chose, after auto resolved.")
+    realm = models.CharField(max_length=64, blank=True, help_text="The realm of the query.")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    result = models.CharField(max_length=16, choices=Result.choices)
+    time_to_first_byte = models.FloatField(null=True, blank=True)
+    duration = models.FloatField(help_text="Seconds from call to answer or error.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["pool", "created_at"])]
+
+    def __str__(self):
+        return f"{self.worker} {self.result} ({self.pool or 'direct'})"

@@ -152,3 +152,31 @@ RENTAHAL_MAX_ANSWER_BYTES = env.int("MAX_ANSWER_BYTES", default=32 * 1024 * 1024
 RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
 # Accepted queries older than this with no RQ job are re-enqueued by the reconciler.
 RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=30.0)
+# Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how
+# long a query waits when every member is at its concurrency cap, and cooldowns by error
+# class (server faults and timeouts double per consecutive failure, up to the maximum).
+RENTAHAL_MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
+RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=30.0)
+RENTAHAL_COOLDOWN_SERVER_SECONDS = env.float("COOLDOWN_SERVER_SECONDS", default=10.0)
+RENTAHAL_COOLDOWN_TIMEOUT_SECONDS = env.float("COOLDOWN_TIMEOUT_SECONDS", default=30.0)
+RENTAHAL_COOLDOWN_RATE_LIMITED_SECONDS = env.float("COOLDOWN_RATE_LIMITED_SECONDS", default=30.0)
+RENTAHAL_COOLDOWN_AUTH_SECONDS = env.float("COOLDOWN_AUTH_SECONDS", default=3600.0)
+RENTAHAL_COOLDOWN_MAX_SECONDS = env.float("COOLDOWN_MAX_SECONDS", default=3600.0)
+# Latency strategy: EWMA weight of the newest outcome, and how often a member is explored.
+RENTAHAL_EWMA_ALPHA = env.float("EWMA_ALPHA", default=0.3)
+RENTAHAL_LATENCY_EXPLORE = env.float("LATENCY_EXPLORE", default=0.1)
+# Affinity strategy: how long a conversation stays with its member after its last query.
+RENTAHAL_AFFINITY_TTL = env.int("AFFINITY_TTL_SECONDS", default=3600)
+# Health probe (manage.py check_worker_health): per-probe timeout and probes at once.
+RENTAHAL_HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=5.0)
+RENTAHAL_HEALTH_CHECK_CONCURRENCY = env.int("HEALTH_CHECK_CONCURRENCY", default=50)
+# Realm metrics (rentahal.metrics): the recent window percentiles, error rates and
+# utilisation are computed over, and the most samples kept per realm in it.
+RENTAHAL_METRICS_WINDOW = env.float("METRICS_WINDOW_SECONDS", default=300.0)
+RENTAHAL_METRICS_WINDOW_SIZE = env.int("METRICS_WINDOW_SIZE", default=5000)
+# Scaling advice (realms.scaling): thresholds over the window, and the dotted path of the
+# callable given each advice to provision or retire workers (the default only logs).
+RENTAHAL_SCALE_UP_UTILISATION = env.float("SCALE_UP_UTILISATION", default=0.8)
+RENTAHAL_SCALE_UP_ERROR_RATE = env.float("SCALE_UP_ERROR_RATE", default=0.05)
+RENTAHAL_SCALE_DOWN_UTILISATION = env.float("SCALE_DOWN_UTILISATION", default=0.2)
+RENTAHAL_SCALING_HOOK = env("SCALING_HOOK", default="realms.scaling.log_advice")

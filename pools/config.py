@@ -1,0 +1,97 @@
+"""The pool configuration as selection sees it: a snapshot of workers, pools and
+specializations, read in four queries and kept per process until its version changes."""
+from __future__ import annotations
+
+import threading
+
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from pools import state
+from pools.models import PoolAlias, PoolMember, Specialization, Worker
+from pools.selection import PoolInfo, Snapshot, WorkerInfo, tokens_of
+
+_cache: dict[str, Snapshot] = {}
+_lock = threading.Lock()
+
+
+def load_snapshot(version: str = "") -> Snapshot:
+    """Read the whole pool configuration from the database (four queries)."""
+    topics: dict[int, list[tuple[str, tuple[tuple[str, ...], ...]]]] = {}
+    for worker_id, topic, keywords in Specialization.objects.values_list("worker_id", "topic", "keywords"):
+        words = tuple(tuple(sorted(tokens_of(word))) for word in keywords if isinstance(word, str) and tokens_of(word))
+        topics.setdefault(worker_id, []).append((topic, words))
+    workers = [
+        WorkerInfo(
+            id=worker.id,
+            name=worker.name,
+            query_type=worker.query_type,
+            realm=worker.realm,
+            address=worker.address,
+            wire_format=worker.wire_format,
+            model=worker.model,
+            api_key=worker.api_key,
+            health_score=worker.health_score,
+            is_blacklisted=worker.is_blacklisted,
+            max_concurrency=worker.max_concurrency,
+            topics=tuple(topics.get(worker.id, ())),
+        )
+        for worker in Worker.objects.all()
+    ]
+    seats: dict[int, list[tuple[str, int]]] = {}
+    for pool_id, name, weight in PoolMember.objects.values_list("pool_id", "worker__name", "weight"):
+        seats.setdefault(pool_id, []).append((name, weight))
+    pools = []
+    for pool in PoolAlias.objects.all():
+        members = sorted(seats.get(pool.id, []))
+        pools.append(
+            PoolInfo(
+                id=pool.id,
+                name=pool.name,
+                realm=pool.realm,
+                query_type=pool.query_type,
+                strategy=pool.strategy,
+                members=tuple(name for name, _ in members),
+                weights=tuple(weight for _, weight in members),
+            )
+        )
+    return Snapshot.build(workers, pools, version)
+
+
+def cached_snapshot() -> Snapshot | None:
+    """Return this process's snapshot if it is still current, else None (one Redis GET)."""
+    version = state.config_version()
+    snapshot = _cache.get("current")
+    return snapshot if snapshot is not None and snapshot.version == version else None
+
+
+def current_snapshot() -> Snapshot:
+    """Return the current snapshot, reloading it from the database when the version moved."""
+    snapshot = cached_snapshot()
+    if snapshot is not None:
+        return snapshot
+    version = state.config_version()
+    snapshot = load_snapshot(version)
+    with _lock:
+        _cache["current"] = snapshot
+    return snapshot
+
+
+def config_changed() -> None:
+    """Invalidate every process's snapshot now and again once the change commits.
+
+    The first bump makes processes reload at once (a test's or an admin's change is seen by
+    the next query); the second covers a process that reloaded between the write and the
+    commit and so cached the old rows under the new version.
+    """
+    state.bump_config_version()
+    transaction.on_commit(state.bump_config_version)
+
+
+@receiver([post_save, post_delete], sender=Worker)
+@receiver([post_save, post_delete], sender=PoolAlias)
+@receiver([post_save, post_delete], sender=PoolMember)
+@receiver([post_save, post_delete], sender=Specialization)
+def on_config_saved(sender, **kwargs):
+    config_changed()

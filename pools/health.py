@@ -1,0 +1,146 @@
+"""Is this worker healthy or cooling down: query outcomes, cooldowns by error class, and the
+periodic probe of every worker (PROTOCOL.md §3). Scores live in the database; cooldowns and
+EWMAs in Redis (pools.state) so every process agrees."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+import aiohttp
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import F, Value
+from django.db.models.functions import Greatest, Least
+from django.utils import timezone
+
+from pools import state
+from pools.clients import ModelServerError, client_for
+from pools.config import config_changed
+from pools.models import Worker
+
+logger = logging.getLogger(__name__)
+
+# Health score rules of the original broker (PROTOCOL.md §3).
+PROBE_OK_GAIN = 10.0
+PROBE_BAD_STATUS_LOSS = 10.0
+PROBE_UNREACHABLE_LOSS = 5.0
+RESTORED_SCORE = 50.0
+# What a failed query costs a worker's score, by error kind. A rate limit is the server
+# working as designed, so it only cools; a client error is the request's fault, not the
+# server's, so it costs nothing.
+QUERY_FAILURE_LOSS = {"server": 10.0, "timeout": 5.0, "auth": 10.0, "rate_limited": 0.0}
+
+
+def cooldown_seconds(error: ModelServerError, consecutive_failures: int = 1) -> float | None:
+    """Return how long a worker sits out after this error; None when it should not.
+
+    Server faults and timeouts double with each consecutive failure (up to the maximum), so
+    a flapping server is tried less and less often; a 429 honours Retry-After; refused
+    credentials wait for an operator.
+    """
+    maximum = settings.RENTAHAL_COOLDOWN_MAX_SECONDS
+    if error.kind == "client":
+        return None
+    if error.kind == "auth":
+        return settings.RENTAHAL_COOLDOWN_AUTH_SECONDS
+    if error.kind == "rate_limited":
+        wait = error.retry_after if error.retry_after is not None else settings.RENTAHAL_COOLDOWN_RATE_LIMITED_SECONDS
+        return min(wait, maximum)
+    base = settings.RENTAHAL_COOLDOWN_TIMEOUT_SECONDS if error.kind == "timeout" else settings.RENTAHAL_COOLDOWN_SERVER_SECONDS
+    return min(base * 2 ** max(0, consecutive_failures - 1), maximum)
+
+
+def record_success(worker: str, *, latency: float | None) -> None:
+    """Count an answered query: the worker's success EWMA rises and its latency is folded in."""
+    state.record_outcome(worker, ok=True, latency=latency)
+
+
+def record_failure(worker: str, error: ModelServerError) -> float | None:
+    """Count a failed query against the worker; return the cooldown it got (None for a client error)."""
+    if not error.is_server_fault:
+        return None
+    failures = state.record_outcome(worker, ok=False, latency=None)
+    seconds = cooldown_seconds(error, failures)
+    if seconds:
+        state.set_cooldown(worker, until=time.time() + seconds, kind=error.kind, reason=error.message[:200])
+    loss = QUERY_FAILURE_LOSS.get(error.kind, 0.0)
+    if loss:
+        Worker.objects.filter(name=worker).update(health_score=Greatest(F("health_score") - loss, Value(0.0)))
+        blacklist_exhausted()
+        config_changed()
+    logger.info("worker %s failed (%s), cooling down %ss: %s", worker, error.kind, seconds, error.message)
+    return seconds
+
+
+def blacklist_exhausted() -> int:
+    """Blacklist every worker whose score reached 0 (PROTOCOL.md §3)."""
+    return Worker.objects.filter(health_score__lte=0, is_blacklisted=False).update(is_blacklisted=True, health_score=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    worker: str
+    status: int | None  # None: the format has no health route
+    error: str = ""
+
+
+async def probe_worker(session: aiohttp.ClientSession, worker: Worker, *, timeout: float) -> ProbeResult:
+    try:
+        status = await client_for(worker.wire_format).probe(session, worker, timeout=timeout)
+    except ModelServerError as exc:
+        return ProbeResult(worker.name, None, exc.message)
+    return ProbeResult(worker.name, status)
+
+
+async def probe_all(workers: list[Worker], *, timeout: float) -> list[ProbeResult]:
+    """Probe every worker at once, each with its format's natural health route."""
+    limit = asyncio.Semaphore(settings.RENTAHAL_HEALTH_CHECK_CONCURRENCY)
+
+    async def probe(session, worker):
+        async with limit:
+            return await probe_worker(session, worker, timeout=timeout)
+
+    async with aiohttp.ClientSession() as session:
+        return list(await asyncio.gather(*(probe(session, worker) for worker in workers)))
+
+
+def apply_probe(worker: Worker, result: ProbeResult) -> str:
+    """Apply one probe's result to the worker's score; return what happened, for the log."""
+    workers = Worker.objects.filter(pk=worker.pk)
+    if result.error:
+        workers.update(health_score=Greatest(F("health_score") - PROBE_UNREACHABLE_LOSS, Value(0.0)))
+        return f"unreachable: {result.error}"
+    if result.status is None:
+        return "no health route; unchanged"
+    if result.status == 200:
+        if worker.is_blacklisted:
+            workers.update(health_score=RESTORED_SCORE, is_blacklisted=False, last_active=timezone.now())
+        else:
+            workers.update(
+                health_score=Least(F("health_score") + PROBE_OK_GAIN, Value(Worker.MAX_HEALTH)), last_active=timezone.now()
+            )
+        # A server that answers its health route is back; let queries find it again.
+        state.clear_cooldown(worker.name)
+        return "healthy"
+    workers.update(health_score=Greatest(F("health_score") - PROBE_BAD_STATUS_LOSS, Value(0.0)))
+    return f"answered HTTP {result.status}"
+
+
+def check_worker_health() -> list[tuple[str, str]]:
+    """Probe every worker in parallel and update scores; return (worker, what happened) pairs."""
+    workers = list(Worker.objects.all())
+    if not workers:
+        return []
+    from asgiref.sync import async_to_sync
+
+    results = async_to_sync(probe_all)(workers, timeout=settings.RENTAHAL_HEALTH_CHECK_TIMEOUT)
+    outcomes = [(worker.name, apply_probe(worker, result)) for worker, result in zip(workers, results)]
+    blacklist_exhausted()
+    config_changed()
+    return outcomes
+
+
+async def acheck_worker_health() -> list[tuple[str, str]]:
+    return await sync_to_async(check_worker_health)()

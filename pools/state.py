@@ -1,0 +1,231 @@
+"""The runtime state every process shares, in Redis: in-flight leases, cooldowns, latency and
+success EWMAs, round-robin tickets, affinity, chosen counts and the config version.
+
+Calls are synchronous redis-py on purpose: a loopback round trip is ~0.1 ms, cheaper than
+the thread hop an async caller would otherwise pay, and it works the same from async jobs,
+views, the admin and management commands.
+"""
+from __future__ import annotations
+
+import functools
+import time
+import uuid
+
+import redis
+from django.conf import settings
+
+from pools.selection import MemberState, Plan, SharedState
+
+PREFIX = "pools"
+CONFIG_VERSION_KEY = f"{PREFIX}:config:version"
+DIRECT = "direct"
+
+# Count a worker's live leases after dropping expired ones; refuse a new one at the cap.
+# A lease is a member of a sorted set scored by its expiry, so a process that dies while
+# holding one cannot leave the count wrong (or negative) for longer than the lease lasts.
+ACQUIRE_LEASE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local cap = tonumber(ARGV[4])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000) + 1000)
+return 1
+"""
+
+# Fold one outcome into a worker's EWMAs atomically: ARGV = alpha, success (0/1), latency or ''.
+RECORD_OUTCOME = """
+local alpha = tonumber(ARGV[1])
+local ok = tonumber(ARGV[2])
+local old = redis.call('HGET', KEYS[1], 'success')
+local success = ok
+if old then success = alpha * ok + (1 - alpha) * tonumber(old) end
+redis.call('HSET', KEYS[1], 'success', success)
+if ARGV[3] ~= '' then
+  local latency = tonumber(ARGV[3])
+  local previous = redis.call('HGET', KEYS[1], 'latency')
+  if previous then latency = alpha * latency + (1 - alpha) * tonumber(previous) end
+  redis.call('HSET', KEYS[1], 'latency', latency)
+end
+if ok == 1 then
+  redis.call('HSET', KEYS[1], 'failures', 0)
+  return 0
+end
+return redis.call('HINCRBY', KEYS[1], 'failures', 1)
+"""
+
+
+@functools.lru_cache(maxsize=4)
+def client_for_url(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def client() -> redis.Redis:
+    return client_for_url(settings.REDIS_URL)
+
+
+@functools.lru_cache(maxsize=4)
+def scripts_for(url: str):
+    connection = client_for_url(url)
+    return connection.register_script(ACQUIRE_LEASE), connection.register_script(RECORD_OUTCOME)
+
+
+def worker_key(name: str) -> str:
+    return f"{PREFIX}:w:{name}"
+
+
+def lease_key(name: str) -> str:
+    return f"{PREFIX}:lease:{name}"
+
+
+def ticket_key(pool_id: int) -> str:
+    return f"{PREFIX}:rr:{pool_id}"
+
+
+def chosen_key(pool_id: int | None) -> str:
+    return f"{PREFIX}:chosen:{pool_id if pool_id is not None else DIRECT}"
+
+
+def affinity_key_for(pool_id: int, key: str) -> str:
+    return f"{PREFIX}:aff:{pool_id}:{key}"
+
+
+# -- config version -------------------------------------------------------------------------
+
+
+def config_version() -> str:
+    """Return the current config version, creating one if Redis has none (a fresh Redis)."""
+    connection = client()
+    version = connection.get(CONFIG_VERSION_KEY)
+    if version is None:
+        connection.set(CONFIG_VERSION_KEY, uuid.uuid4().hex, nx=True)
+        version = connection.get(CONFIG_VERSION_KEY)
+    return version
+
+
+def bump_config_version() -> None:
+    """Tell every process its cached pool configuration is stale."""
+    client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
+
+
+# -- reading state for a selection ----------------------------------------------------------
+
+
+def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None = None) -> SharedState:
+    """Read everything a selection over `plan` needs, in one round trip.
+
+    The round-robin ticket of `advance_pool` is taken (INCR) in the same round trip, so two
+    processes selecting at once get different tickets; other pools' tickets are only read.
+    """
+    now = time.time()
+    names = sorted(plan.worker_names)
+    pools = plan.pools
+    pipe = client().pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(worker_key(name), "cooldown_until", "cooldown_kind", "latency", "success")
+        pipe.zcount(lease_key(name), now, "+inf")
+    for pool in pools:
+        if pool.id == advance_pool:
+            pipe.incr(ticket_key(pool.id))
+        else:
+            pipe.get(ticket_key(pool.id))
+        pipe.get(affinity_key_for(pool.id, affinity_key)) if affinity_key else pipe.echo("")
+    results = pipe.execute()
+    state = SharedState(now=now)
+    for index, name in enumerate(names):
+        cooldown_until, kind, latency, success = results[2 * index]
+        state.members[name] = MemberState(
+            in_flight=int(results[2 * index + 1]),
+            cooldown_until=float(cooldown_until or 0),
+            cooldown_kind=kind or "",
+            latency=float(latency) if latency else None,
+            success=float(success) if success else None,
+        )
+    offset = 2 * len(names)
+    for index, pool in enumerate(pools):
+        ticket, remembered = results[offset + 2 * index], results[offset + 2 * index + 1]
+        state.tickets[pool.id] = int(ticket or 0) + (0 if pool.id == advance_pool else 1)
+        if remembered:
+            state.affinity[pool.id] = remembered
+    return state
+
+
+# -- leases (in-flight counts) --------------------------------------------------------------
+
+
+def acquire_lease(worker: str, *, cap: int, ttl: float) -> str | None:
+    """Take a slot on the worker and return its lease id, or None when it is at its cap."""
+    lease = uuid.uuid4().hex
+    now = time.time()
+    acquire, _ = scripts_for(settings.REDIS_URL)
+    granted = acquire(keys=[lease_key(worker)], args=[now, now + ttl, lease, cap])
+    return lease if granted else None
+
+
+def release_lease(worker: str, lease: str) -> None:
+    client().zrem(lease_key(worker), lease)
+
+
+def in_flight(worker: str) -> int:
+    return int(client().zcount(lease_key(worker), time.time(), "+inf"))
+
+
+# -- after a selection ----------------------------------------------------------------------
+
+
+def note_chosen(
+    pool_id: int | None, worker: str, *, affinity_key: str = "", remember: bool = False, advance_pool: int | None = None
+) -> None:
+    """Count the choice; remember the worker for the affinity key and advance a fallback
+    pool's round-robin ticket when asked."""
+    pipe = client().pipeline(transaction=False)
+    pipe.hincrby(chosen_key(pool_id), worker, 1)
+    if advance_pool is not None:
+        pipe.incr(ticket_key(advance_pool))
+    if remember and affinity_key and pool_id is not None:
+        pipe.set(affinity_key_for(pool_id, affinity_key), worker, ex=settings.RENTAHAL_AFFINITY_TTL)
+    pipe.execute()
+
+
+def record_outcome(worker: str, *, ok: bool, latency: float | None) -> int:
+    """Fold an outcome into the worker's EWMAs; return its consecutive server faults."""
+    _, record = scripts_for(settings.REDIS_URL)
+    alpha = settings.RENTAHAL_EWMA_ALPHA
+    return int(record(keys=[worker_key(worker)], args=[alpha, 1 if ok else 0, "" if latency is None else latency]))
+
+
+def set_cooldown(worker: str, *, until: float, kind: str, reason: str) -> None:
+    client().hset(worker_key(worker), mapping={"cooldown_until": until, "cooldown_kind": kind, "cooldown_reason": reason})
+
+
+def clear_cooldown(worker: str) -> None:
+    client().hdel(worker_key(worker), "cooldown_until", "cooldown_kind", "cooldown_reason")
+
+
+# -- what operators see ---------------------------------------------------------------------
+
+
+def member_views(workers: list[str], pool_id: int | None = None) -> dict[str, dict]:
+    """Return each worker's live state (cooldown, in flight, latency, success, chosen count)."""
+    now = time.time()
+    pipe = client().pipeline(transaction=False)
+    for name in workers:
+        pipe.hgetall(worker_key(name))
+        pipe.zcount(lease_key(name), now, "+inf")
+    pipe.hgetall(chosen_key(pool_id))
+    results = pipe.execute()
+    chosen = results[-1]
+    views = {}
+    for index, name in enumerate(workers):
+        stats, count = results[2 * index], results[2 * index + 1]
+        until = float(stats.get("cooldown_until") or 0)
+        views[name] = {
+            "cooldown_until": until if until > now else None,
+            "cooldown_reason": stats.get("cooldown_reason", "") if until > now else "",
+            "in_flight": int(count),
+            "latency": float(stats["latency"]) if stats.get("latency") else None,
+            "success_rate": float(stats["success"]) if stats.get("success") else None,
+            "chosen": int(chosen.get(name, 0)),
+        }
+    return views
