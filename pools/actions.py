@@ -160,3 +160,14 @@ def record_attempt(
         time_to_first_byte=answer.time_to_first_byte if answer else None,
         duration=duration,
     )
+
+
+def end_cooldowns(workers) -> int:
+    """Let operators put cooling workers back into selection at once; return how many."""
+    from pools import state
+
+    names = [worker.name for worker in workers]
+    for name in names:
+        state.clear_cooldown(name)
+    logger.info("cooldowns ended by an operator: %s", ", ".join(names))
+    return len(names)

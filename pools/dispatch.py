@@ -107,12 +107,8 @@ async def serve(
         await on_chunk(text)
 
     while attempts < settings.RENTAHAL_MAX_ATTEMPTS:
-        shared = state.read_state(plan, affinity_key=affinity_key, advance_pool=advance)
         try:
-            selection = select_worker(
-                plan, shared, prompt=request.prompt, exclude=frozenset(failed), full=frozenset(full),
-                explore=settings.RENTAHAL_LATENCY_EXPLORE,
-            )
+            selection = pick(plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full)
         except NoWorkerAvailable as exc:
             if exc.is_busy and time.monotonic() < busy_deadline:
                 await asyncio.sleep(BUSY_POLL_SECONDS[min(busy_waits, len(BUSY_POLL_SECONDS) - 1)])
@@ -151,6 +147,21 @@ async def serve(
         await sync_to_async(actions.record_attempt)(selection, attempts, answer=answer, duration=time.monotonic() - started)
         return served_by(selection, answer, attempts)
     raise last_error
+
+
+def pick(plan: Plan, request: ModelRequest, *, affinity_key: str, advance: int | None, failed: set[str], full: set[str]) -> Selection:
+    """Read the shared state and select; a pooled query reads its pools' members first and
+    the other workers of the type only when no pool member can serve."""
+    options = dict(
+        prompt=request.prompt, exclude=frozenset(failed), full=frozenset(full), explore=settings.RENTAHAL_LATENCY_EXPLORE
+    )
+    if plan.pooled is not None:
+        shared = state.read_state(plan.pooled, affinity_key=affinity_key, advance_pool=advance)
+        try:
+            return select_worker(plan.pooled, shared, **options)
+        except NoWorkerAvailable:
+            advance = None
+    return select_worker(plan, state.read_state(plan, affinity_key=affinity_key, advance_pool=advance), **options)
 
 
 def served_by(selection: Selection, answer: ModelAnswer, attempts: int) -> Served:

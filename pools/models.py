@@ -151,9 +151,12 @@ class PoolMember(models.Model):
         return f"{self.worker} in {self.pool}"
 
     def clean(self):
-        if self.pool_id and self.worker_id and self.worker.query_type != self.pool.query_type:
+        # getattr: in the admin's add view the pool is not saved yet, and an unset relation
+        # raises an AttributeError subclass.
+        pool, worker = getattr(self, "pool", None), getattr(self, "worker", None)
+        if pool is not None and worker is not None and worker.query_type != pool.query_type:
             raise ValidationError(
-                {"worker": f"{self.worker.name} serves {self.worker.query_type}, but {self.pool.name} is a {self.pool.query_type} pool."}
+                {"worker": f"{worker.name} serves {worker.query_type}, but {pool.name} is a {pool.query_type} pool."}
             )
 
 

@@ -3,6 +3,7 @@ configuration (pools.config) and of the shared runtime state (pools.state). No I
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 from collections.abc import Iterable
@@ -76,8 +77,8 @@ class PoolInfo:
     members: tuple[str, ...]  # worker names, sorted
     weights: tuple[int, ...] = ()  # aligned with members
 
-    def weight_of(self, worker: str) -> int:
-        return self.weights[self.members.index(worker)] if self.weights else 1
+    def weight_table(self) -> dict[str, int]:
+        return dict(zip(self.members, self.weights)) if self.weights else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +89,8 @@ class Snapshot:
     pools: tuple[PoolInfo, ...]
     version: str = ""
     by_type: dict[str, tuple[WorkerInfo, ...]] = dataclasses.field(default_factory=dict)
+    # Plans depend on configuration only, so each is worked out once per snapshot.
+    plans: dict[tuple[str, str, str], Plan] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, workers: Iterable[WorkerInfo], pools: Iterable[PoolInfo], version: str = "") -> Snapshot:
@@ -121,9 +124,22 @@ class Plan:
     tiers: tuple[Tier, ...]
     missing_alias: str = ""
 
-    @property
-    def worker_names(self) -> set[str]:
-        return {worker.name for tier in self.tiers for worker in tier.workers}
+    @functools.cached_property
+    def worker_names(self) -> list[str]:
+        return sorted({worker.name for tier in self.tiers for worker in tier.workers})
+
+    @functools.cached_property
+    def pooled(self) -> Plan | None:
+        """Return this plan cut down to its pool tiers (None when it has none or only those)."""
+        tiers = tuple(tier for tier in self.tiers if tier.pool is not None)
+        if not tiers or len(tiers) == len(self.tiers):
+            return None
+        return Plan(self.query_type, self.realm, tiers)
+
+    @functools.cached_property
+    def pool_worker_names(self) -> list[str]:
+        """Return the workers of the plan's pools: the state a pooled query reads first."""
+        return sorted({worker.name for tier in self.tiers if tier.pool is not None for worker in tier.workers})
 
     @property
     def pools(self) -> list[PoolInfo]:
@@ -184,6 +200,14 @@ def plan_selection(snapshot: Snapshot, *, query_type: str, realm: str, model_nam
     realm, then in any realm. A model_name that is neither is ignored, as classic clients
     send free text there.
     """
+    key = (query_type, realm, model_name)
+    plan = snapshot.plans.get(key)
+    if plan is None:
+        plan = snapshot.plans[key] = build_plan(snapshot, query_type=query_type, realm=realm, model_name=model_name)
+    return plan
+
+
+def build_plan(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str) -> Plan:
     named = snapshot.workers.get(model_name) if model_name else None
     if named is not None:
         return Plan(query_type, realm, (Tier((named,), is_named=True),))
@@ -350,7 +374,8 @@ def choose(pool: PoolInfo, candidates: list[WorkerInfo], state: SharedState, rng
     if strategy == Strategy.LATENCY:
         return fastest(candidates, state, rng, explore), strategy
     if strategy == Strategy.WEIGHTED:
-        weights = [pool.weight_of(worker.name) for worker in candidates]
+        table = pool.weight_table()
+        weights = [table.get(worker.name, 1) for worker in candidates]
         return rng.choices(candidates, weights=weights)[0], strategy
     raise ValueError(f"unknown strategy {strategy!r} on pool {pool.name}")
 

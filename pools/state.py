@@ -56,6 +56,18 @@ return redis.call('HINCRBY', KEYS[1], 'failures', 1)
 """
 
 
+# Each worker's cooldown, EWMAs and live lease count, for KEYS = worker key, lease key, ...
+READ_MEMBERS = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local fields = redis.call('HMGET', KEYS[i], 'cooldown_until', 'cooldown_kind', 'latency', 'success')
+  for j = 1, 4 do out[#out + 1] = fields[j] or '' end
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 1], ARGV[1], '+inf')
+end
+return out
+"""
+
+
 @functools.lru_cache(maxsize=4)
 def client_for_url(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True)
@@ -68,7 +80,7 @@ def client() -> redis.Redis:
 @functools.lru_cache(maxsize=4)
 def scripts_for(url: str):
     connection = client_for_url(url)
-    return connection.register_script(ACQUIRE_LEASE), connection.register_script(RECORD_OUTCOME)
+    return tuple(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_MEMBERS))
 
 
 def worker_key(name: str) -> str:
@@ -119,12 +131,12 @@ def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None =
     processes selecting at once get different tickets; other pools' tickets are only read.
     """
     now = time.time()
-    names = sorted(plan.worker_names)
+    names = plan.worker_names
     pools = plan.pools
     pipe = client().pipeline(transaction=False)
-    for name in names:
-        pipe.hmget(worker_key(name), "cooldown_until", "cooldown_kind", "latency", "success")
-        pipe.zcount(lease_key(name), now, "+inf")
+    keys = [key for name in names for key in (worker_key(name), lease_key(name))]
+    _, _, read_members = scripts_for(settings.REDIS_URL)
+    read_members(keys=keys, args=[now], client=pipe)
     for pool in pools:
         if pool.id == advance_pool:
             pipe.incr(ticket_key(pool.id))
@@ -133,18 +145,18 @@ def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None =
         pipe.get(affinity_key_for(pool.id, affinity_key)) if affinity_key else pipe.echo("")
     results = pipe.execute()
     state = SharedState(now=now)
+    flat = results[0]
     for index, name in enumerate(names):
-        cooldown_until, kind, latency, success = results[2 * index]
+        cooldown_until, kind, latency, success, count = flat[5 * index : 5 * index + 5]
         state.members[name] = MemberState(
-            in_flight=int(results[2 * index + 1]),
+            in_flight=int(count),
             cooldown_until=float(cooldown_until or 0),
             cooldown_kind=kind or "",
             latency=float(latency) if latency else None,
             success=float(success) if success else None,
         )
-    offset = 2 * len(names)
     for index, pool in enumerate(pools):
-        ticket, remembered = results[offset + 2 * index], results[offset + 2 * index + 1]
+        ticket, remembered = results[1 + 2 * index], results[2 + 2 * index]
         state.tickets[pool.id] = int(ticket or 0) + (0 if pool.id == advance_pool else 1)
         if remembered:
             state.affinity[pool.id] = remembered
@@ -158,7 +170,7 @@ def acquire_lease(worker: str, *, cap: int, ttl: float) -> str | None:
     """Take a slot on the worker and return its lease id, or None when it is at its cap."""
     lease = uuid.uuid4().hex
     now = time.time()
-    acquire, _ = scripts_for(settings.REDIS_URL)
+    acquire, _, _ = scripts_for(settings.REDIS_URL)
     granted = acquire(keys=[lease_key(worker)], args=[now, now + ttl, lease, cap])
     return lease if granted else None
 
@@ -190,7 +202,7 @@ def note_chosen(
 
 def record_outcome(worker: str, *, ok: bool, latency: float | None) -> int:
     """Fold an outcome into the worker's EWMAs; return its consecutive server faults."""
-    _, record = scripts_for(settings.REDIS_URL)
+    _, record, _ = scripts_for(settings.REDIS_URL)
     alpha = settings.RENTAHAL_EWMA_ALPHA
     return int(record(keys=[worker_key(worker)], args=[alpha, 1 if ok else 0, "" if latency is None else latency]))
 

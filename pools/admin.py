@@ -1,0 +1,98 @@
+"""Operators' admin for workers and pool aliases; live state (cooldown, in flight, latency,
+chosen count) appears as read-only computed columns read from Redis."""
+from django.contrib import admin
+
+from pools import actions, state
+from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Worker
+from pools.status import member_rows
+
+
+class SpecializationInline(admin.TabularInline):
+    model = Specialization
+    extra = 0
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = [
+        "name", "query_type", "realm", "wire_format", "health_score", "is_blacklisted",
+        "in_flight", "cooling_until", "latency", "max_concurrency",
+    ]
+    list_filter = ["query_type", "realm", "wire_format", "is_blacklisted"]
+    search_fields = ["name", "address", "model"]
+    readonly_fields = ["last_active", "created_at", "in_flight", "cooling_until", "latency"]
+    inlines = [SpecializationInline]
+    actions = ["end_cooldowns"]
+
+    def live(self, worker) -> dict:
+        return state.member_views([worker.name])[worker.name]
+
+    @admin.display(description="in flight")
+    def in_flight(self, worker):
+        return self.live(worker)["in_flight"]
+
+    @admin.display(description="cooling until")
+    def cooling_until(self, worker):
+        view = self.live(worker)
+        return member_rows(None, [worker])[0]["cooldown_until"] if view["cooldown_until"] else "-"
+
+    @admin.display(description="latency (s)")
+    def latency(self, worker):
+        value = self.live(worker)["latency"]
+        return f"{value:.3f}" if value is not None else "-"
+
+    @admin.action(description="End the cooldown of the selected workers")
+    def end_cooldowns(self, request, queryset):
+        self.message_user(request, f"Ended the cooldown of {actions.end_cooldowns(queryset)} worker(s).")
+
+
+class PoolMemberInline(admin.TabularInline):
+    model = PoolMember
+    extra = 0
+    min_num = 1
+    autocomplete_fields = ["worker"]
+
+    def get_formset(self, request, obj=None, **kwargs):
+        # The admin sets min_num but not validate_min, so a pool could be saved empty.
+        return super().get_formset(request, obj, validate_min=True, **kwargs)
+
+
+@admin.register(PoolAlias)
+class PoolAliasAdmin(admin.ModelAdmin):
+    list_display = ["name", "realm", "query_type", "strategy", "member_count", "live_members"]
+    list_filter = ["query_type", "strategy", "realm"]
+    search_fields = ["name"]
+    readonly_fields = ["live_members"]
+    inlines = [PoolMemberInline]
+
+    @admin.display(description="members")
+    def member_count(self, pool):
+        return pool.memberships.count()
+
+    @admin.display(description="members now (score, in flight, latency, chosen, cooling)")
+    def live_members(self, pool):
+        if pool.pk is None:
+            return "-"
+        seats = pool.memberships.select_related("worker")
+        rows = member_rows(pool, [seat.worker for seat in seats])
+        return "; ".join(
+            f"{row['name']}: {row['health_score']:g}, {row['in_flight']} in flight, "
+            f"{'-' if row['latency'] is None else format(row['latency'], '.3f') + 's'}, chosen {row['chosen']}"
+            f"{', cooling until ' + row['cooldown_until'] if row['cooldown_until'] else ''}"
+            f"{', blacklisted' if row['is_blacklisted'] else ''}"
+            for row in rows
+        ) or "-"
+
+
+@admin.register(SelectionOutcome)
+class SelectionOutcomeAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "pool", "worker", "strategy", "attempt", "result", "time_to_first_byte", "duration"]
+    list_filter = ["result", "pool", "strategy"]
+    search_fields = ["worker", "pool"]
+    readonly_fields = [field.name for field in SelectionOutcome._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,84 @@
+"""DRF views for pool aliases and workers: parse, call an action, respond with live state."""
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from pools import actions, status as pool_status
+from pools.comparison import compare_pools
+from pools.models import PoolAlias
+from pools.serializers import PoolAliasSerializer, PoolAliasUpdateSerializer
+
+
+def as_drf(error: DjangoValidationError) -> ValidationError:
+    return ValidationError(error.message_dict if hasattr(error, "message_dict") else {"non_field_errors": error.messages})
+
+
+class PoolList(APIView):
+    """GET: every pool with its members' live state. POST: create a pool alias."""
+
+    def get(self, request):
+        return Response(pool_status.describe_pools())
+
+    def post(self, request):
+        serializer = PoolAliasSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            pool = actions.create_pool(**serializer.validated_data)
+        except DjangoValidationError as exc:
+            raise as_drf(exc) from None
+        return Response(pool_status.describe_pool(pool), status=status.HTTP_201_CREATED)
+
+
+class PoolDetail(APIView):
+    """GET, PATCH (strategy, type, members, weights) or DELETE one pool alias."""
+
+    def get(self, request, pk):
+        return Response(pool_status.describe_pool(get_object_or_404(PoolAlias, pk=pk)))
+
+    def patch(self, request, pk):
+        pool = get_object_or_404(PoolAlias, pk=pk)
+        serializer = PoolAliasUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        members = data.pop("members", None)
+        weights = data.pop("weights", None)
+        for field, value in data.items():
+            setattr(pool, field, value)
+        if members is None and weights:
+            members = list(pool.memberships.values_list("worker__name", flat=True))
+        try:
+            actions.save_pool(pool, members=members, weights=weights)
+        except DjangoValidationError as exc:
+            raise as_drf(exc) from None
+        return Response(pool_status.describe_pool(pool))
+
+    def delete(self, request, pk):
+        actions.delete_pool(get_object_or_404(PoolAlias, pk=pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WorkerList(APIView):
+    """GET: every worker with its live state."""
+
+    def get(self, request):
+        return Response(pool_status.describe_workers())
+
+
+class PoolComparison(APIView):
+    """GET ?a=$X&b=$Y[&realm=$R][&hours=N]: the A/B report of two aliases."""
+
+    def get(self, request):
+        a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
+        if not a or not b:
+            raise ValidationError({"a": "Name two aliases: ?a=$X&b=$Y."})
+        unknown = [name for name in (a, b) if not PoolAlias.objects.filter(name=name).exists()]
+        if unknown:
+            raise ValidationError({"a" if a in unknown else "b": f"No pool alias named {', '.join(unknown)}."})
+        try:
+            hours = float(request.query_params["hours"]) if "hours" in request.query_params else None
+        except ValueError:
+            raise ValidationError({"hours": "hours must be a number."}) from None
+        return Response(compare_pools(a, b, realm=request.query_params.get("realm"), hours=hours))

@@ -1,0 +1,60 @@
+"""What operators see of pools and workers: configuration joined with live state from Redis
+(score, cooldown, in flight, latency, chosen count), for the API and the admin."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pools import state
+from pools.models import PoolAlias, Worker
+
+
+def timestamp(seconds: float | None) -> str | None:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat() if seconds else None
+
+
+def member_rows(pool: PoolAlias | None, workers: list[Worker], weights: dict[str, int] | None = None) -> list[dict]:
+    views = state.member_views([worker.name for worker in workers], pool.id if pool else None)
+    rows = []
+    for worker in workers:
+        view = views[worker.name]
+        row = {
+            "name": worker.name,
+            "realm": worker.realm,
+            "health_score": worker.health_score,
+            "is_blacklisted": worker.is_blacklisted,
+            "cooldown_until": timestamp(view["cooldown_until"]),
+            "cooldown_reason": view["cooldown_reason"],
+            "in_flight": view["in_flight"],
+            "max_concurrency": worker.max_concurrency,
+            "latency": view["latency"],
+            "success_rate": view["success_rate"],
+            "chosen": view["chosen"],
+        }
+        if weights is not None:
+            row["weight"] = weights.get(worker.name, 1)
+        rows.append(row)
+    return rows
+
+
+def describe_pool(pool: PoolAlias) -> dict:
+    seats = list(pool.memberships.select_related("worker").order_by("worker__name"))
+    return {
+        "id": pool.id,
+        "name": pool.name,
+        "realm": pool.realm,
+        "query_type": pool.query_type,
+        "strategy": pool.strategy,
+        "members": member_rows(pool, [seat.worker for seat in seats], {seat.worker.name: seat.weight for seat in seats}),
+    }
+
+
+def describe_pools() -> list[dict]:
+    return [describe_pool(pool) for pool in PoolAlias.objects.all()]
+
+
+def describe_workers() -> list[dict]:
+    workers = list(Worker.objects.all())
+    rows = member_rows(None, workers)
+    for row, worker in zip(rows, workers):
+        row.update(query_type=worker.query_type, wire_format=worker.wire_format, address=worker.address)
+    return rows

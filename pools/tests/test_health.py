@@ -1,0 +1,93 @@
+"""The periodic health check (PROTOCOL.md §3): each wire format's natural probe, score rules,
+blacklisting and restoring; and `manage.py check_worker_health`."""
+import pytest
+from django.core.management import call_command
+
+from pools.health import check_worker_health
+from pools.models import Worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def score(worker) -> tuple[float, bool]:
+    worker.refresh_from_db()
+    return worker.health_score, worker.is_blacklisted
+
+
+@pytest.mark.parametrize("wire_format", ["predict", "ollama", "openai"])
+def test_a_healthy_answer_raises_the_score_by_ten_up_to_a_hundred(wire_format, fake_server, register_worker):
+    worker = register_worker(fake_server, wire_format, health_score=85)
+
+    check_worker_health()
+    first = score(worker)
+    check_worker_health()
+
+    assert first == (95, False)
+    assert score(worker) == (100, False)
+
+
+@pytest.mark.parametrize("wire_format", ["predict", "ollama", "openai"])
+def test_a_non_200_health_answer_costs_ten(wire_format, fake_server, register_worker):
+    fake_server.configure(health_status=503)
+    worker = register_worker(fake_server, wire_format)
+
+    check_worker_health()
+
+    assert score(worker) == (90, False)
+
+
+def test_an_unreachable_worker_loses_five(register_worker):
+    class Closed:
+        url = "http://127.0.0.1:9"
+
+    worker = register_worker(Closed, "predict")
+
+    outcome = dict(check_worker_health())[worker.name]
+
+    assert outcome.startswith("unreachable")
+    assert score(worker) == (95, False)
+
+
+def test_a_worker_whose_score_reaches_zero_is_blacklisted(fake_server, register_worker):
+    fake_server.configure(health_status=500)
+    worker = register_worker(fake_server, "openai", health_score=10)
+
+    check_worker_health()
+
+    assert score(worker) == (0, True)
+
+
+def test_a_blacklisted_worker_that_answers_is_restored_at_fifty(fake_server, register_worker):
+    worker = register_worker(fake_server, "openai", health_score=0, is_blacklisted=True)
+
+    check_worker_health()
+
+    assert score(worker) == (50, False)
+
+
+def test_an_a1111_worker_is_never_blacklisted_for_having_no_health_route(fake_server, register_worker):
+    worker = register_worker(fake_server, "a1111", query_type="imagine", health_score=40)
+
+    outcome = dict(check_worker_health())[worker.name]
+
+    assert outcome == "no health route; unchanged"
+    assert score(worker) == (40, False)
+
+
+def test_every_worker_is_probed_in_one_pass(fake_servers, register_worker):
+    servers = [fake_servers() for _ in range(5)]
+    for server in servers:
+        register_worker(server, "predict")
+
+    check_worker_health()
+
+    assert [server.stats()["requests"] for server in servers] == [{"/health": 1}] * 5
+
+
+def test_the_command_prints_what_happened_to_each_worker(fake_server, register_worker, capsys):
+    register_worker(fake_server, "ollama", name="llama")
+
+    call_command("check_worker_health")
+
+    assert capsys.readouterr().out == "llama: healthy\n"
+    assert Worker.objects.get(name="llama").last_active is not None
