@@ -42,7 +42,7 @@ def start_broker(*extra: str) -> tuple[subprocess.Popen, int]:
 
 
 @pytest.fixture
-def broker(transactional_db):
+def broker(transactional_db, default_realms):
     process, port = start_broker()
     yield port
     process.terminate()
@@ -50,7 +50,7 @@ def broker(transactional_db):
 
 
 @pytest.fixture
-def broker_without_model(transactional_db):
+def broker_without_model(transactional_db, default_realms):
     process, port = start_broker("--no-local-model")
     yield port
     process.terminate()
