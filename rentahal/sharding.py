@@ -99,10 +99,22 @@ def _redis():
 
 
 def read_token() -> str:
-    """Return the map's version token from Postgres ('' before the first switch)."""
+    """Return the map's version token from Postgres, creating a random one on first use.
+
+    A fresh (or emptied) map table gets a token no process can have cached.
+    """
     from rentahal.models import ShardMapVersion
 
-    return ShardMapVersion.objects.using("default").filter(pk=1).values_list("token", flat=True).first() or ""
+    token = ShardMapVersion.objects.using("default").filter(pk=1).values_list("token", flat=True).first()
+    if token is None:
+        table = ShardMapVersion._meta.db_table
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (id, token) VALUES (1, %s) ON CONFLICT (id) DO NOTHING", [uuid.uuid4().hex]
+            )
+            cursor.execute(f"SELECT token FROM {table} WHERE id = 1")
+            token = cursor.fetchone()[0]
+    return token
 
 
 def _shared_token() -> str:
@@ -220,15 +232,16 @@ def writing_for(key):
             yield alias
 
 
-@contextlib.contextmanager
-def fence_prefix(prefix: str, *, timeout_ms: int):
-    """Hold the prefix's fence exclusively for the enclosing `default` transaction (the mover)."""
+def close_fence(prefix: str, *, timeout_ms: int) -> None:
+    """Take the prefix's fence exclusively until the enclosing `default` transaction ends.
+
+    Waits for writers in flight (at most `timeout_ms`); writers that come later wait here.
+    """
     with connections["default"].cursor() as cursor:
         cursor.execute(
             "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(%s, %s)",
             [f"{timeout_ms}ms", FENCE_LOCK_CLASS, int(prefix, 16)],
         )
-    yield
 
 
 @contextlib.contextmanager

@@ -1,0 +1,225 @@
+"""Moving a guid prefix between shards: live, under load, interrupted, and rebalanced."""
+import asyncio
+import threading
+
+import pytest
+from channels.db import database_sync_to_async
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from accounts import actions as accounts
+from accounts.billing import system_totals
+from accounts.models import Charge, Query, User
+from rentahal.models import ShardMapEntry, ShardMove
+from rentahal.shard_moves import begin_move, copy_rows, switch_map
+from rentahal.shard_placement import shard_loads
+from rentahal.sharding import shard_aliases, shard_for_guid
+from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def ledger() -> dict[str, object]:
+    """Every charge in the system by query id, gathered from every shard."""
+    return {str(charge.query_id): charge.amount for alias in shard_aliases() for charge in Charge.objects.using(alias)}
+
+
+def test_move_puts_every_row_on_the_target_and_none_on_the_source():
+    guids = [guid_with_prefix("00") for _ in range(3)]
+    for guid in guids:
+        make_history(guid, queries=2, failed=1)
+    before = ledger()
+
+    output = output_of("move_shard_prefix", "00", "shard2")
+
+    assert "move 00: shard0 → shard2, copying" in output
+    assert "switched to shard2" in output
+    assert rows_on("00") == {"shard2": (3, 9, 6)}
+    assert ShardMapEntry.objects.get(prefix="00").shard == "shard2"
+    assert {shard_for_guid(guid) for guid in guids} == {"shard2"}
+    assert ledger() == before
+    assert system_totals()["total_queries"] == 6
+    assert ShardMove.objects.get(prefix="00").state == ShardMove.State.CLEANED
+    assert "ok" in output_of("verify_shards")
+
+
+def test_moved_user_keeps_their_history_and_totals():
+    guid = guid_with_prefix("00")
+    make_history(guid, queries=2)
+    user_before = User.objects.get(pk=guid)
+    history_before = accounts.previous_queries(user_before)
+
+    call_command("move_shard_prefix", "00", "shard1")
+
+    user_after = accounts.find_user(guid)
+    assert user_after.as_frame_data() == user_before.as_frame_data()
+    assert accounts.previous_queries(user_after) == history_before
+
+
+def chat(prompt: str) -> dict:
+    return {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat", "model_type": "worker_node", "model_name": ""}}
+
+
+async def test_move_under_concurrent_queries_loses_and_doubles_nothing(rq_worker, fake_server, register_worker, connect):
+    """Users of the moving prefix and of others keep asking while the move runs; every
+    query ends answered and charged once, and the ledger adds up on the new shard."""
+    await database_sync_to_async(register_worker)(fake_server, "openai")
+    fake_server.configure(delay=0.02)
+    moving = [guid_with_prefix("00") for _ in range(6)]
+    staying = [guid_with_prefix(prefix) for prefix in ("01", "02", "03") for _ in range(2)]
+    clients = {guid: await connect(guid) for guid in moving + staying}
+
+    async def ask(guid: str, prompt: str) -> dict:
+        client = clients[guid]
+        await client.send(chat(prompt))
+        return (await client.receive_until("query_result", timeout=30))[-1]
+
+    warm = await asyncio.gather(*(ask(guid, "before") for guid in clients))
+    before = await database_sync_to_async(ledger)()
+    assert set(before) == {result["query_id"] for result in warm}
+
+    done = threading.Event()
+
+    def move():
+        try:
+            call_command("move_shard_prefix", "00", "shard2")
+        finally:
+            connections.close_all()
+            done.set()
+
+    async def keep_asking(guid: str) -> list[dict]:
+        results = [await ask(guid, "during")]
+        while not done.is_set():
+            results.append(await ask(guid, "during"))
+        results.append(await ask(guid, "after"))
+        return results
+
+    mover = asyncio.get_running_loop().run_in_executor(None, move)
+    during = await asyncio.gather(*(keep_asking(guid) for guid in clients))
+    await mover
+
+    answered = {result["query_id"]: result for results in during for result in results}
+    after = await database_sync_to_async(ledger)()
+    assert {key: after[key] for key in before} == before
+    assert set(after) == set(before) | set(answered)
+    assert all(float(after[query_id]) == pytest.approx(result["cost"]) for query_id, result in answered.items())
+    totals = await database_sync_to_async(system_totals)()
+    assert totals["total_queries"] == len(after)
+    assert totals["total_cost"] == sum(after.values())
+    placement = await database_sync_to_async(rows_on)("00")
+    assert list(placement) == ["shard2"]
+    assert placement["shard2"][0] == len(moving)
+    for guid in moving:
+        user = await database_sync_to_async(accounts.find_user)(guid)
+        charges = await database_sync_to_async(list)(Charge.objects.filter(user_id=guid))
+        assert user.query_count == len(charges)
+        assert user.total_cost == sum(charge.amount for charge in charges)
+    assert "ok" in await database_sync_to_async(output_of)("verify_shards")
+    # A connection opened on asgiref's sync thread outlives the test otherwise and
+    # blocks dropping the test database.
+    await database_sync_to_async(connections.close_all)()
+
+
+def test_move_killed_while_copying_is_reported_then_resumed():
+    guids = [guid_with_prefix("00") for _ in range(2)]
+    for guid in guids:
+        make_history(guid, queries=2)
+    before = ledger()
+    move = begin_move("00", "shard1")
+    copy_rows(move)  # the mover dies here, before the switch
+    make_history(guids[0], queries=1)  # and a query lands on the source meanwhile
+
+    with pytest.raises(CommandError, match="0 problems, 1 interrupted moves") as raised:
+        output_of("verify_shards")
+    assert "prefix 00: move shard0 → shard1 stopped while copying; the map names shard0" in raised.value.output
+
+    call_command("move_shard_prefix", "00", "--resume")
+
+    assert rows_on("00") == {"shard1": (2, 5, 5)}
+    assert len(ledger()) == len(before) + 1
+    assert "ok" in output_of("verify_shards")
+
+
+def test_move_killed_after_the_switch_is_resumed_by_removing_the_old_rows():
+    guid = guid_with_prefix("00")
+    make_history(guid, queries=2)
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    switch_map(move)  # the mover dies here, before deleting the old rows
+    make_history(guid, queries=1)  # writes now go to the new shard
+
+    with pytest.raises(CommandError, match="1 interrupted moves") as raised:
+        output_of("verify_shards")
+    assert "stopped while switched; the map names shard1, old rows still on shard0" in raised.value.output
+    assert rows_on("00") == {"shard0": (1, 2, 2), "shard1": (1, 3, 3)}
+
+    call_command("move_shard_prefix", "00", "shard1", "--resume")
+
+    assert rows_on("00") == {"shard1": (1, 3, 3)}
+    assert "ok" in output_of("verify_shards")
+
+
+@pytest.mark.parametrize("killed_after", ["copy", "switch"])
+def test_interrupted_move_rolled_back_leaves_every_row_on_the_source(killed_after):
+    guid = guid_with_prefix("00")
+    make_history(guid, queries=2)
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    if killed_after == "switch":
+        switch_map(move)
+    make_history(guid, queries=1)
+
+    call_command("move_shard_prefix", "00", "--rollback")
+
+    assert rows_on("00") == {"shard0": (1, 3, 3)}
+    assert ShardMapEntry.objects.get(prefix="00").shard == "shard0"
+    assert ShardMove.objects.get(prefix="00").state == ShardMove.State.ROLLED_BACK
+    assert accounts.find_user(guid).query_count == 3
+    assert "ok" in output_of("verify_shards")
+
+
+def test_second_move_of_a_prefix_with_an_interrupted_one_is_refused():
+    make_history(guid_with_prefix("00"), queries=1)
+    copy_rows(begin_move("00", "shard1"))
+
+    with pytest.raises(CommandError, match="stopped while copying; finish it with --resume or undo it with --rollback"):
+        call_command("move_shard_prefix", "00", "shard2")
+
+
+def skew_onto_shard0() -> None:
+    """Six prefixes, all mapped to shard0, of different weights; shard1 and shard2 nearly empty."""
+    for prefix, users in (("10", 4), ("11", 3), ("12", 3), ("13", 2), ("14", 1), ("15", 1)):
+        map_prefix(prefix, "shard0")
+        for _ in range(users):
+            make_history(guid_with_prefix(prefix), queries=1)
+    make_history(guid_with_prefix("01"), queries=1)
+
+
+def test_rebalance_dry_run_plans_moves_off_the_heavy_shard_and_moves_nothing():
+    skew_onto_shard0()
+    loads_before, _ = shard_loads()
+
+    output = output_of("rebalance_shards")
+
+    planned = [line for line in output.splitlines() if " move " in line]
+    assert planned
+    assert " shard0 → " in planned[0]
+    assert "dry run: nothing moved" in output
+    assert shard_loads()[0] == loads_before
+
+
+def test_rebalance_apply_narrows_the_gap_and_loses_nothing():
+    skew_onto_shard0()
+    loads_before, _ = shard_loads()
+    before = ledger()
+
+    output = output_of("rebalance_shards", "--apply")
+
+    loads_after, _ = shard_loads()
+    assert "rebalanced" in output
+    assert max(loads_after.values()) - min(loads_after.values()) < max(loads_before.values()) - min(loads_before.values())
+    assert sum(loads_after.values()) == sum(loads_before.values())
+    assert ledger() == before
+    assert "ok" in output_of("verify_shards")
+    assert "balanced: no move would narrow the gap" in output_of("rebalance_shards")
