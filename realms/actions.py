@@ -1,16 +1,20 @@
-"""Accepting queries into realms, and what the sysop may do to queries in flight."""
+"""Every write to realms (registry, backups), accepting queries into them, and what the
+sysop may do to queries in flight."""
 import logging
 
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from accounts import actions as accounts
 from accounts.models import User
-from pools.actions import count_available_workers
 from realms.frames import QuerySubmission
 from realms.jobs import enqueue_query
-from realms.routing import check_room, realm_for_query_type
-from rentahal.errors import Forbidden
+from realms.models import Realm, RealmBackup
+from realms.routing import find_backup_loop, route_query
+from realms.status import available_workers
+from rentahal.errors import BrokerError, Forbidden
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -20,8 +24,7 @@ def submit_query(user: User, submission: QuerySubmission) -> dict:
     """Accept the query into its realm and return the `queue_update` frame for the client."""
     if user.is_banned:
         raise Forbidden("You are banned from this service.")
-    realm = realm_for_query_type(submission.query_type)
-    depth = check_room(realm)
+    realm, depth = route_query(submission.query_type)
     query = accounts.accept_query(
         user,
         query_type=submission.query_type,
@@ -35,7 +38,7 @@ def submit_query(user: User, submission: QuerySubmission) -> dict:
     return {
         "type": "queue_update",
         "depth": depth + 1,
-        "total": count_available_workers(submission.query_type),
+        "total": len(available_workers(realm, submission.query_type)),
         "query_id": str(query.id),
         "realm": realm.name,
     }
@@ -69,3 +72,101 @@ def stop_job(job_id: str) -> None:
             job.cancel()
         except InvalidJobOperation:
             logger.info("job %s started before it could be cancelled", job_id)
+
+
+REALM_FIELDS = ("name", "query_type", "min_workers", "max_workers", "queue_limit")
+
+
+def create_realm(*, name: str, query_type: str, backups: dict[str, list[Realm]] | None = None, **fields) -> Realm:
+    """Create a realm; if another realm was primary for the type, the type moves to this one."""
+    if not query_type:
+        raise BrokerError("A realm needs a primary query type.", code="no_primary_type")
+    with transaction.atomic(using="default", durable=True):
+        take_over_query_type(query_type, realm=None)
+        realm = Realm(name=name, query_type=query_type, **fields)
+        save_realm(realm)
+        for backup_type, backup_realms in (backups or {}).items():
+            set_backups(realm, backup_type, backup_realms)
+    logger.info("realm %s created, primary for %s", realm.name, query_type)
+    return realm
+
+
+def update_realm(realm: Realm, *, backups: dict[str, list[Realm]] | None = None, **fields) -> Realm:
+    """Change a realm's settings; a new primary type is routed to it (PATCH semantics)."""
+    unknown = set(fields) - set(REALM_FIELDS)
+    if unknown:
+        raise BrokerError(f"Unknown realm field(s): {', '.join(sorted(unknown))}.", code="bad_field")
+    with transaction.atomic(using="default", durable=True):
+        realm = Realm.objects.select_for_update().get(pk=realm.pk)
+        if fields.get("name", realm.name) != realm.name:
+            raise BrokerError(
+                "A realm cannot be renamed: its queue and its queries' records carry the name.", code="rename"
+            )
+        new_type = fields.get("query_type", realm.query_type)
+        if "query_type" in fields and not new_type:
+            raise BrokerError("A realm needs a primary query type.", code="no_primary_type")
+        if new_type != realm.query_type and not realm.query_type:
+            # Realm.clean refuses a primary realm changing type, so only a backup-only
+            # realm takes a type over.
+            take_over_query_type(new_type, realm=realm)
+        for field, value in fields.items():
+            setattr(realm, field, value)
+        save_realm(realm)
+        for backup_type, backup_realms in (backups or {}).items():
+            set_backups(realm, backup_type, backup_realms)
+    logger.info("realm %s updated: %s", realm.name, ", ".join(sorted(fields)) or "backups")
+    return realm
+
+
+def delete_realm(realm: Realm) -> None:
+    """Delete a realm that is primary for no query type."""
+    with transaction.atomic(using="default", durable=True):
+        realm = Realm.objects.select_for_update().get(pk=realm.pk)
+        if realm.query_type:
+            raise BrokerError(
+                f"{realm.name} is the primary realm for {realm.query_type} queries and cannot be deleted; "
+                f"make another realm primary for {realm.query_type} first.",
+                code="realm_is_primary",
+            )
+        realm.delete()
+    logger.info("realm %s deleted", realm.name)
+
+
+def set_backups(realm: Realm, query_type: str, backups: list[Realm]) -> None:
+    """Replace the realm's ordered backups for a query type, refusing a chain that loops."""
+    if len({backup.pk for backup in backups}) != len(backups):
+        raise BrokerError(f"A backup realm is listed twice for {query_type}.", code="duplicate_backup")
+    loop = find_backup_loop(realm, query_type, backups, replace=True)
+    if loop:
+        raise BrokerError(f"Backup chain for {query_type} loops: {' → '.join(loop)}.", code="backup_loop")
+    RealmBackup.objects.filter(realm=realm, query_type=query_type).delete()
+    RealmBackup.objects.bulk_create(
+        RealmBackup(realm=realm, query_type=query_type, backup=backup, position=position)
+        for position, backup in enumerate(backups)
+    )
+
+
+def take_over_query_type(query_type: str, *, realm: Realm | None) -> None:
+    """Clear the type from the realm currently primary for it, so `realm` can take it."""
+    holder = Realm.objects.select_for_update().filter(query_type=query_type).exclude(pk=getattr(realm, "pk", None)).first()
+    if holder is not None:
+        holder.query_type = None
+        holder.save(update_fields=["query_type"])
+        logger.info("query type %s moved off realm %s", query_type, holder.name)
+
+
+def save_realm(realm: Realm) -> None:
+    try:
+        realm.full_clean()
+    except ValidationError as exc:
+        raise BrokerError(validation_message(exc), code="invalid") from None
+    realm.save()
+
+
+def validation_message(error: ValidationError) -> str:
+    if hasattr(error, "message_dict"):
+        return "; ".join(
+            " ".join(messages) if field == "__all__" else f"{field}: {' '.join(messages)}"
+            for field, messages in error.message_dict.items()
+        )
+    return " ".join(error.messages)

@@ -15,7 +15,9 @@ from realms import actions as realms
 from realms import chunks
 from realms.frames import parse_submission, require_str
 from realms.jobs import user_group
+from realms.routing import find_realm, home_realm_of
 from rentahal.errors import BrokerError, Forbidden
+from rentahal.metrics import record_connection
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     """One browser tab. Every tab of a user joins the user's group, so each sees every result."""
 
     user = None
+    home_realm = None
 
     async def connect(self):
         guid = accounts.normalise_guid(self.scope.get("cookies", {}).get(COOKIE_NAME))
@@ -41,6 +44,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(user_group(guid), self.channel_name)
         await self.channel_layer.group_add(BROADCAST_GROUP, self.channel_name)
+        await self.join_home_realm(guid)
         await self.send_user_info()
         await self.send_previous_queries()
         await self.send_worker_update()
@@ -51,6 +55,20 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         if self.user is not None:
             await self.channel_layer.group_discard(user_group(self.user.guid), self.channel_name)
             await self.channel_layer.group_discard(BROADCAST_GROUP, self.channel_name)
+        if self.home_realm is not None:
+            await self.channel_layer.group_discard(self.home_realm.group_name, self.channel_name)
+            record_connection(self.home_realm.name, -1)
+            self.home_realm = None
+
+    async def join_home_realm(self, guid: str) -> None:
+        """Count this socket in the user's home realm and join its broadcast group (seed 002)."""
+        try:
+            realm = await database_sync_to_async(home_realm_of)(guid)
+        except BrokerError:
+            return
+        await self.channel_layer.group_add(realm.group_name, self.channel_name)
+        record_connection(realm.name, 1)
+        self.home_realm = realm
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         raw = text_data if text_data is not None else bytes_data
@@ -185,9 +203,14 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "query_terminated", "guid": guid})
 
     async def sysop_message(self, content):
+        """Broadcast to everyone, or with `realm` only to the sockets whose home is that realm."""
         message = require_str(content, "message")
+        realm_name = require_str(content, "realm", required=False)
+        group = BROADCAST_GROUP
+        if realm_name:
+            group = (await database_sync_to_async(find_realm)(realm_name)).group_name
         await self.channel_layer.group_send(
-            BROADCAST_GROUP, {"type": "send.frame", "frame": {"type": "sysop_message", "message": message}}
+            group, {"type": "send.frame", "frame": {"type": "sysop_message", "message": message}}
         )
 
     async def broadcast_worker_update(self):

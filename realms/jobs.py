@@ -1,5 +1,6 @@
 """The RQ job that runs one query: select, call, store and charge, then push the frame."""
 import logging
+import time
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
@@ -11,6 +12,7 @@ from accounts import actions as accounts
 from pools.clients import ModelRequest, ModelServerError
 from pools.dispatch import serve
 from pools.selection import NoWorkerAvailable
+from rentahal.metrics import record_query_outcome
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ async def run_query(query_id: str) -> str:
     async def forward_chunk(text: str) -> None:
         await push_frame(guid, {"type": "query_chunk", "query_id": query_id, "chunk": text})
 
+    started = time.monotonic()
     try:
         served = await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
     except (NoWorkerAvailable, ModelServerError) as exc:
@@ -66,6 +69,14 @@ async def run_query(query_id: str) -> str:
         query_id, result=served.answer.result, result_type=served.answer.result_type, worker=served.worker
     )
     if finished is not None:
+        record_query_outcome(
+            finished.realm,
+            worker=served.worker,
+            processing_time=finished.processing_time,
+            ok=True,
+            cross_realm=served.is_cross_realm,
+            busy_seconds=time.monotonic() - started,
+        )
         await push_frame(
             guid,
             {
@@ -84,6 +95,7 @@ async def run_query(query_id: str) -> str:
 async def finish_with_failure(query_id: str, guid: str, reason: str) -> None:
     failed = await sync_to_async(accounts.fail_query)(query_id, error=reason)
     if failed is not None:
+        record_query_outcome(failed.realm, worker="", processing_time=failed.processing_time, ok=False)
         await push_frame(guid, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})
 
 
@@ -97,4 +109,5 @@ def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
         reason = f"internal error ({exc_type.__name__})"
     query = accounts.fail_query(query_id, error=reason)
     if query is not None:
+        record_query_outcome(query.realm, worker="", processing_time=query.processing_time, ok=False)
         async_to_sync(push_frame)(query.user_id, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})

@@ -1,5 +1,9 @@
-"""Which realm serves a query type, and whether it has room for one more query."""
-from realms.models import Realm
+"""Which realm serves a query type: its primary realm, else the first backup with room;
+and which realm is a user's home."""
+import hashlib
+from collections import defaultdict
+
+from realms.models import Realm, RealmBackup
 from rentahal.errors import BrokerError, Unavailable
 from rentahal.queues import get_queue
 
@@ -24,3 +28,104 @@ def check_room(realm: Realm) -> int:
             f"The {realm.name} realm is full ({depth} queries waiting); try again shortly.", code="realm_full"
         )
     return depth
+
+
+def route_query(query_type: str) -> tuple[Realm, int]:
+    """Return the realm that takes this query and its queue depth before it.
+
+    The primary realm takes it while it has room; otherwise its backups are tried in
+    order, each backup's own backups right after it. The depth check and the enqueue are
+    not atomic, so under a burst a realm may overshoot its limit by the burst's size.
+    """
+    primary = realm_for_query_type(query_type)
+    candidates = [primary, *backup_chain(primary, query_type)]
+    for realm in candidates:
+        depth = queue_depth(realm)
+        if depth < realm.queue_limit:
+            return realm, depth
+    if len(candidates) == 1:
+        check_room(primary)
+    names = ", ".join(realm.name for realm in candidates[1:])
+    raise Unavailable(
+        f"The {primary.name} realm is full and so are its backups ({names}); try again shortly.",
+        code="realm_full",
+    )
+
+
+def backup_edges(query_type: str, *, exclude_realm: Realm | None = None, exclude_pk=None) -> dict[int, list[Realm]]:
+    """Return each realm's ordered backups for the query type, as realm id → backups."""
+    rows = RealmBackup.objects.filter(query_type=query_type).select_related("backup").order_by("position", "id")
+    if exclude_realm is not None:
+        rows = rows.exclude(realm=exclude_realm)
+    if exclude_pk is not None:
+        rows = rows.exclude(pk=exclude_pk)
+    edges: dict[int, list[Realm]] = defaultdict(list)
+    for row in rows:
+        edges[row.realm_id].append(row.backup)
+    return edges
+
+
+def backup_chain(realm: Realm, query_type: str) -> list[Realm]:
+    """Return the realms to try after `realm` for this type: depth first, each once."""
+    edges = backup_edges(query_type)
+    chain: list[Realm] = []
+    seen = {realm.pk}
+
+    def visit(current_id: int) -> None:
+        for backup in edges.get(current_id, []):
+            if backup.pk not in seen:
+                seen.add(backup.pk)
+                chain.append(backup)
+                visit(backup.pk)
+
+    visit(realm.pk)
+    return chain
+
+
+def find_backup_loop(realm: Realm, query_type: str, backups: list[Realm], *, replace: bool = False, exclude=None) -> list[str]:
+    """Return the realm names of a loop that giving `realm` these backups would make, else [].
+
+    With `replace`, the backups replace the realm's current ones for the type; otherwise
+    they are added (one new row, as the admin saves them).
+    """
+    edges = backup_edges(query_type, exclude_realm=realm if replace else None, exclude_pk=exclude)
+    edges[realm.pk] = [*edges.get(realm.pk, []), *backups]
+    names = {realm.pk: realm.name}
+    for targets in edges.values():
+        names.update((target.pk, target.name) for target in targets)
+
+    def walk(current_id: int, path: list[int]) -> list[int]:
+        for target in edges.get(current_id, []):
+            if target.pk == realm.pk:
+                return [*path, target.pk]
+            if target.pk not in path:
+                found = walk(target.pk, [*path, target.pk])
+                if found:
+                    return found
+        return []
+
+    loop = walk(realm.pk, [realm.pk])
+    return [names[pk] for pk in loop]
+
+
+def home_realm(guid: str, realms: list[Realm]) -> Realm:
+    """Return the user's home realm by rendezvous hashing of the guid.
+
+    The same guid always lands in the same realm, and adding or removing a realm moves
+    only the users of that realm.
+    """
+    if not realms:
+        raise BrokerError("There are no realms.", code="no_realm")
+    return max(realms, key=lambda realm: hashlib.sha256(f"{realm.name}:{guid}".encode()).digest())
+
+
+def home_realm_of(guid: str) -> Realm:
+    return home_realm(guid, list(Realm.objects.all()))
+
+
+def find_realm(name: str) -> Realm:
+    """Return the realm of this name, or refuse naming it."""
+    realm = Realm.objects.filter(name=name).first()
+    if realm is None:
+        raise BrokerError(f"Unknown realm '{name[:64]}'.", code="unknown_realm")
+    return realm

@@ -3,9 +3,13 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import TemplateView
 
+from rentahal.metrics import metrics_view
+
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/", admin.site.urls),
+    path("api/realms/", include("realms.urls")),
+    path("metrics", metrics_view, name="metrics"),
     path("api/pools/", include("pools.urls")),
 ]

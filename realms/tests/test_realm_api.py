@@ -1,0 +1,160 @@
+"""The realm admin API: sysops and staff manage realms; bad input changes nothing."""
+import pytest
+from django.contrib.auth.models import User as StaffUser
+from rest_framework.test import APIClient
+
+from realms.models import Realm, RealmBackup
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+@pytest.fixture
+def as_sysop(sysop, default_realms):
+    client = APIClient()
+    client.cookies["user_guid"] = sysop.guid
+    return client
+
+
+def realm_names() -> list[str]:
+    return list(Realm.objects.values_list("name", flat=True))
+
+
+def test_sysop_lists_realms_with_workers_pools_and_metrics(as_sysop, register_worker, fake_server):
+    register_worker(fake_server, "openai", query_type="chat", name="chat-1", realm="$CHAT")
+
+    response = as_sysop.get("/api/realms/")
+
+    assert response.status_code == 200
+    realms = {realm["name"]: realm for realm in response.json()["realms"]}
+    assert set(realms) == {"$CHAT", "$VISION", "$IMAGINE", "$SPEECH"}
+    chat = realms["$CHAT"]
+    assert chat["primary_query_type"] == "chat"
+    assert [worker["name"] for worker in chat["workers"]] == ["chat-1"]
+    assert chat["pools"] == []
+    assert chat["metrics"]["queries_processed"] == 0
+    assert chat["metrics"]["workers"] == 1
+    assert response.json()["summary"]["realms"] == 4
+
+
+def test_staff_member_may_use_the_api(default_realms):
+    staff = StaffUser.objects.create_user("operator", password="pw", is_staff=True)
+    client = APIClient()
+    client.force_authenticate(staff)
+
+    assert client.get("/api/realms/").status_code == 200
+
+
+@pytest.mark.parametrize("who", ["anonymous", "plain user", "staffless login"])
+def test_others_are_refused(who, alice, default_realms):
+    client = APIClient()
+    if who == "plain user":
+        client.cookies["user_guid"] = alice.guid
+    if who == "staffless login":
+        client.force_authenticate(StaffUser.objects.create_user("someone", password="pw"))
+
+    response = client.post("/api/realms/", {"name": "$NEW", "primary_query_type": "chat"}, format="json")
+
+    assert response.status_code in (401, 403)
+    assert "$NEW" not in realm_names()
+
+
+def test_creating_a_realm_for_a_type_routes_that_type_to_it(as_sysop):
+    response = as_sysop.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat", "queue_limit": 50}, format="json")
+
+    assert response.status_code == 201
+    assert response.json()["primary_query_type"] == "chat"
+    assert Realm.objects.get(query_type="chat").name == "$CHAT_EU"
+    assert Realm.objects.get(name="$CHAT").query_type is None
+    assert Realm.objects.get(name="$CHAT_EU").queue_limit == 50
+
+
+def test_update_changes_limits_and_backups(as_sysop):
+    as_sysop.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
+    as_sysop.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")
+
+    response = as_sysop.patch(
+        "/api/realms/$IMAGINE/", {"max_workers": 3, "backups": {"imagine": ["$IMAGINE_2"]}}, format="json"
+    )
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["backups"] == {"imagine": ["$IMAGINE_2"]}
+    assert Realm.objects.get(name="$IMAGINE").max_workers == 3
+
+
+def test_a_backup_only_realm_given_a_type_takes_its_routing(as_sysop):
+    as_sysop.post("/api/realms/", {"name": "$SPEECH_2", "primary_query_type": "speech"}, format="json")
+
+    response = as_sysop.patch("/api/realms/$SPEECH/", {"primary_query_type": "speech"}, format="json")
+
+    assert response.status_code == 200
+    assert Realm.objects.get(query_type="speech").name == "$SPEECH"
+    assert Realm.objects.get(name="$SPEECH_2").query_type is None
+
+
+def test_deleting_a_backup_only_realm_works(as_sysop):
+    as_sysop.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat"}, format="json")
+
+    response = as_sysop.delete("/api/realms/$CHAT/")
+
+    assert response.status_code == 204
+    assert "$CHAT" not in realm_names()
+
+
+def test_deleting_a_primary_realm_is_refused_and_changes_nothing(as_sysop):
+    response = as_sysop.delete("/api/realms/$CHAT/")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "realm_is_primary"
+    assert "primary realm for chat" in response.json()["error"]
+    assert Realm.objects.get(name="$CHAT").query_type == "chat"
+
+
+def test_a_backup_chain_that_loops_is_refused_and_changes_nothing(as_sysop):
+    as_sysop.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
+    as_sysop.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")
+    as_sysop.patch("/api/realms/$IMAGINE/", {"backups": {"imagine": ["$IMAGINE_2"]}}, format="json")
+
+    response = as_sysop.patch("/api/realms/$IMAGINE_2/", {"backups": {"imagine": ["$IMAGINE"]}}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "backup_loop"
+    assert "$IMAGINE_2 → $IMAGINE → $IMAGINE_2" in response.json()["error"]
+    assert list(RealmBackup.objects.values_list("realm__name", "backup__name")) == [("$IMAGINE", "$IMAGINE_2")]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "message"),
+    [
+        ({"name": "$NEW"}, "primary_query_type", "needs a primary query type"),
+        ({"name": "$NEW", "primary_query_type": None}, "primary_query_type", "needs a primary query type"),
+        ({"name": "$NEW", "primary_query_type": "telepathy"}, "primary_query_type", "not a valid choice"),
+        ({"name": "lowercase", "primary_query_type": "chat"}, "name", "$ followed by capital letters"),
+        ({"name": "$NEW", "primary_query_type": "chat", "backups": {"chat": ["$NOPE"]}}, "backups", "Unknown realm(s): $NOPE"),
+        ({"name": "$NEW", "primary_query_type": "chat", "backups": {"chat": ["$NEW"]}}, "backups", "own backup"),
+        ({"name": "$NEW", "primary_query_type": "chat", "min_workers": 5, "max_workers": 2}, "min_workers", "must not exceed"),
+    ],
+)
+def test_bad_realm_input_is_refused_and_changes_nothing(as_sysop, payload, field, message):
+    before = list(Realm.objects.values_list("name", "query_type"))
+
+    response = as_sysop.post("/api/realms/", payload, format="json")
+
+    assert response.status_code == 400
+    assert message in " ".join(response.json()[field])
+    assert list(Realm.objects.values_list("name", "query_type")) == before
+
+
+def test_a_primary_realm_cannot_drop_its_type(as_sysop):
+    response = as_sysop.patch("/api/realms/$CHAT/", {"primary_query_type": "imagine"}, format="json")
+
+    assert response.status_code == 400
+    assert "leave chat queries with no realm" in response.json()["error"]
+    assert Realm.objects.get(name="$CHAT").query_type == "chat"
+    assert Realm.objects.get(name="$IMAGINE").query_type == "imagine"
+
+
+def test_unknown_realm_is_not_found(as_sysop):
+    response = as_sysop.get("/api/realms/$NOPE/")
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "Unknown realm '$NOPE'."
