@@ -124,6 +124,7 @@ def worker_environment() -> dict:
         SHARD_URLS=",".join(database_url(alias) for alias in settings.DATABASES if alias.startswith("shard")),
         REDIS_URL=settings.REDIS_URL,
         CHANNEL_PREFIX=settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"],
+        TEST_CONN_MAX_AGE="60",
     )
     return env
 

@@ -14,13 +14,16 @@ os.environ.setdefault("CHANNEL_PREFIX", f"rentahal-test-{SLOT}")
 
 from rentahal.settings import *  # noqa: E402,F403
 
-DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+# The test process closes connections after each use so the test databases can be dropped
+# at the end; child processes (workers, daphne) keep them, as in production.
+CONN_MAX_AGE = int(os.environ.get("TEST_CONN_MAX_AGE", "0"))
+DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE  # noqa: F405
 DATABASES["default"]["TEST"] = {"NAME": f"test_rentahal_{SLOT}"}  # noqa: F405
 if not any(alias.startswith("shard") for alias in DATABASES):  # noqa: F405
     for _index in range(TEST_SHARDS):
         DATABASES[f"shard{_index}"] = {**DATABASES["default"], "NAME": f"rentahal_shard{_index}"}  # noqa: F405
 for _alias in [alias for alias in DATABASES if alias.startswith("shard")]:  # noqa: F405
-    DATABASES[_alias]["CONN_MAX_AGE"] = 0  # noqa: F405
+    DATABASES[_alias]["CONN_MAX_AGE"] = CONN_MAX_AGE  # noqa: F405
     DATABASES[_alias]["TEST"] = {"NAME": f"test_rentahal_{SLOT}_{_alias}"}  # noqa: F405
 
 RENTAHAL_READ_TIMEOUT = float(os.environ.get("MODEL_READ_TIMEOUT", 3.0))
