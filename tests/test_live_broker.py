@@ -83,6 +83,8 @@ def test_page_and_admin_are_served_with_their_static_files(broker_without_model)
         assert login.status == 200
     with urllib.request.urlopen(f"{base}/static/admin/css/base.css") as css:
         assert css.status == 200
+    with urllib.request.urlopen(f"{base}/metrics") as metrics:
+        assert metrics.status == 200
 
 
 async def test_idle_socket_outlives_redis_socket_timeouts(broker_without_model):

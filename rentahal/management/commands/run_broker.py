@@ -1,12 +1,15 @@
 """Run the whole broker on one machine: migrations, a real local chat model registered as a
 worker, RQ realm workers, housekeeping, and daphne serving the page, /ws and the admin."""
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -21,20 +24,22 @@ from pools.local_model import MODEL_NAME
 logger = logging.getLogger(__name__)
 
 LOCAL_WORKER_NAME = "smollm2-local"
+CHAT_POOL = "$CHAT"
 RESTART_BACKOFF_SECONDS = 2.0
 
 
 class Child:
     """A supervised child process, restarted when it dies (an RQ worker may exit on a Redis failover)."""
 
-    def __init__(self, name: str, argv: list[str]):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
         self.name = name
         self.argv = argv
+        self.env = env
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR)
+        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=self.env)
         self.started_at = time.monotonic()
         logger.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -57,6 +62,17 @@ class Child:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def fresh_metrics_dir() -> Path:
+    """Return an empty directory for prometheus-client's multiprocess files.
+
+    Files left by an earlier run would add old counts to the new run's /metrics.
+    """
+    path = Path(settings.BASE_DIR) / "run" / "prometheus"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def manage(*args: str) -> list[str]:
@@ -105,6 +121,7 @@ class Command(BaseCommand):
         self.stdout.write("databases migrated")
         children: list[Child] = []
         stopping = False
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir())}
 
         def stop(signum, frame):
             nonlocal stopping
@@ -114,7 +131,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         try:
             if not options["no_local_model"]:
-                model = Child("local model", manage("serve_local_model", "--port", str(options["model_port"])))
+                model = Child("local model", manage("serve_local_model", "--port", str(options["model_port"])), env)
                 model.start()
                 children.append(model)
                 url = f"http://127.0.0.1:{options['model_port']}"
@@ -122,14 +139,18 @@ class Command(BaseCommand):
                 pools.add_worker(
                     name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME
                 )
-                self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME}")
+                pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME])
+                self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
             every = str(options["housekeeping_every"])
             for child in [
-                Child("realm worker", manage("run_realm_worker")),
-                Child("reconciler", manage("reconcile_queries", "--every", every)),
+                Child("realm worker", manage("run_realm_worker"), env),
+                Child("reconciler", manage("reconcile_queries", "--every", every), env),
+                Child("health checker", manage("check_worker_health", "--every", every), env),
+                Child("scaling advisor", manage("evaluate_scaling", "--every", every), env),
                 Child(
                     "daphne",
                     [sys.executable, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "rentahal.asgi:application"],
+                    env,
                 ),
             ]:
                 child.start()
