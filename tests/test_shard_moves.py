@@ -1,12 +1,13 @@
 """Moving a guid prefix between shards: live, under load, interrupted, and rebalanced."""
 import asyncio
 import threading
+import time
 
 import pytest
 from channels.db import database_sync_to_async
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections
+from django.db import connections, transaction
 
 from accounts import actions as accounts
 from accounts.billing import system_totals
@@ -14,7 +15,7 @@ from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
 from rentahal.shard_moves import begin_move, copy_rows, switch_map
 from rentahal.shard_placement import shard_loads
-from rentahal.sharding import shard_aliases, shard_for_guid
+from rentahal.sharding import FENCE_LOCK_CLASS, close_fence, shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -223,3 +224,45 @@ def test_rebalance_apply_narrows_the_gap_and_loses_nothing():
     assert ledger() == before
     assert "ok" in output_of("verify_shards")
     assert "balanced: no move would narrow the gap" in output_of("rebalance_shards")
+
+
+def wait_for_writer_at_fence(prefix: str) -> None:
+    """Return once another session is queued on the prefix's fence (read from pg_locks)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = %s AND objid = %s",
+                [FENCE_LOCK_CLASS, int(prefix, 16)],
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.01)
+    pytest.fail("the writer never reached the fence")
+
+
+def test_write_that_meets_the_closed_fence_waits_then_lands_on_the_new_shard():
+    guid = guid_with_prefix("00")
+    make_history(guid, queries=1)
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    written = {}
+
+    def write():
+        try:
+            written["ids"] = make_history(guid, queries=1)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=write)
+    with transaction.atomic(using="default"):
+        close_fence("00", timeout_ms=5000)
+        writer.start()
+        wait_for_writer_at_fence("00")
+        switch_map(move)
+    writer.join()
+
+    assert Query.objects.using("shard1").filter(pk=written["ids"][0]).exists()
+    assert not Query.objects.using("shard0").filter(pk=written["ids"][0]).exists()
+    call_command("move_shard_prefix", "00", "--resume")
+    assert rows_on("00") == {"shard1": (1, 2, 2)}
