@@ -96,9 +96,15 @@ def set_banned(guid: str, is_banned: bool, *, acting_user: User) -> User:
     user = find_user(guid)
     if user.pk == acting_user.pk and is_banned:
         raise BrokerError("A sysop cannot ban themselves.", code="ban_self")
+    return store_ban(user, is_banned)
+
+
+def store_ban(user: User, is_banned: bool) -> User:
+    """Write the ban flag; callers have checked who may (a sysop, or staff in the admin)."""
     with writing_for(user.guid) as alias:
         User.objects.using(alias).filter(pk=user.pk).update(is_banned=is_banned)
     user.is_banned = is_banned
+    logger.info("user %s %s", user.guid, "banned" if is_banned else "unbanned")
     return user
 
 

@@ -1,0 +1,93 @@
+"""The operators' view of users, queries and the ledger, one shard at a time.
+
+A changelist cannot span databases, so each list shows one shard, chosen with the
+"shard" filter. The ledger and queries are records: the admin reads them and never edits
+them; bans go through `accounts.actions` so they respect a shard move's write fence.
+"""
+from urllib.parse import parse_qs
+
+from django.contrib import admin
+
+from accounts import actions
+from accounts.models import Charge, Query, User
+from rentahal.sharding import shard_aliases
+
+
+class ShardFilter(admin.SimpleListFilter):
+    title = "shard"
+    parameter_name = "shard"
+
+    def lookups(self, request, model_admin):
+        return [(alias, alias) for alias in shard_aliases()]
+
+    def queryset(self, request, queryset):
+        return queryset  # ShardedAdmin.get_queryset has already picked the database.
+
+    def value(self):
+        return super().value() or shard_aliases()[0]
+
+
+def requested_shard(request) -> str | None:
+    """Return the shard named by the list's filter, also on pages reached from the list."""
+    shard = request.GET.get("shard") or parse_qs(request.GET.get("_changelist_filters", "")).get("shard", [None])[0]
+    return shard if shard in shard_aliases() else None
+
+
+class ShardedAdmin(admin.ModelAdmin):
+    list_filter = [ShardFilter]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        shard = requested_shard(request)
+        if shard is None and request.resolver_match.url_name.endswith("_changelist"):
+            shard = shard_aliases()[0]
+        # Without a shard the router routes by the primary key (a guid or a query id).
+        return queryset.using(shard) if shard else queryset
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(User)
+class UserAdmin(ShardedAdmin):
+    list_display = ["nickname", "guid", "is_sysop", "is_banned", "query_count", "total_cost", "total_query_time", "created_at"]
+    list_filter = [ShardFilter, "is_sysop", "is_banned"]
+    search_fields = ["nickname", "=guid"]
+    readonly_fields = list_display
+    actions = ["ban_users", "unban_users"]
+
+    @admin.action(description="Ban selected users", permissions=["view"])
+    def ban_users(self, request, queryset):
+        self.set_banned(request, queryset, True)
+
+    @admin.action(description="Unban selected users", permissions=["view"])
+    def unban_users(self, request, queryset):
+        self.set_banned(request, queryset, False)
+
+    def set_banned(self, request, queryset, is_banned: bool) -> None:
+        users = list(queryset)
+        for user in users:
+            actions.store_ban(user, is_banned)
+        self.message_user(request, f"{len(users)} user(s) {'banned' if is_banned else 'unbanned'}.")
+
+
+@admin.register(Query)
+class QueryAdmin(ShardedAdmin):
+    list_display = ["id", "user", "query_type", "realm", "status", "worker", "processing_time", "cost", "accepted_at"]
+    list_filter = [ShardFilter, "status", "query_type", "realm"]
+    search_fields = ["=id", "=user__guid", "prompt"]
+    list_select_related = ["user"]
+    date_hierarchy = "accepted_at"
+
+
+@admin.register(Charge)
+class ChargeAdmin(ShardedAdmin):
+    list_display = ["query_id", "user", "amount", "processing_time", "created_at"]
+    search_fields = ["=query__id", "=user__guid"]
+    list_select_related = ["user"]

@@ -1,0 +1,55 @@
+"""The operators' console for users, queries and the ledger, shard by shard."""
+import pytest
+
+from accounts import actions
+from accounts.models import Query, User
+from rentahal.sharding import shard_for_guid
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+
+def test_user_list_shows_the_users_of_the_chosen_shard(admin_client, alice, bob):
+    response = admin_client.get("/admin/accounts/user/", {"shard": shard_for_guid(alice.guid)})
+
+    assert response.status_code == 200
+    assert "alice" in response.content.decode()
+
+
+def test_user_list_without_a_shard_shows_the_first_shard(admin_client, alice):
+    assert admin_client.get("/admin/accounts/user/").status_code == 200
+
+
+def test_user_page_is_found_on_its_shard_by_guid(admin_client, alice):
+    response = admin_client.get(f"/admin/accounts/user/{alice.guid}/change/")
+
+    assert response.status_code == 200
+    assert alice.guid in response.content.decode()
+
+
+def test_staff_ban_action_bans_the_selected_users(admin_client, alice):
+    response = admin_client.post(
+        f"/admin/accounts/user/?shard={shard_for_guid(alice.guid)}",
+        {"action": "ban_users", "_selected_action": [alice.guid]},
+        follow=True,
+    )
+
+    assert "1 user(s) banned." in response.content.decode()
+    assert User.objects.get(pk=alice.guid).is_banned
+
+
+def test_queries_are_listed_and_cannot_be_edited_or_deleted(admin_client, alice, default_realms):
+    query = actions.accept_query(
+        alice, query_type="chat", prompt="for the record", model_type="worker_node", model_name="", image="",
+        realm="$CHAT", on_accepted=lambda accepted: None,
+    )
+
+    listing = admin_client.get("/admin/accounts/query/", {"shard": shard_for_guid(alice.guid)})
+    delete = admin_client.post(f"/admin/accounts/query/{query.pk}/delete/", {"post": "yes"})
+
+    assert str(query.pk) in listing.content.decode()
+    assert delete.status_code == 403
+    assert Query.objects.filter(pk=query.pk).exists()
+
+
+def test_ledger_is_read_only(admin_client):
+    assert admin_client.get("/admin/accounts/charge/add/").status_code == 403
