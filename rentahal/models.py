@@ -1,4 +1,4 @@
-"""The shard map and the record of shard moves; both live on `default` (rentahal/SHARDING.md)."""
+"""The shard map and the record of shard moves; both live on `default` (README.md, Sharding)."""
 from django.db import models
 
 

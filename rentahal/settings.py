@@ -70,7 +70,7 @@ DATABASES = {
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 # Per-user rows (users, queries, ledger) live on shard databases, named shard0, shard1, ...
-# in the order of SHARD_URLS; with none configured they live on default (rentahal/SHARDING.md).
+# in the order of SHARD_URLS; with none configured they live on default (README.md, Sharding).
 for _index, _url in enumerate(env.list("SHARD_URLS", default=[])):
     DATABASES[f"shard{_index}"] = env.db_url_config(_url)
     DATABASES[f"shard{_index}"].setdefault("CONN_MAX_AGE", DATABASES["default"]["CONN_MAX_AGE"])
