@@ -1,6 +1,7 @@
 """Fixtures shared by every test: real Redis flushed per test, personas, a fake model server,
 a real RQ worker process, and WebSocket clients for /ws."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -138,37 +139,61 @@ WORKER_KINDS = {
 
 
 def start_rq_worker(connection, *arguments: str) -> subprocess.Popen:
-    """Start `manage.py run_realm_worker` with `arguments` and wait until RQ lists it."""
+    """Start `manage.py run_realm_worker` with `arguments` and wait until RQ lists one more worker.
+
+    The worker leads its own process group, so `stop_rq_worker` takes any child it forked
+    (RQ's scheduler) down with it.
+    """
     from rq import Worker as RQWorker
 
+    already = RQWorker.count(connection=connection)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_realm_worker", *arguments],
         cwd=PROJECT_DIR,
         env=worker_environment(),
+        start_new_session=True,
     )
     deadline = time.monotonic() + 20
-    while not RQWorker.all(connection=connection):
+    while RQWorker.count(connection=connection) <= already:
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the RQ worker did not start")
+            stop_rq_worker(process, timeout=0)
+            pytest.fail(f"the RQ worker ({' '.join(arguments)}) did not start")
         time.sleep(0.05)
     return process
 
 
 def stop_rq_worker(process: subprocess.Popen, timeout: float = 10) -> None:
-    process.terminate()
+    """Ask the worker to shut down warm; kill its whole process group if it does not in time."""
     try:
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+@pytest.fixture
+def start_worker(transactional_db, default_realms, clean_redis):
+    """Start RQ worker processes with the given `run_realm_worker` arguments; all stop after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(*arguments: str) -> subprocess.Popen:
+        started.append(start_rq_worker(clean_redis, *arguments))
+        return started[-1]
+
+    yield start
+    for process in started:
+        stop_rq_worker(process)
 
 
 @pytest.fixture(params=list(WORKER_KINDS))
-def rq_worker(request, transactional_db, default_realms, clean_redis):
+def rq_worker(request, start_worker):
     """A real RQ worker process of each kind serving every realm's queue, stopped after the test."""
-    process = start_rq_worker(clean_redis, *WORKER_KINDS[request.param])
-    yield process
-    stop_rq_worker(process)
+    return start_worker(*WORKER_KINDS[request.param])
 
 
 class Client:

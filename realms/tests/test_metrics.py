@@ -82,10 +82,10 @@ def scrape() -> dict:
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 async def test_metrics_endpoint_reports_what_the_worker_processes_recorded(
-    metrics_dir, realm_worker, fake_server, register_worker, alice, connect
+    metrics_dir, start_worker, fake_server, register_worker, alice, connect
 ):
     await sync_to_async(register_worker)(fake_server, "openai", query_type="chat", name="chat-1", realm="$CHAT")
-    await sync_to_async(realm_worker)("$CHAT", "$VISION")
+    await sync_to_async(start_worker)("$CHAT", "$VISION")
     client = await connect(alice.guid)
     for index in range(3):
         await client.send({"type": "submit_query", "query": {"prompt": f"hello {index}", "query_type": "chat"}})

@@ -19,13 +19,13 @@ def query_status(query_id: str) -> str:
 
 
 async def test_chat_keeps_answering_while_imagine_is_saturated(
-    realm_worker, slow_server, fake_server, register_worker, alice, connect
+    start_worker, slow_server, fake_server, register_worker, alice, connect
 ):
     # One slow image server taking one query at a time: three images queue up behind it.
     await sync_to_async(register_worker)(slow_server, "a1111", query_type="imagine", realm="$IMAGINE", max_concurrency=1)
     await sync_to_async(register_worker)(fake_server, "openai", query_type="chat", realm="$CHAT")
-    await sync_to_async(realm_worker)("$IMAGINE")
-    await sync_to_async(realm_worker)("$CHAT")
+    await sync_to_async(start_worker)("$IMAGINE")
+    await sync_to_async(start_worker)("$CHAT")
     client = await connect(alice.guid)
     image_ids = []
     for index in range(3):
@@ -44,10 +44,10 @@ async def test_chat_keeps_answering_while_imagine_is_saturated(
 
 
 async def test_a_realm_without_workers_borrows_one_from_another_realm(
-    realm_worker, fake_server, register_worker, alice, connect
+    start_worker, fake_server, register_worker, alice, connect
 ):
     await sync_to_async(register_worker)(fake_server, "openai", query_type="chat", name="vision-hosted-chat", realm="$VISION")
-    await sync_to_async(realm_worker)("$CHAT")
+    await sync_to_async(start_worker)("$CHAT")
     client = await connect(alice.guid)
 
     await client.send(submit("chat", "anyone home?"))
