@@ -13,7 +13,7 @@ import logging
 import signal
 
 import aiohttp
-from asgiref.sync import SyncToAsync
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from rq import Worker
 from rq.executions import Execution
 from rq.job import Job
@@ -47,9 +47,17 @@ class ConcurrentWorker(Worker):
     # Signal-based timeouts only work in the main thread; failure callbacks run in a thread.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args, concurrency: int = 64, shutdown_grace: float = 20.0, **kwargs):
+    def __init__(self, *args, concurrency: int = 64, shutdown_grace: float = 20.0, db_threads: int = 4, **kwargs):
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
+        # Jobs' thread-sensitive sync_to_async calls (the ORM) are spread over a few
+        # one-thread lanes: the Postgres connections of a process stay bounded at
+        # `db_threads`, and one slow transaction holds up only its own lane.
+        self._db_lanes = [
+            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rq-db-{n}")
+            for n in range(max(1, db_threads))
+        ]
+        self._jobs_started = 0
         self.shutdown_grace = shutdown_grace
         self.in_flight: dict[str, tuple[asyncio.Task, Job, Execution]] = {}
         self.completed_jobs = 0
@@ -75,6 +83,8 @@ class ConcurrentWorker(Worker):
             asyncio.run(self.work_async(burst=burst, max_jobs=max_jobs))
         finally:
             self._threads.shutdown(wait=True)
+            for lane in self._db_lanes:
+                lane.shutdown(wait=True)
             self.teardown()
         return bool(self.completed_jobs)
 
@@ -211,6 +221,12 @@ class ConcurrentWorker(Worker):
         self.completed_jobs += 1
 
     async def perform_async(self, job: Job):
+        lane = self._db_lanes[self._jobs_started % len(self._db_lanes)]
+        self._jobs_started += 1
+        async with ThreadSensitiveContext(executor=lane):
+            return await self._perform(job)
+
+    async def _perform(self, job: Job):
         function = job.func
         if inspect.iscoroutinefunction(function):
             return await function(*job.args, **job.kwargs)
