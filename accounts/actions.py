@@ -143,51 +143,65 @@ def mark_queued(query_id) -> None:
 def start_query(query_id) -> Query | None:
     """Mark the query running and return it, or None if it is already finished (a rerun)."""
     with writing_for(query_id) as alias:
-        query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
-        if query is None or query.is_finished:
-            return None
-        query.status = Query.Status.RUNNING
-        query.started_at = timezone.now()
-        query.attempts += 1
-        query.save(update_fields=["status", "started_at", "attempts"])
-    return query
+        return update_unfinished_query(
+            query_id,
+            "status = %s, started_at = %s, attempts = attempts + 1",
+            [Query.Status.RUNNING, timezone.now()],
+            using=alias,
+        )
 
 
 def finish_query(query_id, *, result: str, result_type: str, worker: str) -> Query | None:
     """Store the result and charge for it in one transaction; None if already finished."""
     with writing_for(query_id) as alias:
-        query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
-        if query is None or query.is_finished:
-            return None
         now = timezone.now()
-        query.status = Query.Status.DONE
-        query.result = result
-        query.result_type = result_type
-        query.worker = worker
-        query.finished_at = now
-        query.processing_time = (now - query.accepted_at).total_seconds()
-        query.cost = billing.charge(query, query.processing_time, using=alias)
-        query.save(
-            update_fields=["status", "result", "result_type", "worker", "finished_at", "processing_time", "cost"]
+        query = update_unfinished_query(
+            query_id,
+            "status = %s, result = %s, result_type = %s, worker = %s, finished_at = %s, "
+            "processing_time = EXTRACT(EPOCH FROM %s::timestamptz - accepted_at)",
+            [Query.Status.DONE, result, result_type, worker, now, now],
+            using=alias,
         )
+        if query is None:
+            return None
+        query.cost = billing.charge(query, query.processing_time, using=alias)
     return query
 
 
 def fail_query(query_id, *, error: str, worker: str = "") -> Query | None:
     """Record a failure the user can read; nothing is charged. None if already finished."""
     with writing_for(query_id) as alias:
-        query = Query.objects.using(alias).select_for_update().filter(pk=query_id).first()
-        if query is None or query.is_finished:
+        now = timezone.now()
+        query = update_unfinished_query(
+            query_id,
+            "status = %s, error = %s, worker = %s, finished_at = %s, "
+            "processing_time = EXTRACT(EPOCH FROM %s::timestamptz - accepted_at)",
+            [Query.Status.FAILED, error, worker, now, now],
+            using=alias,
+        )
+        if query is None:
             return None
-        query.status = Query.Status.FAILED
-        query.error = error
-        query.worker = worker
-        query.finished_at = timezone.now()
-        query.processing_time = (query.finished_at - query.accepted_at).total_seconds()
-        query.save(update_fields=["status", "error", "worker", "finished_at", "processing_time"])
         billing.count_failure(using=alias)
     logger.info("query %s failed: %s", query_id, error)
     return query
+
+
+def update_unfinished_query(query_id, assignments: str, params: list, *, using: str) -> Query | None:
+    """Apply `assignments` to the query unless it is finished; return the row as stored.
+
+    One statement instead of SELECT ... FOR UPDATE and UPDATE: the UPDATE locks the row, and
+    if a concurrent writer held it, Postgres re-checks the WHERE clause against the committed
+    row before writing, so a rerun or a race with a finish still finds the query finished
+    and changes nothing.
+    """
+    table = Query._meta.db_table
+    rows = list(
+        Query.objects.using(using).raw(
+            f"UPDATE {table} SET {assignments} WHERE id = %s AND status NOT IN (%s, %s) RETURNING *",
+            [*params, query_id, *Query.FINISHED],
+        )
+    )
+    return rows[0] if rows else None
 
 
 def unfinished_queries(guid: str) -> list[Query]:

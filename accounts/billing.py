@@ -3,7 +3,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import F, Sum
+from django.db.models import Sum
+from django.utils import timezone
 
 from accounts.models import Charge, Query, SystemTotals, User
 from rentahal.sharding import shard_aliases
@@ -19,21 +20,42 @@ def cost_of(processing_time: float) -> Decimal:
 
 
 def charge(query: Query, processing_time: float, *, using: str) -> Decimal:
-    """Write the ledger row and update user and system totals; return the amount.
+    """Write the ledger row, the query's cost and the user and system totals; return the amount.
 
     Call inside the transaction that stores the result: the unique constraint on
     `Charge.query` makes a second charge for the same query fail instead of counting.
+    The four writes touch four tables and go as one statement, one round trip.
     """
     amount = cost_of(processing_time)
-    Charge.objects.using(using).create(
-        query_id=query.pk, user_id=query.user_id, amount=amount, processing_time=processing_time
-    )
-    User.objects.using(using).filter(pk=query.user_id).update(
-        total_query_time=F("total_query_time") + processing_time,
-        total_cost=F("total_cost") + amount,
-        query_count=F("query_count") + 1,
-    )
-    add_to_system_totals(using=using, queries=1, processing_time=processing_time, cost=amount)
+    charges, queries, users = (model._meta.db_table for model in (Charge, Query, User))
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH ledger AS (
+                INSERT INTO {charges} (query_id, user_id, amount, processing_time, created_at)
+                VALUES (%(query)s, %(user)s, %(amount)s, %(time)s, %(now)s)
+                RETURNING query_id
+            ), query_cost AS (
+                UPDATE {queries} SET cost = %(amount)s WHERE id IN (SELECT query_id FROM ledger)
+            ), user_totals AS (
+                UPDATE {users} SET
+                    total_query_time = total_query_time + %(time)s,
+                    total_cost = total_cost + %(amount)s,
+                    query_count = query_count + 1
+                WHERE guid = %(user)s
+            )
+            {system_totals_upsert()}
+            """,
+            {
+                "query": query.pk,
+                "user": query.user_id,
+                "amount": amount,
+                "time": processing_time,
+                "now": timezone.now(),
+                "queries": 1,
+                "failed": 0,
+            },
+        )
     return amount
 
 
@@ -43,20 +65,26 @@ def count_failure(*, using: str) -> None:
 
 def add_to_system_totals(*, using: str, queries=0, processing_time=0.0, cost=Decimal("0"), failed=0) -> None:
     """Add to the shard's totals row, creating it on first use, in one statement."""
-    table = SystemTotals._meta.db_table
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f"""
-            INSERT INTO {table} (id, total_queries, total_processing_time, total_cost, failed_queries)
-            VALUES (1, %s, %s, %s, %s)
-            ON CONFLICT (id) DO UPDATE SET
-                total_queries = {table}.total_queries + EXCLUDED.total_queries,
-                total_processing_time = {table}.total_processing_time + EXCLUDED.total_processing_time,
-                total_cost = {table}.total_cost + EXCLUDED.total_cost,
-                failed_queries = {table}.failed_queries + EXCLUDED.failed_queries
-            """,
-            [queries, processing_time, cost, failed],
+            system_totals_upsert(),
+            {"queries": queries, "time": processing_time, "amount": cost, "failed": failed},
         )
+
+
+def system_totals_upsert() -> str:
+    """Return the upsert of the shard's totals row, with named parameters queries, time,
+    amount and failed."""
+    table = SystemTotals._meta.db_table
+    return f"""
+        INSERT INTO {table} (id, total_queries, total_processing_time, total_cost, failed_queries)
+        VALUES (1, %(queries)s, %(time)s, %(amount)s, %(failed)s)
+        ON CONFLICT (id) DO UPDATE SET
+            total_queries = {table}.total_queries + EXCLUDED.total_queries,
+            total_processing_time = {table}.total_processing_time + EXCLUDED.total_processing_time,
+            total_cost = {table}.total_cost + EXCLUDED.total_cost,
+            failed_queries = {table}.failed_queries + EXCLUDED.failed_queries
+        """
 
 
 def system_totals() -> dict:

@@ -5,12 +5,15 @@ import datetime
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connections
 from django.utils import timezone
 
 from accounts import actions as accounts
+from accounts import billing
 from accounts.models import Charge, Query
 from realms.jobs import run_query
 from realms.reconcile import reconcile_queries
+from rentahal.sharding import shard_for_guid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,3 +103,39 @@ def test_reconciler_leaves_recent_queries_alone(default_realms, alice):
     )
 
     assert reconcile_queries() == {"requeued": 0, "failed": 0}
+
+
+def test_starting_and_finishing_a_query_take_one_and_two_statements_on_its_shard(
+    default_realms, alice, django_assert_num_queries
+):
+    query = accept_without_enqueueing(alice, "counted")
+    shard = connections[shard_for_guid(alice.guid)]
+
+    # The counts include the transaction's BEGIN and COMMIT.
+    with django_assert_num_queries(3, connection=shard):
+        started = accounts.start_query(query.pk)
+    with django_assert_num_queries(4, connection=shard):
+        finished = accounts.finish_query(query.pk, result="answer", result_type="text", worker="fake")
+
+    charge = Charge.objects.get(query_id=query.pk)
+    alice.refresh_from_db()
+    stored = Query.objects.get(pk=query.pk)
+    assert (started.status, started.attempts) == (Query.Status.RUNNING, 1)
+    assert (stored.status, stored.result, stored.cost) == (Query.Status.DONE, "answer", charge.amount)
+    assert finished.cost == charge.amount == billing.cost_of(stored.processing_time)
+    assert stored.processing_time == pytest.approx(300, abs=5)
+    assert (alice.query_count, alice.total_cost) == (1, charge.amount)
+    assert billing.system_totals()["total_queries"] == 1
+
+
+def test_finishing_a_finished_query_writes_nothing(default_realms, alice):
+    query = accept_without_enqueueing(alice, "twice")
+    accounts.finish_query(query.pk, result="first", result_type="text", worker="fake")
+
+    again = accounts.finish_query(query.pk, result="second", result_type="text", worker="fake")
+    failed = accounts.fail_query(query.pk, error="late")
+
+    assert again is None and failed is None
+    assert Query.objects.get(pk=query.pk).result == "first"
+    assert Charge.objects.filter(query_id=query.pk).count() == 1
+    assert billing.system_totals()["failed_queries"] == 0
