@@ -6,10 +6,12 @@ them; bans go through `accounts.actions` so they respect a shard move's write fe
 """
 from urllib.parse import parse_qs
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin
 
 from accounts import actions
 from accounts.models import Charge, Query, User
+from rentahal.pushes import close_banned_sockets
 from rentahal.sharding import shard_aliases
 
 
@@ -74,6 +76,8 @@ class UserAdmin(ShardedAdmin):
         users = list(queryset)
         for user in users:
             actions.store_ban(user, is_banned)
+            if is_banned:
+                async_to_sync(close_banned_sockets)(user.guid)
         self.message_user(request, f"{len(users)} user(s) {'banned' if is_banned else 'unbanned'}.")
 
 

@@ -14,10 +14,10 @@ from pools import actions as pools
 from realms import actions as realms
 from realms import chunks
 from realms.frames import parse_submission, require_str
-from realms.jobs import user_group
 from realms.routing import find_realm, home_realm_of
 from rentahal.errors import BrokerError, Forbidden
 from rentahal.metrics import record_connection
+from rentahal.pushes import close_banned_sockets, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         user = await database_sync_to_async(accounts.set_banned)(
             require_str(content, "user_guid"), True, acting_user=self.user
         )
-        await self.channel_layer.group_send(user_group(user.guid), {"type": "user.banned"})
+        await close_banned_sockets(user.guid)
         await self.send_json({"type": "user_banned", "guid": user.guid})
 
     async def unban_user(self, content):

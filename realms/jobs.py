@@ -3,7 +3,6 @@ import logging
 import time
 
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from rq import Callback
 from rq.timeouts import JobTimeoutException
@@ -13,19 +12,10 @@ from pools.clients import ModelRequest, ModelServerError
 from pools.dispatch import serve
 from pools.selection import NoWorkerAvailable
 from rentahal.metrics import record_query_outcome
+from rentahal.pushes import push_frame
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
-
-
-def user_group(guid: str) -> str:
-    """Return the channel-layer group every socket of this user joins."""
-    return f"user.{guid}"
-
-
-async def push_frame(guid: str, frame: dict) -> None:
-    """Send a frame to all of a user's sockets; best effort, Postgres stays the record."""
-    await get_channel_layer().group_send(user_group(guid), {"type": "send.frame", "frame": frame})
 
 
 def enqueue_query(query, queue_name: str) -> None:

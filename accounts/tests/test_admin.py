@@ -53,3 +53,18 @@ def test_queries_are_listed_and_cannot_be_edited_or_deleted(admin_client, alice,
 
 def test_ledger_is_read_only(admin_client):
     assert admin_client.get("/admin/accounts/charge/add/").status_code == 403
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+async def test_staff_ban_closes_every_open_socket_of_the_user(admin_client, alice, connect):
+    from asgiref.sync import sync_to_async
+
+    tab = await connect(alice.guid)
+
+    await sync_to_async(admin_client.post)(
+        f"/admin/accounts/user/?shard={shard_for_guid(alice.guid)}",
+        {"action": "ban_users", "_selected_action": [alice.guid]},
+    )
+
+    assert await tab.receive() == {"type": "error", "message": "You are banned from this service."}
+    assert (await tab.communicator.receive_output(timeout=2))["type"] == "websocket.close"
