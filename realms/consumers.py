@@ -15,7 +15,7 @@ from realms import actions as realms
 from realms import chunks
 from realms.frames import parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
-from rentahal.errors import BrokerError, Forbidden
+from rentahal.errors import BrokerError
 from rentahal.metrics import record_connection
 from rentahal.pushes import close_banned_sockets, user_group
 
@@ -136,8 +136,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def submit_query(self, content):
         submission = parse_submission(content.get("query"))
-        await self.refresh_user()
-        frame = await database_sync_to_async(realms.submit_query)(self.user, submission)
+        frame = await database_sync_to_async(realms.submit_query)(self.user.guid, submission)
         await self.send_json(frame)
 
     async def vision_chunk(self, content):
@@ -218,12 +217,6 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_send(
             BROADCAST_GROUP, {"type": "send.frame", "frame": {"type": "worker_update", "workers": workers}}
         )
-
-    async def refresh_user(self):
-        """Re-read the user so a ban set from another socket or the admin takes effect."""
-        self.user = await database_sync_to_async(accounts.find_user)(self.user.guid)
-        if self.user.is_banned:
-            raise Forbidden("You are banned from this service.")
 
     handlers = {
         "submit_query": submit_query,

@@ -164,3 +164,12 @@ async def test_sysop_gets_system_stats(sysop, connect):
     assert stats["type"] == "system_stats"
     assert stats["data"]["total_queries"] == 0
     assert stats["data"]["workers"] == []
+
+
+async def test_query_from_a_user_banned_after_connecting_is_refused_even_if_the_ban_push_was_lost(alice, default_realms, connect):
+    client = await connect(alice.guid)
+    await sync_to_async(User.objects.filter(pk=alice.guid).update)(is_banned=True)
+
+    await client.send({"type": "submit_query", "query": {"prompt": "hi", "query_type": "chat"}})
+
+    assert await client.receive() == {"type": "error", "message": "You are banned from this service."}
