@@ -107,10 +107,6 @@ class Query(models.Model):
     def __str__(self):
         return f"{self.query_type} query {self.id}"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in self.FINISHED
-
     def as_frame_data(self) -> dict:
         """Return one entry of the `previous_queries` frame."""
         return {

@@ -52,10 +52,6 @@ def list_workers() -> list[dict]:
     return [worker.as_frame_data() for worker in Worker.objects.all()]
 
 
-def count_available_workers(query_type: str) -> int:
-    return Worker.objects.filter(query_type=query_type, is_blacklisted=False).count()
-
-
 def validation_message(error: ValidationError) -> str:
     if hasattr(error, "message_dict"):
         return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in error.message_dict.items())
@@ -121,11 +117,6 @@ def ensure_pool(name: str, *, query_type: str, realm: str = "", strategy: str = 
     if not missing:
         return pool
     return save_pool(pool, members=current + missing)
-
-
-def set_pool_strategy(pool: PoolAlias, strategy: str) -> PoolAlias:
-    pool.strategy = strategy
-    return save_pool(pool)
 
 
 def delete_pool(pool: PoolAlias) -> None:

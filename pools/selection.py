@@ -136,11 +136,6 @@ class Plan:
             return None
         return Plan(self.query_type, self.realm, tiers)
 
-    @functools.cached_property
-    def pool_worker_names(self) -> list[str]:
-        """Return the workers of the plan's pools: the state a pooled query reads first."""
-        return sorted({worker.name for tier in self.tiers if tier.pool is not None for worker in tier.workers})
-
     @property
     def pools(self) -> list[PoolInfo]:
         return [tier.pool for tier in self.tiers if tier.pool is not None]
