@@ -6,7 +6,7 @@ the prefix's fence, so a shard move never loses a write or lets one land on the 
 import logging
 import uuid
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from accounts import billing
@@ -114,30 +114,48 @@ def previous_queries(user: User) -> list[dict]:
 
 
 def accept_query(
-    user: User, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str, on_accepted
+    guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str, on_accepted
 ) -> Query:
     """Write the query row and run `on_accepted(query)` once the row is committed.
 
     The row exists before any job does, so an acknowledged query is never only in Redis.
+    The user's ban is checked by the insert itself (it selects from the user's row), so a
+    ban committed before it always refuses, whatever pushes to the user's sockets were
+    lost, and accepting costs one statement.
     """
-    with writing_for(user.guid) as alias:
-        query = Query.objects.using(alias).create(
-            id=new_query_id(user.guid),
-            user_id=user.pk,
-            query_type=query_type,
-            prompt=prompt,
-            model_type=model_type,
-            model_name=model_name,
-            image=image,
-            realm=realm,
+    query = Query(
+        id=new_query_id(guid),
+        user_id=guid,
+        query_type=query_type,
+        prompt=prompt,
+        model_type=model_type,
+        model_name=model_name,
+        image=image,
+        realm=realm,
+    )
+    with writing_for(guid, single_statement=True) as alias:
+        if insert_if_user_may_query(query, using=alias):
+            transaction.on_commit(lambda: on_accepted(query), using=alias)
+            return query
+    if find_user(guid).is_banned:
+        raise Forbidden("You are banned from this service.")
+    raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
+
+
+def insert_if_user_may_query(query: Query, *, using: str) -> bool:
+    """Insert the query row if its user exists and is not banned; return whether it was."""
+    connection = connections[using]
+    fields = Query._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    casts = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
+    values = [field.get_db_prep_save(field.pre_save(query, add=True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {Query._meta.db_table} ({columns}) "
+            f"SELECT {casts} FROM {User._meta.db_table} WHERE guid = %s AND NOT is_banned",
+            [*values, query.user_id],
         )
-        transaction.on_commit(lambda: on_accepted(query), using=alias)
-    return query
-
-
-def mark_queued(query_id) -> None:
-    with writing_for(query_id) as alias:
-        Query.objects.using(alias).filter(pk=query_id, status=Query.Status.ACCEPTED).update(status=Query.Status.QUEUED)
+        return cursor.rowcount == 1
 
 
 def start_query(query_id) -> Query | None:

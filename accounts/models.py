@@ -61,7 +61,6 @@ class FoundingUser(models.Model):
 class Query(models.Model):
     class Status(models.TextChoices):
         ACCEPTED = "accepted"
-        QUEUED = "queued"
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"

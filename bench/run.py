@@ -487,7 +487,7 @@ def measure_in_flight(processes: Processes, sizes: Sizes, fake_url: str, redis_c
     user = accounts.get_or_create_user(str(uuid.uuid4()))
     ids = []
     for n in range(sizes.in_flight_jobs):
-        query = accounts.accept_query(user, query_type="chat", prompt=f"in flight {n}", model_type="worker_node",
+        query = accounts.accept_query(user.guid, query_type="chat", prompt=f"in flight {n}", model_type="worker_node",
                                       model_name="", image="", realm=realm.name,
                                       on_accepted=lambda accepted: enqueue_query(accepted, realm.queue_name))
         ids.append(query.id)

@@ -105,6 +105,18 @@ class Snapshot:
             by_type={query_type: tuple(found) for query_type, found in by_type.items()},
         )
 
+    def serving(self, realm: str, query_type: str | None) -> list[str]:
+        """Return the names of healthy workers of `query_type` (any type if None) that serve
+        the realm: its own, any-realm workers, and those seated in its pools."""
+        seated = {name for pool in self.pools if pool.realm == realm for name in pool.members}
+        return sorted(
+            worker.name
+            for worker in self.workers.values()
+            if not worker.is_blacklisted
+            and (not query_type or worker.query_type == query_type)
+            and (worker.realm in (realm, "") or worker.name in seated)
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Tier:

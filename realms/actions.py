@@ -21,17 +21,10 @@ logger = logging.getLogger(__name__)
 
 
 def submit_query(guid: str, submission: QuerySubmission) -> dict:
-    """Accept the query into its realm and return the `queue_update` frame for the client.
-
-    The user is re-read here, in the same thread hop as the insert, so a ban whose push
-    to this socket was lost (channel layers are at-most-once) still refuses the query.
-    """
-    user = accounts.find_user(guid)
-    if user.is_banned:
-        raise Forbidden("You are banned from this service.")
+    """Accept the query into its realm and return the `queue_update` frame for the client."""
     realm, depth = route_query(submission.query_type)
     query = accounts.accept_query(
-        user,
+        guid,
         query_type=submission.query_type,
         prompt=submission.prompt,
         model_type=submission.model_type,

@@ -6,6 +6,8 @@ class RealmsConfig(AppConfig):
     verbose_name = "Realms"
 
     def ready(self):
+        # Connects the signals that tell every process its cached realm registry is stale.
+        from realms import registry  # noqa: F401
         from realms.status import realm_gauges
         from rentahal import metrics
 

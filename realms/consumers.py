@@ -3,7 +3,6 @@ import logging
 import uuid
 
 import orjson
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,6 +14,7 @@ from realms import actions as realms
 from realms import chunks
 from realms.frames import parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
+from rentahal.db_threads import on_db_thread
 from rentahal.errors import BrokerError
 from rentahal.metrics import record_connection
 from rentahal.pushes import close_banned_sockets, user_group
@@ -37,7 +37,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         if guid is None:
             guid = str(uuid.uuid4())
             await self.send_json({"type": "set_cookie", "name": COOKIE_NAME, "value": guid})
-        self.user = await database_sync_to_async(accounts.get_or_create_user)(guid)
+        self.user = await on_db_thread(accounts.get_or_create_user)(guid)
         if self.user.is_banned:
             await self.send_json({"type": "error", "message": "You are banned from this service."})
             await self.close(code=4003)
@@ -63,7 +63,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     async def join_home_realm(self, guid: str) -> None:
         """Count this socket in the user's home realm and join its broadcast group (seed 002)."""
         try:
-            realm = await database_sync_to_async(home_realm_of)(guid)
+            realm = await on_db_thread(home_realm_of)(guid)
         except BrokerError:
             return
         await self.channel_layer.group_add(realm.group_name, self.channel_name)
@@ -124,19 +124,19 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     # -- client frames ------------------------------------------------------------------
 
     async def send_user_info(self, content=None):
-        self.user = await database_sync_to_async(accounts.find_user)(self.user.guid)
+        self.user = await on_db_thread(accounts.find_user)(self.user.guid)
         await self.send_json({"type": "user_info", "data": self.user.as_frame_data()})
 
     async def send_previous_queries(self, content=None):
-        data = await database_sync_to_async(accounts.previous_queries)(self.user)
+        data = await on_db_thread(accounts.previous_queries)(self.user)
         await self.send_json({"type": "previous_queries", "data": data})
 
     async def send_worker_update(self, content=None):
-        await self.send_json({"type": "worker_update", "workers": await database_sync_to_async(pools.list_workers)()})
+        await self.send_json({"type": "worker_update", "workers": await on_db_thread(pools.list_workers)()})
 
     async def submit_query(self, content):
         submission = parse_submission(content.get("query"))
-        frame = await database_sync_to_async(realms.submit_query)(self.user.guid, submission)
+        frame = await on_db_thread(realms.submit_query)(self.user.guid, submission)
         await self.send_json(frame)
 
     async def vision_chunk(self, content):
@@ -151,14 +151,14 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def set_nickname(self, content):
         nickname = require_str(content, "nickname")
-        self.user = await database_sync_to_async(accounts.set_nickname)(self.user, nickname)
+        self.user = await on_db_thread(accounts.set_nickname)(self.user, nickname)
         await self.send_user_info()
 
     async def pong(self, content):
         """Heartbeat answer; receiving it is all that matters."""
 
     async def get_stats(self, content):
-        stats = await database_sync_to_async(gather_system_stats)()
+        stats = await on_db_thread(gather_system_stats)()
         await self.send_json({"type": "system_stats", "data": stats})
 
     async def add_worker(self, content):
@@ -166,7 +166,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         if not isinstance(spec, dict):
             raise BrokerError("Field 'worker' must be an object with name, address and type.")
         try:
-            await database_sync_to_async(pools.add_worker)(
+            await on_db_thread(pools.add_worker)(
                 name=require_str(spec, "name"),
                 address=require_str(spec, "address"),
                 query_type=require_str(spec, "type"),
@@ -179,26 +179,26 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def remove_worker(self, content):
         name = require_str(content, "worker_name")
-        if not await database_sync_to_async(pools.remove_worker)(name):
+        if not await on_db_thread(pools.remove_worker)(name):
             raise BrokerError(f"No worker named '{name}'.")
         await self.broadcast_worker_update()
 
     async def ban_user(self, content):
-        user = await database_sync_to_async(accounts.set_banned)(
+        user = await on_db_thread(accounts.set_banned)(
             require_str(content, "user_guid"), True, acting_user=self.user
         )
         await close_banned_sockets(user.guid)
         await self.send_json({"type": "user_banned", "guid": user.guid})
 
     async def unban_user(self, content):
-        user = await database_sync_to_async(accounts.set_banned)(
+        user = await on_db_thread(accounts.set_banned)(
             require_str(content, "user_guid"), False, acting_user=self.user
         )
         await self.send_json({"type": "user_unbanned", "guid": user.guid})
 
     async def terminate_query(self, content):
         guid = require_str(content, "user_guid")
-        await database_sync_to_async(realms.terminate_queries)(guid, acting_user=self.user)
+        await on_db_thread(realms.terminate_queries)(guid, acting_user=self.user)
         await self.send_json({"type": "query_terminated", "guid": guid})
 
     async def sysop_message(self, content):
@@ -207,13 +207,13 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         realm_name = require_str(content, "realm", required=False)
         group = BROADCAST_GROUP
         if realm_name:
-            group = (await database_sync_to_async(find_realm)(realm_name)).group_name
+            group = (await on_db_thread(find_realm)(realm_name)).group_name
         await self.channel_layer.group_send(
             group, {"type": "send.frame", "frame": {"type": "sysop_message", "message": message}}
         )
 
     async def broadcast_worker_update(self):
-        workers = await database_sync_to_async(pools.list_workers)()
+        workers = await on_db_thread(pools.list_workers)()
         await self.channel_layer.group_send(
             BROADCAST_GROUP, {"type": "send.frame", "frame": {"type": "worker_update", "workers": workers}}
         )

@@ -4,13 +4,14 @@ import hashlib
 from collections import defaultdict
 
 from realms.models import Realm, RealmBackup
+from realms.registry import VERSION_KEY, Registry, cached_registry, current_registry, registry_at
 from rentahal.errors import BrokerError, Unavailable
-from rentahal.queues import get_queue
+from rentahal.queues import get_queue, redis_connection
 
 
-def realm_for_query_type(query_type: str) -> Realm:
+def realm_for_query_type(query_type: str, registry: Registry | None = None) -> Realm:
     """Return the realm whose primary type this is; classic clients never name realms."""
-    realm = Realm.objects.filter(query_type=query_type).first()
+    realm = (registry or current_registry()).primary_for(query_type)
     if realm is None:
         raise BrokerError(f"No realm serves {query_type} queries.", code="no_realm")
     return realm
@@ -20,32 +21,36 @@ def queue_depth(realm: Realm) -> int:
     return get_queue(realm.queue_name).count
 
 
-def check_room(realm: Realm) -> int:
-    """Return the realm's queue depth, refusing when it is at its limit."""
-    depth = queue_depth(realm)
-    if depth >= realm.queue_limit:
-        raise Unavailable(
-            f"The {realm.name} realm is full ({depth} queries waiting); try again shortly.", code="realm_full"
-        )
-    return depth
-
-
 def route_query(query_type: str) -> tuple[Realm, int]:
     """Return the realm that takes this query and its queue depth before it.
 
     The primary realm takes it while it has room; otherwise its backups are tried in
-    order, each backup's own backups right after it. The depth check and the enqueue are
-    not atomic, so under a burst a realm may overshoot its limit by the burst's size.
+    order, each backup's own backups right after it. The registry's version and the
+    primary's depth come back in one Redis round trip. The depth check and the enqueue
+    are not atomic, so under a burst a realm may overshoot its limit by the burst's size.
     """
-    primary = realm_for_query_type(query_type)
-    candidates = [primary, *backup_chain(primary, query_type)]
-    for realm in candidates:
+    registry = cached_registry()
+    guess = registry.primary_for(query_type) if registry is not None else None
+    with redis_connection().pipeline(transaction=False) as pipeline:
+        pipeline.get(VERSION_KEY)
+        if guess is not None:
+            pipeline.llen(get_queue(guess.queue_name).key)
+        version, *depths = pipeline.execute()
+    registry = registry_at(version)
+    primary = realm_for_query_type(query_type, registry)
+    depth = depths[0] if depths and primary is guess else queue_depth(primary)
+    if depth < primary.queue_limit:
+        return primary, depth
+    backups = backup_chain(primary, query_type, registry)
+    for realm in backups:
         depth = queue_depth(realm)
         if depth < realm.queue_limit:
             return realm, depth
-    if len(candidates) == 1:
-        check_room(primary)
-    names = ", ".join(realm.name for realm in candidates[1:])
+    if not backups:
+        raise Unavailable(
+            f"The {primary.name} realm is full ({depth} queries waiting); try again shortly.", code="realm_full"
+        )
+    names = ", ".join(realm.name for realm in backups)
     raise Unavailable(
         f"The {primary.name} realm is full and so are its backups ({names}); try again shortly.",
         code="realm_full",
@@ -65,20 +70,20 @@ def backup_edges(query_type: str, *, exclude_realm: Realm | None = None, exclude
     return edges
 
 
-def backup_chain(realm: Realm, query_type: str) -> list[Realm]:
+def backup_chain(realm: Realm, query_type: str, registry: Registry | None = None) -> list[Realm]:
     """Return the realms to try after `realm` for this type: depth first, each once."""
-    edges = backup_edges(query_type)
+    registry = registry or current_registry()
     chain: list[Realm] = []
     seen = {realm.pk}
 
-    def visit(current_id: int) -> None:
-        for backup in edges.get(current_id, []):
+    def visit(current: Realm) -> None:
+        for backup in registry.backups_of(current, query_type):
             if backup.pk not in seen:
                 seen.add(backup.pk)
                 chain.append(backup)
-                visit(backup.pk)
+                visit(backup)
 
-    visit(realm.pk)
+    visit(realm)
     return chain
 
 
@@ -120,12 +125,12 @@ def home_realm(guid: str, realms: list[Realm]) -> Realm:
 
 
 def home_realm_of(guid: str) -> Realm:
-    return home_realm(guid, list(Realm.objects.all()))
+    return home_realm(guid, list(current_registry().realms))
 
 
 def find_realm(name: str) -> Realm:
     """Return the realm of this name, or refuse naming it."""
-    realm = Realm.objects.filter(name=name).first()
+    realm = current_registry().named(name)
     if realm is None:
         raise BrokerError(f"Unknown realm '{name[:64]}'.", code="unknown_realm")
     return realm

@@ -1,6 +1,7 @@
 """What operators see of a realm: its workers, pools, queue, backups, metrics and advice."""
 from django.db.models import Q
 
+from pools.config import current_snapshot
 from pools.models import PoolAlias, Worker
 from realms.models import Realm, RealmBackup, ScalingAdvice
 from realms.routing import queue_depth
@@ -10,16 +11,10 @@ from rentahal import metrics
 def available_workers(realm: Realm, query_type: str | None = None) -> list[str]:
     """Return the names of healthy workers that serve `query_type` (else its primary type) in the realm.
 
-    A worker serves a realm when it belongs to it, belongs to no realm, or sits in one of
-    the realm's pools.
+    Read from the process's pool snapshot: accepting a query reports this count, so it
+    costs no database round trip while the pool configuration is unchanged.
     """
-    query_type = query_type or realm.query_type
-    workers = Worker.objects.filter(is_blacklisted=False).filter(
-        Q(realm__in=[realm.name, ""]) | Q(pools__realm=realm.name)
-    )
-    if query_type:
-        workers = workers.filter(query_type=query_type)
-    return sorted(set(workers.values_list("name", flat=True)))
+    return current_snapshot().serving(realm.name, query_type or realm.query_type)
 
 
 def realm_workers(realm: Realm) -> list[dict]:

@@ -150,6 +150,8 @@ RENTAHAL_READ_TIMEOUT = env.float("MODEL_READ_TIMEOUT", default=300.0)
 RENTAHAL_MAX_ANSWER_BYTES = env.int("MAX_ANSWER_BYTES", default=32 * 1024 * 1024)
 # RQ job timeout for one query, above the model read timeout so the call fails first.
 RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
+# Threads (each with its own database connection) that run a web process's database calls.
+RENTAHAL_DB_THREADS = env.int("DB_THREADS", default=4)
 # Accepted queries older than this with no RQ job are re-enqueued by the reconciler.
 RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=30.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how

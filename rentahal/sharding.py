@@ -202,9 +202,13 @@ def forget_cached_map() -> None:
 # -- the write fence ----------------------------------------------------------------------
 
 @contextlib.contextmanager
-def writing_for(key):
+def writing_for(key, *, single_statement: bool = False):
     """Yield the alias for writing this guid's (or query id's) rows, inside one durable
     transaction on it, with the prefix's fence held shared for the whole transaction.
+
+    A caller that writes with one statement passes `single_statement`: the statement is
+    atomic on its own, so it runs in autocommit, without the BEGIN and COMMIT round trips
+    (the fence, when sharded, is still held until it has run).
 
     The mover takes the same fence exclusively for its switch: it waits until writers in
     flight have committed, copies what they wrote, switches the map and releases. A writer
@@ -214,7 +218,7 @@ def writing_for(key):
     is taken when it starts, before any lock wait.
     """
     if not has_shards():
-        with transaction.atomic(using="default", durable=True):
+        with atomic_unless(single_statement, using="default"):
             yield "default"
         return
     prefix = guid_prefix(key)
@@ -228,8 +232,14 @@ def writing_for(key):
             except OperationalError as exc:
                 raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
         alias = _lookup(prefix, read_token())
-        with transaction.atomic(using=alias, durable=True):
+        with atomic_unless(single_statement, using=alias):
             yield alias
+
+
+def atomic_unless(single_statement: bool, *, using: str):
+    if single_statement:
+        return contextlib.nullcontext()
+    return transaction.atomic(using=using, durable=True)
 
 
 def close_fence(prefix: str, *, timeout_ms: int) -> None:

@@ -26,7 +26,7 @@ def make_history(guid: str, *, queries: int, failed: int = 0) -> list[str]:
     ids = []
     for number in range(queries + failed):
         query = accounts.accept_query(
-            user, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
+            user.guid, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
             image="", realm="$CHAT", on_accepted=lambda query: None,
         )
         accounts.start_query(query.id)

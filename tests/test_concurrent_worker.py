@@ -42,7 +42,7 @@ def accept_chat(user, prompt: str, *, job_timeout: int | None = None) -> Query:
         )
 
     return accounts.accept_query(
-        user, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
+        user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
         realm=realm.name, on_accepted=enqueue,
     )
 

@@ -27,7 +27,9 @@ def start_broker(*extra: str) -> tuple[subprocess.Popen, int]:
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_broker", "--port", str(port), "--model-port", str(free_port()), *extra],
         cwd=PROJECT_DIR,
-        env=worker_environment(),
+        # The bundled model answers in about a second on a quiet machine; the unit tests'
+        # 3 s read timeout would fail it whenever the machine is busy.
+        env={**worker_environment(), "MODEL_READ_TIMEOUT": "60"},
     )
     deadline = time.monotonic() + 60
     while True:

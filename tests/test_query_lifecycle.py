@@ -11,6 +11,8 @@ from django.utils import timezone
 from accounts import actions as accounts
 from accounts import billing
 from accounts.models import Charge, Query
+from realms.actions import submit_query
+from realms.frames import QuerySubmission
 from realms.jobs import run_query
 from realms.reconcile import reconcile_queries
 from rentahal.sharding import shard_for_guid
@@ -64,7 +66,7 @@ async def test_rerun_of_a_finished_query_charges_nothing(rq_worker, fake_server,
 def accept_without_enqueueing(user, prompt: str) -> Query:
     """Simulate a crash between the commit of the query row and its enqueue."""
     query = accounts.accept_query(
-        user, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
+        user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
         realm="$CHAT", on_accepted=lambda accepted: None,
     )
     Query.objects.filter(pk=query.pk).update(accepted_at=timezone.now() - datetime.timedelta(minutes=5))
@@ -98,11 +100,24 @@ def test_reconciler_fails_a_query_lost_too_often(default_realms, alice):
 
 def test_reconciler_leaves_recent_queries_alone(default_realms, alice):
     accounts.accept_query(
-        alice, query_type="chat", prompt="just now", model_type="worker_node", model_name="", image="",
+        alice.guid, query_type="chat", prompt="just now", model_type="worker_node", model_name="", image="",
         realm="$CHAT", on_accepted=lambda accepted: None,
     )
 
     assert reconcile_queries() == {"requeued": 0, "failed": 0}
+
+
+def test_accepting_a_query_is_one_statement_on_the_users_shard(default_realms, alice, django_assert_num_queries):
+    submission = QuerySubmission(prompt="counted", query_type="chat", model_type="worker_node", model_name="", image="")
+    shard = connections[shard_for_guid(alice.guid)]
+
+    # The ban check is in the insert, and one statement needs no BEGIN or COMMIT.
+    with django_assert_num_queries(1, connection=shard):
+        frame = submit_query(alice.guid, submission)
+
+    stored = Query.objects.get(pk=frame["query_id"])
+    assert (frame["type"], frame["realm"], frame["depth"]) == ("queue_update", "$CHAT", 1)
+    assert (stored.status, stored.prompt, stored.user_id) == (Query.Status.ACCEPTED, "counted", alice.guid)
 
 
 def test_starting_and_finishing_a_query_take_one_and_two_statements_on_its_shard(

@@ -26,9 +26,8 @@ async def test_new_visitor_gets_a_cookie_then_the_greeting_frames(connect):
 
 async def test_first_user_of_an_empty_system_is_sysop_and_the_second_is_not(connect):
     first = await connect(greeting=False)
-    second = await connect(greeting=False)
-
     first_info = (await first.receive_until("user_info"))[-1]
+    second = await connect(greeting=False)
     second_info = (await second.receive_until("user_info"))[-1]
 
     assert first_info["data"]["is_sysop"] is True

@@ -4,7 +4,9 @@ from asgiref.sync import sync_to_async
 
 from accounts.models import Query
 from realms.models import Realm, RealmBackup
-from realms.routing import backup_chain, home_realm
+from realms.actions import create_realm
+from realms.routing import backup_chain, home_realm, route_query
+from rentahal.errors import Unavailable
 from rentahal.sharding import shard_aliases, shard_for_query
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -103,3 +105,29 @@ def test_a_users_home_realm_is_stable_and_spreads_users(default_realms):
 
     assert homes == [home_realm(guid, list(reversed(realms))).name for guid in guids]
     assert set(homes) == {"$CHAT", "$VISION", "$IMAGINE", "$SPEECH"}
+
+
+def test_routing_reads_no_database_while_the_realms_are_unchanged(default_realms, django_assert_num_queries):
+    route_query("chat")
+
+    with django_assert_num_queries(0):
+        realm, depth = route_query("chat")
+
+    assert (realm.name, depth) == ("$CHAT", 0)
+
+
+def test_a_realm_made_primary_for_a_type_is_routed_to_by_the_next_query(default_realms):
+    route_query("chat")
+
+    create_realm(name="$CHAT_2", query_type="chat")
+
+    assert route_query("chat")[0].name == "$CHAT_2"
+
+
+def test_a_realm_full_with_no_backups_refuses_the_query_and_says_so(default_realms):
+    chat = default_realms["chat"]
+    chat.queue_limit = 0
+    chat.save()
+
+    with pytest.raises(Unavailable, match=r"The \$CHAT realm is full \(0 queries waiting\)"):
+        route_query("chat")
