@@ -3,6 +3,7 @@ import logging
 import uuid
 
 import orjson
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -50,6 +51,15 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_worker_update()
         # No Hugging Face models are brokered; the frame keeps classic clients' panels drawn.
         await self.send_json({"type": "huggingface_update", "models": []})
+
+    async def dispatch(self, message):
+        """Run the message's handler, without channels' hop to its one sync thread per message
+        to close stale connections: this consumer's database calls run on
+        `rentahal.db_threads`, which look after their own connections."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def disconnect(self, code):
         if self.user is not None:
