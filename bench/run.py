@@ -107,6 +107,48 @@ def tree_rss_bytes(pid: int) -> int:
     return total + sum(tree_rss_bytes(int(child)) for child in children)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_matching(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+class CpuMeter:
+    """CPU time spent per query by each part of the run: where the per-query budget goes.
+
+    Postgres is counted by this run's database's backends; Redis is the whole server, so
+    other users of it on the machine count too.
+    """
+
+    def __init__(self, parts: dict[str, list[int]]):
+        self.parts = parts
+
+    @classmethod
+    def for_run(cls, processes: "Processes", database: str) -> "CpuMeter":
+        parts = {name: [process.pid] for name, process in processes.started.items()}
+        parts["postgres"] = pids_matching(f"postgres: .* {database} ")
+        parts["redis"] = pids_matching("redis-server")
+        parts["load generator"] = [os.getpid()]
+        return cls(parts)
+
+    def read(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+
+    @staticmethod
+    def per_query(before: dict[str, float], after: dict[str, float], queries: int) -> dict[str, float]:
+        spent = {name: round((after[name] - before[name]) * 1000 / max(1, queries), 3) for name in before}
+        spent["total"] = round(sum(spent.values()), 3)
+        return spent
+
+
 class Processes:
     """The processes this run started; each is stopped by its own pid at the end."""
 
@@ -389,7 +431,10 @@ def run(args) -> dict:
         for clients in sizes.levels:
             total = sizes.requests[clients]
             direct = asyncio.run(direct_load(fake_url, clients, total))
+            meter = CpuMeter.for_run(processes, args.database)
+            cpu_before = meter.read()
             through = asyncio.run(websocket_load(ws_url, clients, total))
+            through["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, meter.read(), through["requests"])
             query_ids = through.pop("query_ids")
             through["stored_done"] = Query.objects.filter(pk__in=query_ids, status=Query.Status.DONE).count()
             through["billed"] = Charge.objects.filter(query_id__in=query_ids).count()
@@ -572,6 +617,8 @@ def print_table(results: dict) -> None:
         print(f"{clients:>7} | {'direct /predict':<22} | {direct['rps']:>8} | {direct['p50_ms']:>8} | {direct['p95_ms']:>8} | {direct['p99_ms']:>8} | {direct['errors']:>6} |")
         print(f"{clients:>7} | {'rentahal /ws':<22} | {through['rps']:>8} | {through['p50_ms']:>8} | {through['p95_ms']:>8} | {through['p99_ms']:>8} | {through['errors']:>6} | {through['stored_done']}/{through['billed']} of {through['requests']}")
         print(f"{clients:>7} | {'overhead (ws - direct)':<22} | {'x' + str(over['rps_ratio']):>8} | {over['p50_ms']:>8} | {over['p95_ms']:>8} | {over['p99_ms']:>8} |")
+        cpu = ", ".join(f"{name} {spent}" for name, spent in through["cpu_ms_per_query"].items())
+        print(f"{clients:>7} | CPU ms per query: {cpu}")
     print(f"/v1 (OpenAI-compatible): {results['v1']}")
     flight = results["in_flight"]
     print(f"in flight, one worker process, server waits {flight['server_delay_s']} s: peak {flight['peak_in_flight']} "
