@@ -167,7 +167,7 @@ def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exceptio
             )
     rows = [outcome_row(attempt) for attempt in attempts]
     try:
-        return SelectionOutcome.objects.bulk_create(rows)
+        return insert_outcomes(rows)
     except (IntegrityError, DataError) as exc:
         if len(rows) == 1:
             return [exc]
@@ -175,9 +175,21 @@ def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exceptio
     return [stored_alone(row) for row in rows]
 
 
+def insert_outcomes(rows: list[SelectionOutcome]) -> list[SelectionOutcome]:
+    """Insert the rows with one statement.
+
+    `bulk_create` wraps its INSERT in a transaction: BEGIN and COMMIT, two round trips that
+    a lone row, the usual batch of a worker that is not busy, does without.
+    """
+    if len(rows) == 1:
+        rows[0].save(force_insert=True)
+        return rows
+    return SelectionOutcome.objects.bulk_create(rows)
+
+
 def stored_alone(row: SelectionOutcome) -> SelectionOutcome | Exception:
     try:
-        return SelectionOutcome.objects.bulk_create([row])[0]
+        return insert_outcomes([row])[0]
     except (IntegrityError, DataError) as exc:
         return exc
 
