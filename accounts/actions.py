@@ -1,23 +1,28 @@
-"""Every write to users and queries: one transaction on the user's shard each.
+"""Every write to users and queries: one transaction on the user's shard each, or, for the
+worker's batches (start, finish, fail), one statement per shard for the whole batch.
 
-Every write runs inside `rentahal.sharding.writing_for`, which resolves the shard under
-the prefix's fence, so a shard move never loses a write or lets one land on the old shard.
+Every write runs inside `rentahal.sharding.writing_for` (or `writing_for_each`), which
+resolves the shard under the prefix's fence, so a shard move never loses a write or lets
+one land on the old shard.
 """
+import dataclasses
 import logging
 import uuid
 
-from django.db import IntegrityError, connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.utils import timezone
 
 from accounts import billing
 from accounts.models import FoundingUser, Query, User
 from rentahal.errors import BrokerError, Forbidden, NotFound
 from rentahal.sharding import (
+    ShardMoving,
     new_query_id,
     serialised_across_shards,
     shard_aliases,
     shard_for_guid,
     writing_for,
+    writing_for_each,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,10 +138,11 @@ def accept_query(
         image=image,
         realm=realm,
     )
-    with writing_for(guid, single_statement=True) as alias:
-        if insert_if_user_may_query(query, using=alias):
-            transaction.on_commit(lambda: on_accepted(query), using=alias)
-            return query
+    with writing_for_each([guid]) as by_alias:
+        inserted = insert_if_user_may_query(query, using=next(iter(by_alias)))
+    if inserted:
+        on_accepted(query)
+        return query
     if find_user(guid).is_banned:
         raise Forbidden("You are banned from this service.")
     raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
@@ -158,68 +164,137 @@ def insert_if_user_may_query(query: Query, *, using: str) -> bool:
         return cursor.rowcount == 1
 
 
-def start_query(query_id) -> Query | None:
-    """Mark the query running and return it, or None if it is already finished (a rerun)."""
-    with writing_for(query_id) as alias:
-        return update_unfinished_query(
-            query_id,
-            "status = %s, started_at = %s, attempts = attempts + 1",
-            [Query.Status.RUNNING, timezone.now()],
-            using=alias,
-        )
+def start_queries(query_ids: list) -> list[Query | None | Exception]:
+    """Mark the queries running; return each as stored, or None if it is already finished
+    (a rerun), or the exception that kept it from being written.
+
+    One `UPDATE ... WHERE id = ANY(...) RETURNING *` per shard. It locks the rows, and if a
+    concurrent writer held one, Postgres re-checks the WHERE clause against the committed
+    row before writing, so a rerun or a race with a finish still finds the query finished
+    and changes nothing. A query listed twice is started once and returned to both.
+    """
+    ids = [uuid.UUID(str(query_id)) for query_id in query_ids]
+    return write_by_shard(ids, ids, store_started)
 
 
-def finish_query(query_id, *, result: str, result_type: str, worker: str) -> Query | None:
-    """Store the result and charge for it in one transaction; None if already finished."""
-    with writing_for(query_id) as alias:
-        now = timezone.now()
-        query = update_unfinished_query(
-            query_id,
-            "status = %s, result = %s, result_type = %s, worker = %s, finished_at = %s, "
-            "processing_time = EXTRACT(EPOCH FROM %s::timestamptz - accepted_at)",
-            [Query.Status.DONE, result, result_type, worker, now, now],
-            using=alias,
-        )
-        if query is None:
-            return None
-        query.cost = billing.charge(query, query.processing_time, using=alias)
-    return query
+def store_started(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
+    table = Query._meta.db_table
+    started = Query.objects.using(using).raw(
+        f"UPDATE {table} SET status = %s, started_at = %s, attempts = attempts + 1 "
+        "WHERE id = ANY(%s) AND status <> ALL(%s) RETURNING *",
+        [Query.Status.RUNNING, timezone.now(), ids, list(Query.FINISHED)],
+    )
+    stored = {query.pk: query for query in started}
+    return [stored.get(query_id) for query_id in ids]
+
+
+def finish_queries(answers: list[billing.Answer]) -> list[Query | None | Exception]:
+    """Store each answer and charge for it (`accounts.billing.charge`); return each query as
+    stored, or None if it was already finished (nothing is charged), or the exception that
+    kept it from being written."""
+    return write_by_shard(answers, [answer.query.pk for answer in answers], billing.charge)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """Why a query failed, for the user to read, and the worker that failed it, if any."""
+
+    query_id: uuid.UUID | str
+    error: str
+    worker: str = ""
+
+
+def fail_queries(failures: list[Failure]) -> list[Query | None | Exception]:
+    """Record failures the user can read; nothing is charged. Return each query as stored,
+    or None if it was already finished, or the exception that kept it from being written."""
+    outcomes = write_by_shard(failures, [failure.query_id for failure in failures], store_failed)
+    for failure, outcome in zip(failures, outcomes):
+        if isinstance(outcome, Query):
+            logger.info("query %s failed: %s", failure.query_id, failure.error)
+    return outcomes
 
 
 def fail_query(query_id, *, error: str, worker: str = "") -> Query | None:
-    """Record a failure the user can read; nothing is charged. None if already finished."""
-    with writing_for(query_id) as alias:
-        now = timezone.now()
-        query = update_unfinished_query(
-            query_id,
-            "status = %s, error = %s, worker = %s, finished_at = %s, "
-            "processing_time = EXTRACT(EPOCH FROM %s::timestamptz - accepted_at)",
-            [Query.Status.FAILED, error, worker, now, now],
-            using=alias,
-        )
-        if query is None:
-            return None
-        billing.count_failure(using=alias)
-    logger.info("query %s failed: %s", query_id, error)
-    return query
+    """Record one failure (for callers outside the batching worker); None if already finished."""
+    outcome = fail_queries([Failure(query_id, error, worker)])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
-def update_unfinished_query(query_id, assignments: str, params: list, *, using: str) -> Query | None:
-    """Apply `assignments` to the query unless it is finished; return the row as stored.
-
-    One statement instead of SELECT ... FOR UPDATE and UPDATE: the UPDATE locks the row, and
-    if a concurrent writer held it, Postgres re-checks the WHERE clause against the committed
-    row before writing, so a rerun or a race with a finish still finds the query finished
-    and changes nothing.
-    """
+def store_failed(failures: list[Failure], *, using: str) -> list[Query | None]:
+    """Mark the queries failed and count them in the shard's totals, in one statement."""
+    unique: dict = {}
+    for failure in failures:
+        unique.setdefault(uuid.UUID(str(failure.query_id)), failure)
     table = Query._meta.db_table
-    rows = list(
-        Query.objects.using(using).raw(
-            f"UPDATE {table} SET {assignments} WHERE id = %s AND status NOT IN (%s, %s) RETURNING *",
-            [*params, query_id, *Query.FINISHED],
-        )
+    failed = Query.objects.using(using).raw(
+        f"""
+        WITH failure AS (
+            SELECT * FROM unnest(%(ids)s::uuid[], %(errors)s::text[], %(workers)s::text[])
+                AS given (id, error, worker)
+        ), failed AS (
+            UPDATE {table} AS q SET
+                status = %(failed)s, error = failure.error, worker = failure.worker, finished_at = %(now)s,
+                processing_time = EXTRACT(EPOCH FROM %(now)s::timestamptz - q.accepted_at)
+            FROM failure
+            WHERE q.id = failure.id AND q.status <> ALL(%(finished)s::text[])
+            RETURNING q.*
+        ), {billing.add_to_system_totals("failed", failed=True)}
+        SELECT * FROM failed
+        """,
+        {
+            "ids": list(unique),
+            "errors": [failure.error for failure in unique.values()],
+            "workers": [failure.worker for failure in unique.values()],
+            "failed": Query.Status.FAILED,
+            "finished": list(Query.FINISHED),
+            "now": timezone.now(),
+        },
     )
-    return rows[0] if rows else None
+    stored = {query.pk: query for query in failed}
+    return [stored.pop(uuid.UUID(str(failure.query_id)), None) for failure in failures]
+
+
+def write_by_shard(items: list, keys: list, write) -> list:
+    """Write `items` with `write(items_of_one_shard, using=alias)`, once per shard, under
+    their prefixes' fences (`rentahal.sharding.writing_for_each`); return one outcome per
+    item, in order: what `write` returned for it, or the exception that kept it from being
+    written.
+
+    `write` must be one statement per call. When the database refuses one for an item's
+    sake (a second charge for a query, a value that does not fit), that shard's items are
+    written one at a time, so one bad item never fails the others. A closed fence (a shard
+    move) refuses the batch before anything is written; then each item is written alone,
+    so only the moving prefix's items wait, and fail if the move outlasts the wait.
+    """
+    try:
+        with writing_for_each(keys) as by_alias:
+            outcomes = [None] * len(items)
+            for alias, indexes in by_alias.items():
+                try:
+                    written = write_each_if_refused([items[index] for index in indexes], write, using=alias)
+                except DatabaseError as exc:
+                    # Other shards' statements may have committed already: their items
+                    # keep their outcomes, only this shard's items get the error.
+                    written = [exc] * len(indexes)
+                for index, outcome in zip(indexes, written):
+                    outcomes[index] = outcome
+    except ShardMoving as exc:
+        if len(items) == 1:
+            return [exc]
+        return [write_by_shard([item], [key], write)[0] for item, key in zip(items, keys)]
+    return outcomes
+
+
+def write_each_if_refused(items: list, write, *, using: str) -> list:
+    try:
+        return write(items, using=using)
+    except (IntegrityError, DataError) as exc:
+        if len(items) == 1:
+            return [exc]
+        logger.warning("a batch of %d writes on %s was refused (%s); writing them one at a time", len(items), using, exc)
+        return [write_each_if_refused([item], write, using=using)[0] for item in items]
 
 
 def unfinished_queries(guid: str) -> list[Query]:

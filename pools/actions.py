@@ -1,13 +1,15 @@
 """Every write to pools: workers, pool aliases and their members, and recorded attempts."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DataError, IntegrityError, transaction
 
 from pools.models import PoolAlias, PoolMember, SelectionOutcome, Strategy, Worker
+from rentahal.batching import Coalescer
 
 if TYPE_CHECKING:
     from pools.clients import ModelAnswer, ModelServerError
@@ -125,7 +127,18 @@ def delete_pool(pool: PoolAlias) -> None:
     logger.info("pool %s deleted", pool)
 
 
-def record_attempt(
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One call of a model server and how it went: an answer or an error."""
+
+    selection: Selection
+    attempt: int
+    duration: float
+    answer: ModelAnswer | None = None
+    error: ModelServerError | None = None
+
+
+async def record_attempt(
     selection: Selection,
     attempt: int,
     *,
@@ -133,24 +146,70 @@ def record_attempt(
     answer: ModelAnswer | None = None,
     error: ModelServerError | None = None,
 ) -> SelectionOutcome:
-    """Record one attempt's outcome for the A/B report, and count it for the worker's health."""
+    """Record one attempt's outcome for the A/B report, and count it for the worker's health.
+
+    The jobs in flight in this process record theirs together (`record_attempts`).
+    """
+    return await attempts_recorder.submit(Attempt(selection, attempt, duration, answer, error))
+
+
+def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exception]:
+    """Count each attempt for its worker's health and insert their outcome rows in one
+    statement; return each row, or the exception that kept it from being stored."""
     from pools import health
 
-    if error is not None:
-        health.record_failure(selection.worker.name, error)
-    else:
-        health.record_success(selection.worker.name, latency=answer.time_to_first_byte if answer else None)
-    return SelectionOutcome.objects.create(
+    for attempt in attempts:
+        if attempt.error is not None:
+            health.record_failure(attempt.selection.worker.name, attempt.error)
+        else:
+            health.record_success(
+                attempt.selection.worker.name, latency=attempt.answer.time_to_first_byte if attempt.answer else None
+            )
+    rows = [outcome_row(attempt) for attempt in attempts]
+    try:
+        return insert_outcomes(rows)
+    except (IntegrityError, DataError) as exc:
+        if len(rows) == 1:
+            return [exc]
+    # One row the database refused must not lose the others.
+    return [stored_alone(row) for row in rows]
+
+
+def insert_outcomes(rows: list[SelectionOutcome]) -> list[SelectionOutcome]:
+    """Insert the rows with one statement.
+
+    `bulk_create` wraps its INSERT in a transaction: BEGIN and COMMIT, two round trips that
+    a lone row, the usual batch of a worker that is not busy, does without.
+    """
+    if len(rows) == 1:
+        rows[0].save(force_insert=True)
+        return rows
+    return SelectionOutcome.objects.bulk_create(rows)
+
+
+def stored_alone(row: SelectionOutcome) -> SelectionOutcome | Exception:
+    try:
+        return insert_outcomes([row])[0]
+    except (IntegrityError, DataError) as exc:
+        return exc
+
+
+def outcome_row(attempt: Attempt) -> SelectionOutcome:
+    selection, answer, error = attempt.selection, attempt.answer, attempt.error
+    return SelectionOutcome(
         pool=selection.pool.name if selection.pool else "",
         pool_realm=selection.pool.realm if selection.pool else "",
         worker=selection.worker.name,
         strategy=selection.strategy,
         realm=selection.realm,
-        attempt=attempt,
+        attempt=attempt.attempt,
         result=error.kind if error is not None else SelectionOutcome.Result.OK,
         time_to_first_byte=answer.time_to_first_byte if answer else None,
-        duration=duration,
+        duration=attempt.duration,
     )
+
+
+attempts_recorder = Coalescer(record_attempts)
 
 
 def end_cooldowns(workers) -> int:

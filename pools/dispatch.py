@@ -135,7 +135,7 @@ async def serve(
                     session, worker, request, limits=call_limits(), on_chunk=forward if on_chunk else None
                 )
         except ModelServerError as exc:
-            await sync_to_async(actions.record_attempt)(selection, attempts, error=exc, duration=time.monotonic() - started)
+            await actions.record_attempt(selection, attempts, error=exc, duration=time.monotonic() - started)
             if not exc.is_server_fault or streamed:
                 raise
             logger.info("attempt %d on %s failed (%s), failing over", attempts, worker.name, exc.kind)
@@ -144,7 +144,7 @@ async def serve(
             continue
         finally:
             state.release_lease(worker.name, lease)
-        await sync_to_async(actions.record_attempt)(selection, attempts, answer=answer, duration=time.monotonic() - started)
+        await actions.record_attempt(selection, attempts, answer=answer, duration=time.monotonic() - started)
         return served_by(selection, answer, attempts)
     raise last_error
 

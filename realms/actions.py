@@ -59,7 +59,7 @@ def stop_job(job_id: str) -> None:
     """Cancel a job still waiting in its queue.
 
     A job already running is left to end: its query row is finished first, so whatever it
-    returns is discarded by `finish_query` and nothing is charged.
+    returns is discarded by `finish_queries` and nothing is charged.
     """
     try:
         job = Job.fetch(job_id, connection=get_queue("default").connection)

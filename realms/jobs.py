@@ -2,20 +2,28 @@
 import logging
 import time
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from rq import Callback
 from rq.timeouts import JobTimeoutException
 
 from accounts import actions as accounts
+from accounts.billing import Answer
 from pools.clients import ModelRequest, ModelServerError
 from pools.dispatch import serve
 from pools.selection import NoWorkerAvailable
+from rentahal.batching import Coalescer
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
+
+# The jobs in flight in one worker process start, finish and fail their queries together:
+# one statement per shard for each batch instead of one transaction per query.
+starts = Coalescer(accounts.start_queries)
+finishes = Coalescer(accounts.finish_queries)
+failures = Coalescer(accounts.fail_queries)
 
 
 def enqueue_query(query, queue_name: str) -> None:
@@ -38,7 +46,7 @@ def enqueue_query(query, queue_name: str) -> None:
 
 async def run_query(query_id: str) -> str:
     """Run the query once; a rerun of a finished query does nothing and charges nothing."""
-    query = await sync_to_async(accounts.start_query)(query_id)
+    query = await starts.submit(query_id)
     if query is None:
         return "already finished"
     guid = query.user_id
@@ -59,8 +67,8 @@ async def run_query(query_id: str) -> str:
     except (NoWorkerAvailable, ModelServerError) as exc:
         await finish_with_failure(query_id, guid, str(exc))
         return "failed"
-    finished = await sync_to_async(accounts.finish_query)(
-        query_id, result=served.answer.result, result_type=served.answer.result_type, worker=served.worker
+    finished = await finishes.submit(
+        Answer(query, result=served.answer.result, result_type=served.answer.result_type, worker=served.worker)
     )
     if finished is not None:
         record_query_outcome(
@@ -87,7 +95,7 @@ async def run_query(query_id: str) -> str:
 
 
 async def finish_with_failure(query_id: str, guid: str, reason: str) -> None:
-    failed = await sync_to_async(accounts.fail_query)(query_id, error=reason)
+    failed = await failures.submit(accounts.Failure(query_id, reason))
     if failed is not None:
         record_query_outcome(failed.realm, worker="", processing_time=failed.processing_time, ok=False)
         await push_frame(guid, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})

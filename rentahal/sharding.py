@@ -202,13 +202,9 @@ def forget_cached_map() -> None:
 # -- the write fence ----------------------------------------------------------------------
 
 @contextlib.contextmanager
-def writing_for(key, *, single_statement: bool = False):
+def writing_for(key):
     """Yield the alias for writing this guid's (or query id's) rows, inside one durable
     transaction on it, with the prefix's fence held shared for the whole transaction.
-
-    A caller that writes with one statement passes `single_statement`: the statement is
-    atomic on its own, so it runs in autocommit, without the BEGIN and COMMIT round trips
-    (the fence, when sharded, is still held until it has run).
 
     The mover takes the same fence exclusively for its switch: it waits until writers in
     flight have committed, copies what they wrote, switches the map and releases. A writer
@@ -218,7 +214,7 @@ def writing_for(key, *, single_statement: bool = False):
     is taken when it starts, before any lock wait.
     """
     if not has_shards():
-        with atomic_unless(single_statement, using="default"):
+        with transaction.atomic(using="default", durable=True):
             yield "default"
         return
     prefix = guid_prefix(key)
@@ -232,14 +228,58 @@ def writing_for(key, *, single_statement: bool = False):
             except OperationalError as exc:
                 raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
         alias = _lookup(prefix, read_token())
-        with atomic_unless(single_statement, using=alias):
+        with transaction.atomic(using=alias, durable=True):
             yield alias
 
 
-def atomic_unless(single_statement: bool, *, using: str):
-    if single_statement:
-        return contextlib.nullcontext()
-    return transaction.atomic(using=using, durable=True)
+@contextlib.contextmanager
+def writing_for_each(keys):
+    """Yield {alias: [index, ...]}: which shard holds the rows of each of these guids (or
+    query ids), given as their positions in `keys`, with every prefix's fence held shared
+    until the block ends.
+
+    Made for batch writes, which write each shard with ONE statement and no transaction:
+    autocommit makes a single statement atomic, and it commits before the block ends and
+    the fences are released, so a mover still sees every write (see `writing_for`). The
+    fences are taken in one statement, in prefix order (no deadlock between two batches
+    and the mover, which holds one fence at a time); the token is read in the next, after
+    the locks. A closed fence fails the whole batch with ShardMoving before anything is
+    written. Unsharded, nothing is taken and no round trip is spent.
+    """
+    if not has_shards():
+        check_autocommit("default")
+        yield {"default": list(range(len(keys)))}
+        return
+    prefixes = [guid_prefix(key) for key in keys]
+    fences = sorted({int(prefix, 16) for prefix in prefixes})
+    with transaction.atomic(using="default"):
+        with connections["default"].cursor() as cursor:
+            try:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true), "
+                    + ", ".join(["pg_advisory_xact_lock_shared(%s, %s)"] * len(fences)),
+                    [f"{WRITER_FENCE_TIMEOUT_MS}ms", *(value for fence in fences for value in (FENCE_LOCK_CLASS, fence))],
+                )
+            except OperationalError as exc:
+                raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
+        token = read_token()
+        by_alias: dict[str, list[int]] = {}
+        for index, prefix in enumerate(prefixes):
+            by_alias.setdefault(_lookup(prefix, token), []).append(index)
+        for alias in by_alias:
+            check_autocommit(alias)
+        yield by_alias
+
+
+def check_autocommit(alias: str) -> None:
+    """Refuse to write a batch inside a transaction, where it would commit after its fences
+    are released (the batch counterpart of `durable=True`, and like it, blind to the
+    transaction a Django TestCase wraps each test in)."""
+    connection = connections[alias]
+    if connection.in_atomic_block and not connection.atomic_blocks[-1]._from_testcase:
+        raise transaction.TransactionManagementError(
+            f"A batch write on {alias} must not run inside a transaction: each statement commits on its own."
+        )
 
 
 def close_fence(prefix: str, *, timeout_ms: int) -> None:

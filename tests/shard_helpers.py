@@ -6,6 +6,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from accounts import actions as accounts
+from accounts.billing import Answer
 from rentahal.shard_moves import set_map_entry
 from rentahal.shard_placement import rows_by_prefix
 from rentahal.sharding import publish_token, shard_aliases
@@ -29,9 +30,9 @@ def make_history(guid: str, *, queries: int, failed: int = 0) -> list[str]:
             user.guid, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
             image="", realm="$CHAT", on_accepted=lambda query: None,
         )
-        accounts.start_query(query.id)
+        [started] = accounts.start_queries([query.id])
         if number < queries:
-            accounts.finish_query(query.id, result="answer", result_type="text", worker="fake")
+            accounts.finish_queries([Answer(started, result="answer", result_type="text", worker="fake")])
         else:
             accounts.fail_query(query.id, error="no")
         ids.append(str(query.id))

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts import actions as accounts
 from accounts import billing
+from accounts.billing import Answer
 from accounts.models import Charge, Query
 from realms.actions import submit_query
 from realms.frames import QuerySubmission
@@ -120,34 +121,38 @@ def test_accepting_a_query_is_one_statement_on_the_users_shard(default_realms, a
     assert (stored.status, stored.prompt, stored.user_id) == (Query.Status.ACCEPTED, "counted", alice.guid)
 
 
-def test_starting_and_finishing_a_query_take_one_and_two_statements_on_its_shard(
+def test_a_batch_of_starts_and_a_batch_of_finishes_take_one_statement_each_on_the_shard(
     default_realms, alice, django_assert_num_queries
 ):
-    query = accept_without_enqueueing(alice, "counted")
+    queries = [accept_without_enqueueing(alice, f"counted {number}") for number in range(5)]
     shard = connections[shard_for_guid(alice.guid)]
+    default = connections["default"]
 
-    # The counts include the transaction's BEGIN and COMMIT.
-    with django_assert_num_queries(3, connection=shard):
-        started = accounts.start_query(query.pk)
-    with django_assert_num_queries(4, connection=shard):
-        finished = accounts.finish_query(query.pk, result="answer", result_type="text", worker="fake")
+    # No BEGIN or COMMIT on the shard: one statement commits on its own. The prefix's fence
+    # on default is BEGIN, the lock, the token read and COMMIT, once per batch.
+    with django_assert_num_queries(1, connection=shard), django_assert_num_queries(4, connection=default):
+        started = accounts.start_queries([query.pk for query in queries])
+    with django_assert_num_queries(1, connection=shard), django_assert_num_queries(4, connection=default):
+        finished = accounts.finish_queries(
+            [Answer(query, result=f"answer {number}", result_type="text", worker="fake") for number, query in enumerate(started)]
+        )
 
-    charge = Charge.objects.get(query_id=query.pk)
     alice.refresh_from_db()
-    stored = Query.objects.get(pk=query.pk)
-    assert (started.status, started.attempts) == (Query.Status.RUNNING, 1)
-    assert (stored.status, stored.result, stored.cost) == (Query.Status.DONE, "answer", charge.amount)
-    assert finished.cost == charge.amount == billing.cost_of(stored.processing_time)
-    assert stored.processing_time == pytest.approx(300, abs=5)
-    assert (alice.query_count, alice.total_cost) == (1, charge.amount)
-    assert billing.system_totals()["total_queries"] == 1
+    charges = {charge.query_id: charge.amount for charge in Charge.objects.filter(user=alice)}
+    for number, (query, answer) in enumerate(zip(queries, finished)):
+        stored = Query.objects.get(pk=query.pk)
+        assert (stored.status, stored.result, stored.attempts) == (Query.Status.DONE, f"answer {number}", 1)
+        assert stored.processing_time == pytest.approx(300, abs=5)
+        assert answer.cost == stored.cost == charges[query.pk] == billing.cost_of(stored.processing_time)
+    assert (alice.query_count, alice.total_cost) == (5, sum(charges.values()))
+    assert billing.system_totals()["total_queries"] == 5
 
 
 def test_finishing_a_finished_query_writes_nothing(default_realms, alice):
     query = accept_without_enqueueing(alice, "twice")
-    accounts.finish_query(query.pk, result="first", result_type="text", worker="fake")
+    accounts.finish_queries([Answer(query, result="first", result_type="text", worker="fake")])
 
-    again = accounts.finish_query(query.pk, result="second", result_type="text", worker="fake")
+    [again] = accounts.finish_queries([Answer(query, result="second", result_type="text", worker="fake")])
     failed = accounts.fail_query(query.pk, error="late")
 
     assert again is None and failed is None
