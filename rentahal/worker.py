@@ -5,6 +5,10 @@ to minutes. `ConcurrentWorker` keeps up to `concurrency` coroutine jobs running 
 long-lived event loop and leaves every piece of bookkeeping to RQ's own methods, so its
 jobs show up in the started, finished and failed registries, retries and `on_failure`
 callbacks work, and rq / django-rq tooling sees an ordinary worker.
+
+Its Redis round trips are paid per batch, not per job: the jobs waiting for free slots are
+popped, fetched and started together, and the successes of the jobs that finish together are
+recorded in one transaction, so a busy loop is not held up by one round trip after another.
 """
 import asyncio
 import concurrent.futures
