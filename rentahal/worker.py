@@ -159,9 +159,9 @@ class ConcurrentWorker(Worker):
 
     async def dequeue_until_stopped(self, *, burst: bool, max_jobs: int | None) -> None:
         started = 0
-        # Whether the queues are likely to hold more jobs than the last pop took. Then the
-        # next pop is tried at once on the loop; otherwise it waits in a thread, so an empty
-        # queue costs the loop no round trip.
+        # Whether the queues are likely to hold more jobs than the last pop took: then the
+        # next pop does not wait, else it waits on the queues (which answer at once anyway
+        # when a job is there).
         is_backlogged = True
         while not self._stopping.is_set():
             if max_jobs is not None and started >= max_jobs:
@@ -174,9 +174,7 @@ class ConcurrentWorker(Worker):
                 continue
             if max_jobs is not None:
                 free = min(free, max_jobs - started)
-            jobs = self.dequeue_ready(free) if is_backlogged or burst else []
-            if not jobs and not burst:
-                jobs = await asyncio.to_thread(self.dequeue_waiting, free)
+            jobs = await asyncio.to_thread(self.take_jobs, free, wait=not (burst or is_backlogged))
             is_backlogged = len(jobs) >= free
             if not jobs:
                 if not burst:
@@ -188,6 +186,17 @@ class ConcurrentWorker(Worker):
                 continue
             started += len(jobs)
             self.start_jobs(jobs)
+
+    def take_jobs(self, limit: int, *, wait: bool) -> list[tuple[Job, Queue, Execution]]:
+        """Dequeue up to `limit` jobs and start their executions (in a thread, off the loop).
+
+        With `wait`, wait up to DEQUEUE_BLOCK_SECONDS for a job to come. A batch costs three
+        round trips however many jobs it holds: the pop, the jobs' hashes, their start.
+        """
+        jobs = self.dequeue_waiting(limit) if wait else self.dequeue_ready(limit)
+        if not jobs:
+            return []
+        return [(job, queue, execution) for (job, queue), execution in zip(jobs, self.begin_executions(jobs))]
 
     def dequeue_ready(self, limit: int) -> list[tuple[Job, Queue]]:
         """Pop up to `limit` waiting jobs and fetch them: two round trips however many come.
@@ -208,7 +217,7 @@ class ConcurrentWorker(Worker):
 
     def dequeue_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
         """Wait up to DEQUEUE_BLOCK_SECONDS for jobs on any queue, then take up to `limit` of
-        them from the first queue that has some (run in a thread: it blocks).
+        them from the first queue that has some.
 
         A worker of one queue waits with RQ's own `dequeue_any` (BLMOVE, one job, kept in the
         intermediate queue until started); one of several queues with BLMPOP, RQ's BLPOP
@@ -268,8 +277,8 @@ class ConcurrentWorker(Worker):
         self.log.debug("Worker %s: dequeued job %s from %s", self.name, result[0].id, result[1].name)
         return [result]
 
-    def start_jobs(self, jobs: list[tuple[Job, Queue]]) -> None:
-        for (job, queue), execution in zip(jobs, self.begin_executions(jobs)):
+    def start_jobs(self, jobs: list[tuple[Job, Queue, Execution]]) -> None:
+        for job, queue, execution in jobs:
             task = asyncio.create_task(self.run_job(job, queue, execution), name=f"rq-job-{job.id}")
             self.in_flight[execution.id] = (task, job, execution)
             task.add_done_callback(self._job_done(execution.id))
