@@ -384,24 +384,33 @@ class ConcurrentWorker(Worker):
 
         This is RQ's `handle_job_success` for every job in one MULTI/EXEC. As RQ does, it
         WATCHes the jobs' dependents keys and reads them; the batch is committed only if
-        none of them has a dependent and none was added before the commit. Otherwise every
-        job takes RQ's own per-job path, which moves the dependents to their queues.
+        none of them has a dependent and none was added before the commit. Otherwise each
+        job takes RQ's own path alone, which moves its dependents to their queues; so does
+        every job of a batch one of whose jobs cannot be staged (a result that does not
+        pickle), so that one fails alone.
         """
+        dependents_keys = [finished.job.dependents_key for finished in batch]
         with self.connection.pipeline() as pipeline:
-            try:
-                dependents_keys = [finished.job.dependents_key for finished in batch]
-                pipeline.watch(*dependents_keys)
-                has_dependents = bool(pipeline.sunion(dependents_keys))
-                if not has_dependents:
-                    pipeline.multi()
+            pipeline.watch(*dependents_keys)
+            is_batched = not pipeline.sunion(dependents_keys)
+            if is_batched:
+                pipeline.multi()
+                try:
                     for finished in batch:
                         self.stage_success(finished, pipeline)
+                except Exception:
+                    is_batched = False
+            if is_batched:
+                try:
                     pipeline.execute()
-            except redis.WatchError:
-                has_dependents = True
-        if has_dependents:
+                except redis.WatchError:
+                    is_batched = False
+        if not is_batched:
             for finished in batch:
-                self._finalize_success(finished.job, finished.queue, finished.execution, finished.return_value)
+                try:
+                    self._finalize_success(finished.job, finished.queue, finished.execution, finished.return_value)
+                except Exception:
+                    self.log.exception("Worker %s: could not record the success of job %s", self.name, finished.job.id)
             return
         for finished in batch:
             job = finished.job

@@ -17,6 +17,10 @@ async def double(number: int) -> int:
     return 2 * number
 
 
+async def unpicklable() -> object:
+    return lambda: None
+
+
 def remember_result(job, connection, result, *args, **kwargs):
     connection.set(f"callback-saw:{job.id}", result)
 
@@ -77,6 +81,17 @@ def test_a_success_callback_still_runs_with_the_jobs_result(queue, clean_redis):
     assert clean_redis.get(f"callback-saw:{job.id}") == b"42"
     assert Job.fetch(job.id, connection=clean_redis).get_status() == JobStatus.FINISHED
     assert Job.fetch(plain.id, connection=clean_redis).return_value() == 2
+
+
+def test_a_result_that_cannot_be_stored_does_not_hold_up_the_jobs_finishing_with_it(queue, clean_redis):
+    queue.enqueue(unpicklable)
+    siblings = [queue.enqueue(double, number) for number in range(5)]
+
+    run_burst_worker(queue)
+
+    for number, job in enumerate(siblings):
+        fetched = Job.fetch(job.id, connection=clean_redis)
+        assert (fetched.get_status(), fetched.return_value()) == (JobStatus.FINISHED, 2 * number)
 
 
 def test_jobs_of_the_first_queue_start_before_those_of_the_next(clean_redis):
