@@ -1,5 +1,6 @@
 """Fixtures shared by every test: real Redis flushed per test, personas, a fake model server,
 a real RQ worker process, and WebSocket clients for /ws."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,6 +49,35 @@ def clean_redis():
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_commands(clean_redis):
+    """Return a context manager that lists the command names the tests' Redis db receives
+    while it is open, as MONITOR shows them (commands run by scripts are left out).
+
+    A marker ECHO on the same db closes the recording, so every command sent before it is in.
+    """
+    db = clean_redis.connection_pool.connection_kwargs.get("db", 0)
+
+    @contextlib.contextmanager
+    def recording():
+        commands: list[str] = []
+        # Its own client: the monitor holds a connection, and ECHO must not open (and SELECT
+        # on) a new one inside the recording.
+        with redis.Redis.from_url(settings.REDIS_URL).monitor() as monitor:
+            yield commands
+            marker = uuid.uuid4().hex
+            clean_redis.echo(marker)
+            while True:
+                seen = monitor.next_command()
+                if seen["db"] != db or seen["client_type"] == "lua":
+                    continue
+                if seen["command"] == f"ECHO {marker}":
+                    break
+                commands.append(seen["command"].split(" ", 1)[0].upper())
+
+    return recording
 
 
 @pytest.fixture

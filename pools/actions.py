@@ -134,6 +134,7 @@ class Attempt:
     selection: Selection
     attempt: int
     duration: float
+    lease: str
     answer: ModelAnswer | None = None
     error: ModelServerError | None = None
 
@@ -143,22 +144,26 @@ async def record_attempt(
     attempt: int,
     *,
     duration: float,
+    lease: str,
     answer: ModelAnswer | None = None,
     error: ModelServerError | None = None,
 ) -> SelectionOutcome:
-    """Record one attempt's outcome for the A/B report, and count it for the worker's health.
+    """Free the attempt's in-flight lease, count the attempt for the worker's health and
+    record its outcome for the A/B report.
 
-    The jobs in flight in this process record theirs together (`record_attempts`).
+    The jobs in flight in this process record theirs together (`record_attempts`), on a
+    thread, so the release costs the worker's event loop no round trip of its own.
     """
-    return await attempts_recorder.submit(Attempt(selection, attempt, duration, answer, error))
+    return await attempts_recorder.submit(Attempt(selection, attempt, duration, lease, answer, error))
 
 
 def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exception]:
     """Count each attempt for its worker's health and insert their outcome rows in one
     statement; return each row, or the exception that kept it from being stored."""
-    from pools import health
+    from pools import health, state
 
     for attempt in attempts:
+        state.release_lease(attempt.selection.worker.name, attempt.lease)
         if attempt.error is not None:
             health.record_failure(attempt.selection.worker.name, attempt.error)
         else:

@@ -119,15 +119,18 @@ async def serve(
                 raise last_error from None
             raise
         worker = selection.worker
-        lease = state.acquire_lease(worker.name, cap=worker.max_concurrency, ttl=lease_seconds())
+        pool_id = selection.pool.id if selection.pool else None
+        choice = state.Choice(
+            pool_id,
+            affinity_key=affinity_key,
+            remember=selection.strategy == Strategy.AFFINITY,
+            advance_pool=pool_id if selection.pool and pool_id != advance else None,
+        )
+        lease = state.acquire_lease(worker.name, cap=worker.max_concurrency, ttl=lease_seconds(), choice=choice)
         if lease is None:
             full.add(worker.name)
             continue
         attempts += 1
-        remember = selection.strategy == Strategy.AFFINITY
-        pool_id = selection.pool.id if selection.pool else None
-        state.note_chosen(pool_id, worker.name, affinity_key=affinity_key, remember=remember,
-                          advance_pool=pool_id if selection.pool and pool_id != advance else None)
         started = time.monotonic()
         try:
             async with model_session() as session:
@@ -135,16 +138,21 @@ async def serve(
                     session, worker, request, limits=call_limits(), on_chunk=forward if on_chunk else None
                 )
         except ModelServerError as exc:
-            await actions.record_attempt(selection, attempts, error=exc, duration=time.monotonic() - started)
+            await actions.record_attempt(
+                selection, attempts, lease=lease, error=exc, duration=time.monotonic() - started
+            )
             if not exc.is_server_fault or streamed:
                 raise
             logger.info("attempt %d on %s failed (%s), failing over", attempts, worker.name, exc.kind)
             failed.add(worker.name)
             last_error = exc
             continue
-        finally:
+        except BaseException:
             state.release_lease(worker.name, lease)
-        await actions.record_attempt(selection, attempts, answer=answer, duration=time.monotonic() - started)
+            raise
+        await actions.record_attempt(
+            selection, attempts, lease=lease, answer=answer, duration=time.monotonic() - started
+        )
         return served_by(selection, answer, attempts)
     raise last_error
 

@@ -7,6 +7,7 @@ views, the admin and management commands.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import uuid
@@ -23,6 +24,9 @@ DIRECT = "direct"
 # Count a worker's live leases after dropping expired ones; refuse a new one at the cap.
 # A lease is a member of a sorted set scored by its expiry, so a process that dies while
 # holding one cannot leave the count wrong (or negative) for longer than the lease lasts.
+# A granted lease is tallied as a choice in the same call: KEYS = lease key, then the chosen
+# hash, the ticket to advance and the affinity key, each present when its flag in ARGV[6..8]
+# is '1'; ARGV[5] is the worker's name and ARGV[9] the affinity TTL.
 ACQUIRE_LEASE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local cap = tonumber(ARGV[4])
@@ -31,6 +35,18 @@ if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000) + 1000)
+local key = 2
+if ARGV[6] == '1' then
+  redis.call('HINCRBY', KEYS[key], ARGV[5], 1)
+  key = key + 1
+end
+if ARGV[7] == '1' then
+  redis.call('INCR', KEYS[key])
+  key = key + 1
+end
+if ARGV[8] == '1' then
+  redis.call('SET', KEYS[key], ARGV[5], 'EX', ARGV[9])
+end
 return 1
 """
 
@@ -56,13 +72,35 @@ return redis.call('HINCRBY', KEYS[1], 'failures', 1)
 """
 
 
-# Each worker's cooldown, EWMAs and live lease count, for KEYS = worker key, lease key, ...
-READ_MEMBERS = """
+# Everything a selection reads, in one call. KEYS = worker key, lease key for each of ARGV[2]
+# members, then each pool's ticket key (followed by its affinity key when ARGV[4] is '1').
+# Returns each member's cooldown, EWMAs and live lease count, then each pool's ticket and
+# remembered worker. The ticket of the pool at position ARGV[3] (1-based; 0 for none) is
+# taken with INCR, so two processes selecting at once get different tickets.
+READ_STATE = """
 local out = {}
-for i = 1, #KEYS, 2 do
+local members = tonumber(ARGV[2])
+for i = 1, 2 * members, 2 do
   local fields = redis.call('HMGET', KEYS[i], 'cooldown_until', 'cooldown_kind', 'latency', 'success')
   for j = 1, 4 do out[#out + 1] = fields[j] or '' end
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 1], ARGV[1], '+inf')
+end
+local advance = tonumber(ARGV[3])
+local stride = 1
+if ARGV[4] == '1' then stride = 2 end
+local pool = 0
+for i = 2 * members + 1, #KEYS, stride do
+  pool = pool + 1
+  if pool == advance then
+    out[#out + 1] = redis.call('INCR', KEYS[i])
+  else
+    out[#out + 1] = redis.call('GET', KEYS[i]) or ''
+  end
+  if stride == 2 then
+    out[#out + 1] = redis.call('GET', KEYS[i + 1]) or ''
+  else
+    out[#out + 1] = ''
+  end
 end
 return out
 """
@@ -79,8 +117,14 @@ def client() -> redis.Redis:
 
 @functools.lru_cache(maxsize=4)
 def scripts_for(url: str):
+    """Return the scripts registered on the client of `url`.
+
+    Each is called on the client itself, never inside a pipeline: redis-py sends SCRIPT
+    EXISTS before every pipeline that holds a script, a second round trip per call, while a
+    direct call sends EVALSHA alone and loads the script only if Redis answers NOSCRIPT.
+    """
     connection = client_for_url(url)
-    return tuple(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_MEMBERS))
+    return tuple(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_STATE))
 
 
 def worker_key(name: str) -> str:
@@ -125,27 +169,23 @@ def bump_config_version() -> None:
 
 
 def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None = None) -> SharedState:
-    """Read everything a selection over `plan` needs, in one round trip.
+    """Read everything a selection over `plan` needs, in one round trip (one script).
 
-    The round-robin ticket of `advance_pool` is taken (INCR) in the same round trip, so two
+    The round-robin ticket of `advance_pool` is taken (INCR) in the same call, so two
     processes selecting at once get different tickets; other pools' tickets are only read.
     """
     now = time.time()
     names = plan.worker_names
     pools = plan.pools
-    pipe = client().pipeline(transaction=False)
     keys = [key for name in names for key in (worker_key(name), lease_key(name))]
-    _, _, read_members = scripts_for(settings.REDIS_URL)
-    read_members(keys=keys, args=[now], client=pipe)
     for pool in pools:
-        if pool.id == advance_pool:
-            pipe.incr(ticket_key(pool.id))
-        else:
-            pipe.get(ticket_key(pool.id))
-        pipe.get(affinity_key_for(pool.id, affinity_key)) if affinity_key else pipe.echo("")
-    results = pipe.execute()
+        keys.append(ticket_key(pool.id))
+        if affinity_key:
+            keys.append(affinity_key_for(pool.id, affinity_key))
+    advance = next((position for position, pool in enumerate(pools, 1) if pool.id == advance_pool), 0)
+    _, _, read = scripts_for(settings.REDIS_URL)
+    flat = read(keys=keys, args=[now, len(names), advance, 1 if affinity_key else 0])
     state = SharedState(now=now)
-    flat = results[0]
     for index, name in enumerate(names):
         cooldown_until, kind, latency, success, count = flat[5 * index : 5 * index + 5]
         state.members[name] = MemberState(
@@ -155,8 +195,9 @@ def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None =
             latency=float(latency) if latency else None,
             success=float(success) if success else None,
         )
+    tail = 5 * len(names)
     for index, pool in enumerate(pools):
-        ticket, remembered = results[1 + 2 * index], results[2 + 2 * index]
+        ticket, remembered = flat[tail + 2 * index], flat[tail + 2 * index + 1]
         state.tickets[pool.id] = int(ticket or 0) + (0 if pool.id == advance_pool else 1)
         if remembered:
             state.affinity[pool.id] = remembered
@@ -166,12 +207,39 @@ def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None =
 # -- leases (in-flight counts) --------------------------------------------------------------
 
 
-def acquire_lease(worker: str, *, cap: int, ttl: float) -> str | None:
-    """Take a slot on the worker and return its lease id, or None when it is at its cap."""
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """How a granted lease is tallied: the pool it was chosen in (None: outside any pool), and
+    whether to remember the worker for `affinity_key` and advance a fallback pool's ticket."""
+
+    pool_id: int | None
+    affinity_key: str = ""
+    remember: bool = False
+    advance_pool: int | None = None
+
+
+def acquire_lease(worker: str, *, cap: int, ttl: float, choice: Choice | None = None) -> str | None:
+    """Take a slot on the worker and return its lease id, or None when it is at its cap.
+
+    With `choice`, a granted lease is also counted as chosen (and the affinity and ticket
+    updated) in the same round trip; a refused one counts nothing.
+    """
     lease = uuid.uuid4().hex
     now = time.time()
+    keys = [lease_key(worker)]
+    counts = remembers = advances = False
+    if choice is not None:
+        counts = True
+        keys.append(chosen_key(choice.pool_id))
+        advances = choice.advance_pool is not None
+        if advances:
+            keys.append(ticket_key(choice.advance_pool))
+        remembers = choice.remember and bool(choice.affinity_key) and choice.pool_id is not None
+        if remembers:
+            keys.append(affinity_key_for(choice.pool_id, choice.affinity_key))
     acquire, _, _ = scripts_for(settings.REDIS_URL)
-    granted = acquire(keys=[lease_key(worker)], args=[now, now + ttl, lease, cap])
+    flags = [1 if flag else 0 for flag in (counts, advances, remembers)]
+    granted = acquire(keys=keys, args=[now, now + ttl, lease, cap, worker, *flags, settings.RENTAHAL_AFFINITY_TTL])
     return lease if granted else None
 
 
@@ -183,21 +251,7 @@ def in_flight(worker: str) -> int:
     return int(client().zcount(lease_key(worker), time.time(), "+inf"))
 
 
-# -- after a selection ----------------------------------------------------------------------
-
-
-def note_chosen(
-    pool_id: int | None, worker: str, *, affinity_key: str = "", remember: bool = False, advance_pool: int | None = None
-) -> None:
-    """Count the choice; remember the worker for the affinity key and advance a fallback
-    pool's round-robin ticket when asked."""
-    pipe = client().pipeline(transaction=False)
-    pipe.hincrby(chosen_key(pool_id), worker, 1)
-    if advance_pool is not None:
-        pipe.incr(ticket_key(advance_pool))
-    if remember and affinity_key and pool_id is not None:
-        pipe.set(affinity_key_for(pool_id, affinity_key), worker, ex=settings.RENTAHAL_AFFINITY_TTL)
-    pipe.execute()
+# -- after a call ---------------------------------------------------------------------------
 
 
 def record_outcome(worker: str, *, ok: bool, latency: float | None) -> int:

@@ -5,19 +5,28 @@ to minutes. `ConcurrentWorker` keeps up to `concurrency` coroutine jobs running 
 long-lived event loop and leaves every piece of bookkeeping to RQ's own methods, so its
 jobs show up in the started, finished and failed registries, retries and `on_failure`
 callbacks work, and rq / django-rq tooling sees an ordinary worker.
+
+Its Redis round trips are paid per batch, not per job: the jobs waiting for free slots are
+popped, fetched and started together, and the successes of the jobs that finish together are
+recorded in one transaction, so a busy loop is not held up by one round trip after another.
 """
 import asyncio
 import concurrent.futures
+import dataclasses
 import inspect
 import logging
 import signal
+from typing import Any
 
 import aiohttp
+import redis
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
 from rq import Worker
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
+from rq.rate_limit import release_slot
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -28,10 +37,43 @@ logger = logging.getLogger(__name__)
 
 # Seconds a blocking dequeue waits before looking at the stop flag again.
 DEQUEUE_BLOCK_SECONDS = 1
+# Most job ids popped in one call: the pop script hands them to RPUSH as arguments, and Lua
+# caps how many values one call can unpack (about 8,000).
+MAX_POP = 1000
+
+# Pop up to ARGV[1] job ids from the first non-empty queue of KEYS, in the worker's queue
+# order, as RQ's LPOP loop would one at a time. With ARGV[2] == '1' (a worker of one queue)
+# the ids are also pushed onto the last key, the queue's intermediate queue, as RQ's LMOVE
+# does, so a worker that dies before starting them leaves them for RQ's cleanup to recover.
+# Returns the queue's key followed by the ids, or an empty list.
+POP_JOBS = """
+local queues = #KEYS
+if ARGV[2] == '1' then queues = queues - 1 end
+for i = 1, queues do
+  local ids = redis.call('LPOP', KEYS[i], ARGV[1])
+  if ids then
+    if ARGV[2] == '1' then redis.call('RPUSH', KEYS[#KEYS], unpack(ids)) end
+    table.insert(ids, 1, KEYS[i])
+    return ids
+  end
+end
+return {}
+"""
 
 
 class JobStoppedOnRequest(Exception):
     """The job was stopped through RQ's `stop-job` command."""
+
+
+@dataclasses.dataclass
+class Finished:
+    """A job that returned, waiting with others for its success to be recorded."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    return_value: Any
+    recorded: asyncio.Future
 
 
 class ConcurrentWorker(Worker):
@@ -67,6 +109,12 @@ class ConcurrentWorker(Worker):
         self._wake: asyncio.Event | None = None
         self._requeued: set[str] = set()
         self._stopped_executions: set[str] = set()
+        # Jobs that returned and wait for their success to be recorded, the task recording
+        # them, and their executions (which heartbeats must no longer touch).
+        self._finished: list[Finished] = []
+        self._recorder: asyncio.Task | None = None
+        self._finishing: set[str] = set()
+        self._pop_jobs = self.connection.register_script(POP_JOBS)
         # Callbacks and synchronous jobs touch the ORM and may call async_to_sync, neither
         # of which may happen on the loop's thread.
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="rq-sync")
@@ -111,16 +159,24 @@ class ConcurrentWorker(Worker):
 
     async def dequeue_until_stopped(self, *, burst: bool, max_jobs: int | None) -> None:
         started = 0
+        # Whether the queues are likely to hold more jobs than the last pop took: then the
+        # next pop does not wait, else it waits on the queues (which answer at once anyway
+        # when a job is there).
+        is_backlogged = True
         while not self._stopping.is_set():
             if max_jobs is not None and started >= max_jobs:
                 break
-            if len(self.in_flight) >= self.concurrency:
+            free = self.concurrency - len(self.in_flight)
+            if free <= 0:
                 # Woken when a job ends or a stop is requested.
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            result = await self.dequeue_async(burst=burst)
-            if result is None:
+            if max_jobs is not None:
+                free = min(free, max_jobs - started)
+            jobs = await asyncio.to_thread(self.take_jobs, free, wait=not (burst or is_backlogged))
+            is_backlogged = len(jobs) >= free
+            if not jobs:
                 if not burst:
                     continue
                 if not self.in_flight:
@@ -128,19 +184,83 @@ class ConcurrentWorker(Worker):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            job, queue = result
-            started += 1
-            self.start_job(job, queue)
+            started += len(jobs)
+            self.start_jobs(jobs)
 
-    async def dequeue_async(self, *, burst: bool) -> tuple[Job, Queue] | None:
-        """Return the next job, or None when none came within DEQUEUE_BLOCK_SECONDS."""
-        # A non-blocking pop first: under load it answers at once, without a thread hop.
-        result = self._dequeue(None)
-        if result is not None or burst:
-            return result
-        return await asyncio.to_thread(self._dequeue, DEQUEUE_BLOCK_SECONDS)
+    def take_jobs(self, limit: int, *, wait: bool) -> list[tuple[Job, Queue, Execution]]:
+        """Dequeue up to `limit` jobs and start their executions (in a thread, off the loop).
 
-    def _dequeue(self, timeout: int | None) -> tuple[Job, Queue] | None:
+        With `wait`, wait up to DEQUEUE_BLOCK_SECONDS for a job to come. A batch costs three
+        round trips however many jobs it holds: the pop, the jobs' hashes, their start.
+        """
+        jobs = self.dequeue_waiting(limit) if wait else self.dequeue_ready(limit)
+        if not jobs:
+            return []
+        return [(job, queue, execution) for (job, queue), execution in zip(jobs, self.begin_executions(jobs))]
+
+    def dequeue_ready(self, limit: int) -> list[tuple[Job, Queue]]:
+        """Pop up to `limit` waiting jobs and fetch them: two round trips however many come.
+
+        They come from the first non-empty queue in the worker's order, as a run of RQ's
+        `dequeue_any` would return them.
+        """
+        queues = self._ordered_queues
+        keys = [queue.key for queue in queues]
+        is_single = len(queues) == 1
+        if is_single:
+            keys.append(queues[0].intermediate_queue_key)
+        popped = self._pop_jobs(keys=keys, args=[min(limit, MAX_POP), 1 if is_single else 0], client=self.connection)
+        if not popped:
+            return []
+        queue_key, *job_ids = popped
+        return self.fetch_jobs(queue_key, job_ids)
+
+    def dequeue_waiting(self, limit: int) -> list[tuple[Job, Queue]]:
+        """Wait up to DEQUEUE_BLOCK_SECONDS for jobs on any queue, then take up to `limit` of
+        them from the first queue that has some.
+
+        A worker of one queue waits with RQ's own `dequeue_any` (BLMOVE, one job, kept in the
+        intermediate queue until started); one of several queues with BLMPOP, RQ's BLPOP
+        taking a batch.
+        """
+        if len(self._ordered_queues) == 1:
+            return self._dequeue_one(DEQUEUE_BLOCK_SECONDS)
+        keys = [queue.key for queue in self._ordered_queues]
+        popped = self.connection.blmpop(
+            DEQUEUE_BLOCK_SECONDS, len(keys), *keys, direction="LEFT", count=min(limit, MAX_POP)
+        )
+        if not popped:
+            return []
+        queue_key, job_ids = popped
+        return self.fetch_jobs(queue_key, job_ids)
+
+    def fetch_jobs(self, queue_key: bytes, job_ids: list[bytes]) -> list[tuple[Job, Queue]]:
+        """Return the popped jobs of the queue, their hashes read in one round trip.
+
+        A job whose hash is gone is skipped, as RQ skips it; one whose hash cannot be read is
+        logged and skipped, so the jobs popped with it still run.
+        """
+        queue = next(queue for queue in self._ordered_queues if queue.key == queue_key.decode())
+        ids = [job_id.decode() for job_id in job_ids]
+        with self.connection.pipeline(transaction=False) as pipeline:
+            for job_id in ids:
+                pipeline.hgetall(self.job_class.key_for(job_id))
+            hashes = pipeline.execute()
+        jobs = []
+        for job_id, raw in zip(ids, hashes):
+            if not raw:
+                continue
+            job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+            try:
+                job.restore(raw)
+            except Exception:
+                self.log.exception("Worker %s: could not read job %s from %s, skipped", self.name, job_id, queue.name)
+                continue
+            jobs.append((job, queue))
+        self.log.debug("Worker %s: dequeued %d job(s) from %s", self.name, len(jobs), queue.name)
+        return jobs
+
+    def _dequeue_one(self, timeout: int) -> list[tuple[Job, Queue]]:
         try:
             result = self.queue_class.dequeue_any(
                 self._ordered_queues,
@@ -150,43 +270,48 @@ class ConcurrentWorker(Worker):
                 serializer=self.serializer,
                 death_penalty_class=self.death_penalty_class,
             )
-        except Exception as exc:
-            if type(exc).__name__ != "DequeueTimeout":
-                raise
-            return None
-        if result is not None:
-            self.log.debug("Worker %s: dequeued job %s from %s", self.name, result[0].id, result[1].name)
-        return result
+        except DequeueTimeout:
+            return []
+        if result is None:
+            return []
+        self.log.debug("Worker %s: dequeued job %s from %s", self.name, result[0].id, result[1].name)
+        return [result]
 
-    def start_job(self, job: Job, queue: Queue) -> None:
-        execution = self.begin_execution(job, queue)
-        task = asyncio.create_task(self.run_job(job, queue, execution), name=f"rq-job-{job.id}")
-        self.in_flight[execution.id] = (task, job, execution)
+    def start_jobs(self, jobs: list[tuple[Job, Queue, Execution]]) -> None:
+        for job, queue, execution in jobs:
+            task = asyncio.create_task(self.run_job(job, queue, execution), name=f"rq-job-{job.id}")
+            self.in_flight[execution.id] = (task, job, execution)
+            task.add_done_callback(self._job_done(execution.id))
 
+    def _job_done(self, execution_id: str):
         def done(_task):
-            self.in_flight.pop(execution.id, None)
+            self.in_flight.pop(execution_id, None)
             self._wake.set()
 
-        task.add_done_callback(done)
+        return done
 
-    def begin_execution(self, job: Job, queue: Queue) -> Execution:
-        """Register the execution and mark the job started, in one Redis round trip.
+    def begin_executions(self, jobs: list[tuple[Job, Queue]]) -> list[Execution]:
+        """Register the jobs' executions and mark them started, in one Redis round trip.
 
-        This is RQ's `prepare_execution` and `prepare_job_execution` folded into one pipeline.
+        This is RQ's `prepare_execution` and `prepare_job_execution` for every job, folded into
+        one pipeline, with the worker's state and heartbeat written once for all of them.
         """
+        executions = []
         with self.connection.pipeline() as pipeline:
-            ttl = self.get_heartbeat_ttl(job)
-            execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
-            self.executions[execution.id] = execution
+            ttls = [self.get_heartbeat_ttl(job) for job, _queue in jobs]
             self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.heartbeat(ttl, pipeline=pipeline)
-            job.heartbeat(now(), ttl, pipeline=pipeline)
-            job.prepare_for_execution(self.name, pipeline=pipeline)
-            pipeline.persist(job.key)
-            if len(self.queues) == 1:
-                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+            self.heartbeat(max(ttls), pipeline=pipeline)
+            for (job, queue), ttl in zip(jobs, ttls):
+                execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
+                self.executions[execution.id] = execution
+                job.heartbeat(now(), ttl, pipeline=pipeline)
+                job.prepare_for_execution(self.name, pipeline=pipeline)
+                pipeline.persist(job.key)
+                if len(self.queues) == 1:
+                    pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                executions.append(execution)
             pipeline.execute()
-        return execution
+        return executions
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         if job.timeout is None or job.timeout <= 0:
@@ -211,14 +336,110 @@ class ConcurrentWorker(Worker):
                 exc = JobTimeoutException(f"Task exceeded maximum timeout value ({timeout} seconds)")
             await self.finalize_failure(job, queue, execution, exc_info_of(exc))
             return
+        job.ended_at = now()
         try:
-            if job.success_callback is None:
-                self._finalize_success(job, queue, execution, return_value)
+            if job.success_callback is None and not isinstance(return_value, Retry) and not job.repeats_left:
+                await self.record_success(job, queue, execution, return_value)
             else:
                 await self.in_thread(self._finalize_success, job, queue, execution, return_value)
         except Exception:
             self.log.exception("Worker %s: could not record the success of job %s", self.name, job.id)
         self.completed_jobs += 1
+
+    # -- recording successes in batches ------------------------------------------------
+
+    async def record_success(self, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None:
+        """Record the job's success together with every other job that finished meanwhile.
+
+        Returns once it is recorded, so a job's task (which shutdown waits for) outlives its
+        bookkeeping. One recording runs at a time, in a thread: the jobs that finish while it
+        runs make up the next batch, so the batches grow with the load.
+        """
+        recorded = self._loop.create_future()
+        self._finishing.add(execution.id)
+        self._finished.append(Finished(job, queue, execution, return_value, recorded))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self.record_finished())
+        try:
+            await asyncio.shield(recorded)
+        finally:
+            self._finishing.discard(execution.id)
+
+    async def record_finished(self) -> None:
+        while self._finished:
+            # One turn of the loop lets the other jobs finishing now join this batch.
+            await asyncio.sleep(0)
+            batch, self._finished = self._finished, []
+            try:
+                await self.in_thread(self.record_successes, batch)
+            except Exception as exc:
+                for finished in batch:
+                    finished.recorded.set_exception(exc)
+            else:
+                for finished in batch:
+                    finished.recorded.set_result(None)
+
+    def record_successes(self, batch: list[Finished]) -> None:
+        """Record the successes of a batch of jobs: three Redis round trips for the whole batch.
+
+        This is RQ's `handle_job_success` for every job in one MULTI/EXEC. As RQ does, it
+        WATCHes the jobs' dependents keys and reads them; the batch is committed only if
+        none of them has a dependent and none was added before the commit. Otherwise each
+        job takes RQ's own path alone, which moves its dependents to their queues; so does
+        every job of a batch one of whose jobs cannot be staged (a result that does not
+        pickle), so that one fails alone.
+        """
+        dependents_keys = [finished.job.dependents_key for finished in batch]
+        with self.connection.pipeline() as pipeline:
+            pipeline.watch(*dependents_keys)
+            is_batched = not pipeline.sunion(dependents_keys)
+            if is_batched:
+                pipeline.multi()
+                try:
+                    for finished in batch:
+                        self.stage_success(finished, pipeline)
+                except Exception:
+                    is_batched = False
+            if is_batched:
+                try:
+                    pipeline.execute()
+                except redis.WatchError:
+                    is_batched = False
+        if not is_batched:
+            for finished in batch:
+                try:
+                    self._finalize_success(finished.job, finished.queue, finished.execution, finished.return_value)
+                except Exception:
+                    self.log.exception("Worker %s: could not record the success of job %s", self.name, finished.job.id)
+            return
+        for finished in batch:
+            job = finished.job
+            release_slot(job)
+            job.send_webhooks(JobStatus.FINISHED)
+            self.log.info("Worker %s: %s: Job OK (%s) in %ss", self.name, job.origin, job.id, job.ended_at - job.started_at)
+
+    def stage_success(self, finished: Finished, pipeline: redis.client.Pipeline) -> None:
+        """Queue the writes of RQ's `handle_job_success` for one job without dependents."""
+        job, execution = finished.job, finished.execution
+        job._result = finished.return_value
+        job._status = JobStatus.FINISHED
+        # RQ writes this heartbeat on its own to cover a success callback; these jobs have
+        # none, and the job's hash is saved below with it.
+        job.last_heartbeat = job.ended_at
+        self.increment_successful_job_count(pipeline=pipeline)
+        self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if result_ttl != 0:
+            job._handle_success(
+                result_ttl,
+                pipeline=pipeline,
+                worker_name=self.name,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+        self.cleanup_execution(job, pipeline=pipeline, execution=execution)
 
     async def perform_async(self, job: Job):
         lane = self._db_lanes[self._jobs_started % len(self._db_lanes)]
@@ -281,6 +502,8 @@ class ConcurrentWorker(Worker):
         with self.connection.pipeline() as pipeline:
             self.heartbeat(worker_ttl, pipeline=pipeline)
             for _task, job, execution in list(self.in_flight.values()):
+                if execution.id in self._finishing:
+                    continue
                 working_time = (right_now - job.started_at).total_seconds() if job.started_at else 0.0
                 ttl = self.get_heartbeat_ttl(job, working_time=working_time)
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def attempt_on(worker: str, number: int) -> actions.Attempt:
     info = WorkerInfo(id=number, name=worker, query_type="chat", realm="", address="127.0.0.1:1", wire_format="openai")
     answer = ModelAnswer(result="hi", time_to_first_byte=0.01)
-    return actions.Attempt(Selection(worker=info, pool=None, strategy="direct", realm="$CHAT"), 1, 0.02, answer=answer)
+    return actions.Attempt(Selection(worker=info, pool=None, strategy="direct", realm="$CHAT"), 1, 0.02, lease="no-such-lease", answer=answer)
 
 
 def test_attempts_recorded_together_take_one_insert(django_assert_num_queries):

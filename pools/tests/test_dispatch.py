@@ -232,6 +232,41 @@ async def test_round_robin_takes_turns(fake_servers):
     assert order == ["a", "b", "c", "a", "b", "c"]
 
 
+async def test_a_served_query_costs_five_redis_commands_once_its_scripts_are_loaded(fake_servers, redis_commands):
+    await add(fake_servers(), "a")
+    await make_pool("$CHAT", ["a"], strategy="round_robin")
+    await serve(chat(), realm="$CHAT", affinity_key="alice")
+
+    with redis_commands() as commands:
+        served = await serve(chat(), realm="$CHAT", affinity_key="alice")
+
+    assert served.worker == "a"
+    # The config version, the state read, the lease with its tally, its release, the outcome.
+    assert commands == ["GET", "EVALSHA", "EVALSHA", "ZREM", "EVALSHA"]
+
+
+async def test_serving_goes_on_after_redis_forgets_its_scripts(fake_servers, clean_redis):
+    await add(fake_servers(), "a")
+    await serve(chat(), realm="$CHAT")
+    clean_redis.script_flush()
+
+    served = await serve(chat(), realm="$CHAT")
+
+    assert served.worker == "a"
+    assert state.member_views(["a"])["a"]["chosen"] == 2
+
+
+def test_a_granted_lease_tallies_its_choice_and_a_refused_one_does_not(clean_redis):
+    choice = state.Choice(7, affinity_key="conversation-1", remember=True, advance_pool=7)
+    held = state.acquire_lease("a", cap=1, ttl=60, choice=choice)
+
+    assert state.acquire_lease("a", cap=1, ttl=60, choice=choice) is None
+    assert state.member_views(["a"], 7)["a"]["chosen"] == 1
+    assert state.client().get(state.ticket_key(7)) == "1"
+    assert state.client().get(state.affinity_key_for(7, "conversation-1")) == "a"
+    state.release_lease("a", held)
+
+
 def test_pool_configuration_is_read_in_four_queries_and_then_from_the_cache(fake_server, register_worker, django_assert_num_queries):
     from pools import config
 

@@ -63,9 +63,8 @@ def test_an_alias_is_unique_per_realm_but_may_repeat_across_realms(admin_client,
 
 def test_pool_list_shows_each_members_live_state(admin_client, chat_workers):
     create(admin_client)
-    lease = state.acquire_lease("alpha", cap=0, ttl=60)
+    lease = state.acquire_lease("alpha", cap=0, ttl=60, choice=state.Choice(PoolAlias.objects.get().id))
     state.set_cooldown("beta", until=time.time() + 30, kind="server", reason="fake failure (HTTP 500)")
-    state.note_chosen(PoolAlias.objects.get().id, "alpha")
 
     members = {member["name"]: member for member in admin_client.get("/api/pools/").json()[0]["members"]}
 

@@ -69,6 +69,35 @@ def test_connections_count_live_sockets_and_keep_their_peak():
     assert (chat["connections"], chat["peak_connections"]) == (2, 3)
 
 
+def test_the_connection_count_survives_a_redis_that_forgot_its_scripts(clean_redis):
+    metrics.record_connection("$CHAT", 1)
+    clean_redis.script_flush()
+
+    metrics.record_connection("$CHAT", 1)
+
+    assert metrics.realm_metrics("$CHAT", workers=0)["connections"] == 2
+
+
+def test_recording_many_outcomes_opens_no_new_redis_connection_per_call(clean_redis):
+    metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=1.0, ok=True)
+    received = clean_redis.info("stats")["total_connections_received"]
+
+    for _ in range(20):
+        metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=1.0, ok=True)
+        metrics.record_connection("$CHAT", 1)
+
+    assert clean_redis.info("stats")["total_connections_received"] == received
+    assert metrics.realm_metrics("$CHAT", workers=1)["queries_processed"] == 21
+
+
+def test_a_metrics_outage_never_fails_the_query_being_counted(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+
+    metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=1.0, ok=False)
+
+    assert metrics.record_connection("$CHAT", 1) == 0
+
+
 def scrape() -> dict:
     """Return {(name, labels): value} of every sample /metrics serves, via Prometheus's parser."""
     response = HttpClient().get("/metrics")
