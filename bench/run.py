@@ -124,27 +124,31 @@ def pids_matching(pattern: str) -> list[int]:
 class CpuMeter:
     """CPU time spent per query by each part of the run: where the per-query budget goes.
 
-    Postgres is counted by this run's database's backends; Redis is the whole server, so
-    other users of it on the machine count too.
+    Postgres is counted by this run's database's backends (found again at each reading, so
+    connections opened during a level count from their start); Redis is the whole server,
+    so other users of it on the machine count too.
     """
 
-    def __init__(self, parts: dict[str, list[int]]):
+    def __init__(self, parts: dict[str, "callable"]):
         self.parts = parts
 
     @classmethod
     def for_run(cls, processes: "Processes", database: str) -> "CpuMeter":
-        parts = {name: [process.pid] for name, process in processes.started.items()}
-        parts["postgres"] = pids_matching(f"postgres: .* {database} ")
-        parts["redis"] = pids_matching("redis-server")
-        parts["load generator"] = [os.getpid()]
+        parts = {name: (lambda pid=process.pid: [pid]) for name, process in processes.started.items()}
+        parts["postgres"] = lambda: pids_matching(f"postgres: .* {database} ")
+        parts["redis"] = lambda: pids_matching("redis-server")
+        parts["load generator"] = lambda: [os.getpid()]
         return cls(parts)
 
-    def read(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parts.items()}
+    def read(self) -> dict[str, dict[int, float]]:
+        return {name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self.parts.items()}
 
     @staticmethod
-    def per_query(before: dict[str, float], after: dict[str, float], queries: int) -> dict[str, float]:
-        spent = {name: round((after[name] - before[name]) * 1000 / max(1, queries), 3) for name in before}
+    def per_query(before: dict, after: dict, queries: int) -> dict[str, float]:
+        spent = {
+            name: round(sum(cpu - before[name].get(pid, 0.0) for pid, cpu in after[name].items()) * 1000 / max(1, queries), 3)
+            for name in after
+        }
         spent["total"] = round(sum(spent.values()), 3)
         return spent
 
