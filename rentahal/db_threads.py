@@ -1,4 +1,4 @@
-"""Database calls from async code, spread over a few threads of the process.
+"""Database calls from async code, on threads that look after their own connections.
 
 channels' `database_sync_to_async` sends every call of a process to one thread, so a web
 process serving many sockets queued all their round trips behind each other (accepting
@@ -20,14 +20,23 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 
 
+class DatabaseThreads(concurrent.futures.ThreadPoolExecutor):
+    """A thread pool whose every call drops a connection that broke under it and closes one
+    past `CONN_MAX_AGE`: long-lived processes (daphne, the realm worker's DB lanes) would
+    otherwise keep failing on a dead connection after a Postgres restart."""
+
+    def submit(self, function, /, *args, **kwargs):
+        return super().submit(call_with_fresh_connections, function, *args, **kwargs)
+
+
 @functools.cache
-def executor() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=settings.RENTAHAL_DB_THREADS, thread_name_prefix="db")
+def executor() -> DatabaseThreads:
+    return DatabaseThreads(max_workers=settings.RENTAHAL_DB_THREADS, thread_name_prefix="db")
 
 
 def on_db_thread(function):
     """Return an async callable that runs the sync `function` on one of the DB threads."""
-    return SyncToAsync(functools.partial(call_with_fresh_connections, function), thread_sensitive=False, executor=executor())
+    return SyncToAsync(function, thread_sensitive=False, executor=executor())
 
 
 def call_with_fresh_connections(function, *args, **kwargs):

@@ -11,7 +11,6 @@ popped, fetched and started together, and the successes of the jobs that finish 
 recorded in one transaction, so a busy loop is not held up by one round trip after another.
 """
 import asyncio
-import concurrent.futures
 import dataclasses
 import inspect
 import logging
@@ -32,6 +31,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from pools.dispatch import shared_session
+from rentahal.db_threads import DatabaseThreads
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ConcurrentWorker(Worker):
         # one-thread lanes: the Postgres connections of a process stay bounded at
         # `db_threads`, and one slow transaction holds up only its own lane.
         self._db_lanes = [
-            concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rq-db-{n}")
+            DatabaseThreads(max_workers=1, thread_name_prefix=f"rq-db-{n}")
             for n in range(max(1, db_threads))
         ]
         self._jobs_started = 0
@@ -117,7 +117,7 @@ class ConcurrentWorker(Worker):
         self._pop_jobs = self.connection.register_script(POP_JOBS)
         # Callbacks and synchronous jobs touch the ORM and may call async_to_sync, neither
         # of which may happen on the loop's thread.
-        self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="rq-sync")
+        self._threads = DatabaseThreads(max_workers=4, thread_name_prefix="rq-sync")
 
     # -- the work loop -----------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""Database calls from async code: a persistent connection per DB thread, replaced when broken."""
-import concurrent.futures
+"""Database threads (daphne's, and the realm worker's DB lanes): a persistent connection per
+thread, replaced when broken."""
+import time
 
 import pytest
 from django.db import DatabaseError, connection, connections
 
-from rentahal.db_threads import call_with_fresh_connections, on_db_thread
+from rentahal.db_threads import DatabaseThreads, on_db_thread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -15,18 +16,31 @@ def backend_pid() -> int:
         return cursor.fetchone()[0]
 
 
+def make_connection_obsolete() -> None:
+    """As if the connection had been open for longer than CONN_MAX_AGE."""
+    connection.close_at = time.monotonic() - 1
+
+
 @pytest.fixture
 def db_thread(monkeypatch):
-    """One thread standing in for a DB thread, with connections kept as in production."""
+    """One DB lane, as the realm worker has, with connections kept as in production."""
     monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 60)
-    thread = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    thread = DatabaseThreads(max_workers=1)
 
     def call(function):
-        return thread.submit(call_with_fresh_connections, function).result()
+        return thread.submit(function).result()
 
     yield call
     thread.submit(connections.close_all).result()
     thread.shutdown()
+
+
+def test_a_connection_past_conn_max_age_is_closed_after_its_call_and_the_next_call_reconnects(db_thread):
+    first = db_thread(backend_pid)
+
+    db_thread(make_connection_obsolete)
+
+    assert db_thread(backend_pid) != first
 
 
 def test_a_db_thread_keeps_its_connection_between_calls(db_thread):
