@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, transaction
+from django.utils import timezone
 
 from pools.models import PoolAlias, PoolMember, SelectionOutcome, Strategy, Worker
 from rentahal.batching import Coalescer
@@ -226,3 +228,22 @@ def end_cooldowns(workers) -> int:
         state.clear_cooldown(name)
     logger.info("cooldowns ended by an operator: %s", ", ".join(names))
     return len(names)
+
+
+# Rows deleted per statement when pruning, so a large backlog never holds one long lock.
+PRUNE_BATCH = 10_000
+
+
+def prune_outcomes(*, older_than_days: float) -> int:
+    """Delete attempt outcomes older than `older_than_days`; return how many went.
+
+    Every model call adds a row, so without a retention the A/B table grows with every
+    query served (at hundreds of queries a second, tens of millions of rows a day).
+    """
+    cutoff = timezone.now() - datetime.timedelta(days=older_than_days)
+    deleted = 0
+    while True:
+        batch = list(SelectionOutcome.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:PRUNE_BATCH])
+        if not batch:
+            return deleted
+        deleted += SelectionOutcome.objects.filter(id__in=batch).delete()[0]

@@ -166,7 +166,8 @@ class SelectionOutcome(models.Model):
     Queries live in accounts, which pools may not import, so the A/B report reads these rows
     instead. They sit in the default database (not a Redis stream) because the report is an
     aggregate over days that SQL answers directly, and an attempt is rare next to the
-    model call it records (one insert per call of seconds).
+    model call it records (one insert per call of seconds). Rows older than
+    `OUTCOME_RETENTION_DAYS` are pruned (`pools.actions.prune_outcomes`).
     """
 
     class Result(models.TextChoices):

@@ -152,6 +152,8 @@ RENTAHAL_MAX_ANSWER_BYTES = env.int("MAX_ANSWER_BYTES", default=32 * 1024 * 1024
 RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
 # Threads (each with its own database connection) that run a web process's database calls.
 RENTAHAL_DB_THREADS = env.int("DB_THREADS", default=4)
+# Attempt outcomes (the A/B report's rows) older than this are pruned by the health checker.
+RENTAHAL_OUTCOME_RETENTION_DAYS = env.float("OUTCOME_RETENTION_DAYS", default=30)
 # Accepted queries older than this with no RQ job are re-enqueued by the reconciler.
 RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=30.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how

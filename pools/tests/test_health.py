@@ -1,10 +1,15 @@
 """The periodic health check (PROTOCOL.md §3): each wire format's natural probe, score rules,
-blacklisting and restoring; and `manage.py check_worker_health`."""
+blacklisting and restoring; and `manage.py check_worker_health`, which also prunes old
+attempt outcomes."""
+import datetime
+
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
+from pools import actions
 from pools.health import check_worker_health
-from pools.models import Worker
+from pools.models import SelectionOutcome, Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,3 +96,29 @@ def test_the_command_prints_what_happened_to_each_worker(fake_server, register_w
 
     assert capsys.readouterr().out == "llama: healthy\n"
     assert Worker.objects.get(name="llama").last_active is not None
+
+
+def outcome_aged(days: float) -> SelectionOutcome:
+    row = SelectionOutcome.objects.create(worker="chat-1", result=SelectionOutcome.Result.OK, duration=0.1)
+    SelectionOutcome.objects.filter(pk=row.pk).update(created_at=timezone.now() - datetime.timedelta(days=days))
+    return row
+
+
+def test_the_health_check_command_prunes_attempt_outcomes_past_their_retention(settings):
+    settings.RENTAHAL_OUTCOME_RETENTION_DAYS = 30
+    outcome_aged(31)
+    recent = outcome_aged(29)
+
+    call_command("check_worker_health")
+
+    assert list(SelectionOutcome.objects.values_list("pk", flat=True)) == [recent.pk]
+
+
+def test_pruning_a_backlog_larger_than_one_batch_deletes_all_of_it(monkeypatch):
+    monkeypatch.setattr(actions, "PRUNE_BATCH", 2)
+    for _ in range(5):
+        outcome_aged(40)
+    outcome_aged(1)
+
+    assert actions.prune_outcomes(older_than_days=30) == 5
+    assert SelectionOutcome.objects.count() == 1
