@@ -16,6 +16,7 @@ import redis
 from django.conf import settings
 
 from pools.selection import MemberState, Plan, SharedState
+from rentahal.queues import client_for_url
 
 PREFIX = "pools"
 CONFIG_VERSION_KEY = f"{PREFIX}:config:version"
@@ -106,13 +107,8 @@ return out
 """
 
 
-@functools.lru_cache(maxsize=4)
-def client_for_url(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True)
-
-
 def client() -> redis.Redis:
-    return client_for_url(settings.REDIS_URL)
+    return client_for_url(settings.REDIS_URL, decode_responses=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -123,7 +119,7 @@ def scripts_for(url: str):
     EXISTS before every pipeline that holds a script, a second round trip per call, while a
     direct call sends EVALSHA alone and loads the script only if Redis answers NOSCRIPT.
     """
-    connection = client_for_url(url)
+    connection = client_for_url(url, decode_responses=True)
     return tuple(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_STATE))
 
 

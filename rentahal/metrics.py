@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from rentahal.queues import client_for_url, redis_connection
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "rentahal:metrics:"
@@ -54,20 +56,6 @@ return current
 """
 
 extra_collectors = []
-
-
-@functools.lru_cache(maxsize=4)
-def client_for_url(url: str) -> redis.Redis:
-    """Return this process's client of `url`.
-
-    A client owns a thread-safe connection pool, so every caller of the process shares kept-alive
-    connections instead of paying a connect and a SELECT per call (as a client per call would).
-    """
-    return redis.Redis.from_url(url)
-
-
-def redis_connection() -> redis.Redis:
-    return client_for_url(settings.REDIS_URL)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,18 +1,23 @@
-"""RQ wiring: one queue per realm, all on the Redis of REDIS_URL."""
+"""The Redis of REDIS_URL: this process's clients of it, and RQ's queues on it (one per realm)."""
 import functools
 
-import django_rq
 import redis
+from django.conf import settings
 from rq import Queue
 
 
-@functools.cache
-def redis_connection() -> redis.Redis:
-    """Return this process's client for REDIS_URL; its connection pool is shared by threads.
+@functools.lru_cache(maxsize=8)
+def client_for_url(url: str, *, decode_responses: bool = False) -> redis.Redis:
+    """Return this process's client of `url`.
 
-    (`django_rq.get_connection` builds a new client, and so a new connection, per call.)
+    A client owns a thread-safe connection pool, so every caller of the process shares kept-alive
+    connections instead of paying a connect and a SELECT per call (as a client per call would).
     """
-    return django_rq.get_connection("default")
+    return redis.Redis.from_url(url, decode_responses=decode_responses)
+
+
+def redis_connection() -> redis.Redis:
+    return client_for_url(settings.REDIS_URL)
 
 
 @functools.cache
