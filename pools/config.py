@@ -2,21 +2,15 @@
 specializations, read in four queries and kept per process until its version changes."""
 from __future__ import annotations
 
-import threading
-
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from pools import state
 from pools.models import PoolAlias, PoolMember, Specialization, Worker
 from pools.selection import PoolInfo, Snapshot, WorkerInfo, tokens_of
-
-_cache: dict[str, Snapshot] = {}
-_lock = threading.Lock()
+from rentahal.versioned_cache import VersionedCache
 
 
-def load_snapshot(version: str = "") -> Snapshot:
+def load_snapshot(version: str) -> Snapshot:
     """Read the whole pool configuration from the database (four queries)."""
     topics: dict[int, list[tuple[str, tuple[tuple[str, ...], ...]]]] = {}
     for worker_id, topic, keywords in Specialization.objects.values_list("worker_id", "topic", "keywords"):
@@ -59,34 +53,7 @@ def load_snapshot(version: str = "") -> Snapshot:
     return Snapshot.build(workers, pools, version)
 
 
-def cached_snapshot() -> Snapshot | None:
-    """Return this process's snapshot if it is still current, else None (one Redis GET)."""
-    version = state.config_version()
-    snapshot = _cache.get("current")
-    return snapshot if snapshot is not None and snapshot.version == version else None
-
-
-def current_snapshot() -> Snapshot:
-    """Return the current snapshot, reloading it from the database when the version moved."""
-    snapshot = cached_snapshot()
-    if snapshot is not None:
-        return snapshot
-    version = state.config_version()
-    snapshot = load_snapshot(version)
-    with _lock:
-        _cache["current"] = snapshot
-    return snapshot
-
-
-def config_changed() -> None:
-    """Invalidate every process's snapshot now and again once the change commits.
-
-    The first bump makes processes reload at once (a test's or an admin's change is seen by
-    the next query); the second covers a process that reloaded between the write and the
-    commit and so cached the old rows under the new version.
-    """
-    state.bump_config_version()
-    transaction.on_commit(state.bump_config_version)
+snapshot_cache: VersionedCache[Snapshot] = VersionedCache("pools:config:version", load_snapshot)
 
 
 @receiver([post_save, post_delete], sender=Worker)
@@ -94,4 +61,4 @@ def config_changed() -> None:
 @receiver([post_save, post_delete], sender=PoolMember)
 @receiver([post_save, post_delete], sender=Specialization)
 def on_config_saved(sender, **kwargs):
-    config_changed()
+    snapshot_cache.changed()

@@ -66,7 +66,7 @@ async def model_session():
 
 async def current_plan(request: ModelRequest, realm: str) -> Plan:
     """Return where to look for the request's worker; the DB is read only when config changed."""
-    snapshot = config.cached_snapshot() or await sync_to_async(config.current_snapshot)()
+    snapshot = config.snapshot_cache.if_current() or await sync_to_async(config.snapshot_cache.current)()
     return plan_selection(snapshot, query_type=request.query_type, realm=realm, model_name=request.model_name)
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from pools import state
 from pools.clients import ModelServerError, client_for
-from pools.config import config_changed
+from pools.config import snapshot_cache
 from pools.models import Worker
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def record_failure(worker: str, error: ModelServerError) -> float | None:
     if loss:
         Worker.objects.filter(name=worker).update(health_score=Greatest(F("health_score") - loss, Value(0.0)))
         blacklist_exhausted()
-        config_changed()
+        snapshot_cache.changed()
     logger.info("worker %s failed (%s), cooling down %ss: %s", worker, error.kind, seconds, error.message)
     return seconds
 
@@ -138,7 +138,7 @@ def check_worker_health() -> list[tuple[str, str]]:
     results = async_to_sync(probe_all)(workers, timeout=settings.RENTAHAL_HEALTH_CHECK_TIMEOUT)
     outcomes = [(worker.name, apply_probe(worker, result)) for worker, result in zip(workers, results)]
     blacklist_exhausted()
-    config_changed()
+    snapshot_cache.changed()
     return outcomes
 
 

@@ -19,7 +19,6 @@ from pools.selection import MemberState, Plan, SharedState
 from rentahal.queues import client_for_url
 
 PREFIX = "pools"
-CONFIG_VERSION_KEY = f"{PREFIX}:config:version"
 DIRECT = "direct"
 
 # Count a worker's live leases after dropping expired ones; refuse a new one at the cap.
@@ -144,21 +143,6 @@ def affinity_key_for(pool_id: int, key: str) -> str:
 
 
 # -- config version -------------------------------------------------------------------------
-
-
-def config_version() -> str:
-    """Return the current config version, creating one if Redis has none (a fresh Redis)."""
-    connection = client()
-    version = connection.get(CONFIG_VERSION_KEY)
-    if version is None:
-        connection.set(CONFIG_VERSION_KEY, uuid.uuid4().hex, nx=True)
-        version = connection.get(CONFIG_VERSION_KEY)
-    return version
-
-
-def bump_config_version() -> None:
-    """Tell every process its cached pool configuration is stale."""
-    client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
 
 
 # -- reading state for a selection ----------------------------------------------------------

@@ -9,20 +9,12 @@ every thread of the process: read them, never save them.
 from __future__ import annotations
 
 import dataclasses
-import threading
-import uuid
 
-from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from realms.models import Realm, RealmBackup
-from rentahal.queues import redis_connection
-
-VERSION_KEY = "realms:registry:version"
-
-_cache: dict[str, Registry] = {}
-_lock = threading.Lock()
+from rentahal.versioned_cache import VersionedCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,43 +45,10 @@ def load_registry(version: str) -> Registry:
     return Registry(version, realms, {key: tuple(found) for key, found in backups.items()})
 
 
-def cached_registry() -> Registry | None:
-    """Return this process's registry as last loaded, current or not (callers check `version`)."""
-    return _cache.get("current")
-
-
-def registry_at(version: str | None) -> Registry:
-    """Return the registry for this version, loading it from the database when it moved on."""
-    registry = _cache.get("current")
-    if registry is not None and registry.version == version:
-        return registry
-    if version is None:
-        version = seed_version()
-    registry = load_registry(version)
-    with _lock:
-        _cache["current"] = registry
-    return registry
-
-
-def current_registry() -> Registry:
-    return registry_at(redis_connection().get(VERSION_KEY))
-
-
-def seed_version() -> bytes:
-    """Give a fresh Redis a version no process can have cached."""
-    connection = redis_connection()
-    connection.set(VERSION_KEY, uuid.uuid4().hex, nx=True)
-    return connection.get(VERSION_KEY)
-
-
-def registry_changed() -> None:
-    """Invalidate every process's registry now and again once the change commits (the second
-    bump covers a process that reloaded between the write and the commit)."""
-    redis_connection().set(VERSION_KEY, uuid.uuid4().hex)
-    transaction.on_commit(lambda: redis_connection().set(VERSION_KEY, uuid.uuid4().hex))
+registry_cache: VersionedCache[Registry] = VersionedCache("realms:registry:version", load_registry)
 
 
 @receiver([post_save, post_delete], sender=Realm)
 @receiver([post_save, post_delete], sender=RealmBackup)
 def on_registry_saved(sender, **kwargs):
-    registry_changed()
+    registry_cache.changed()

@@ -4,14 +4,14 @@ import hashlib
 from collections import defaultdict
 
 from realms.models import Realm, RealmBackup
-from realms.registry import VERSION_KEY, Registry, cached_registry, current_registry, registry_at
+from realms.registry import Registry, registry_cache
 from rentahal.errors import BrokerError, Unavailable
-from rentahal.queues import get_queue, redis_connection
+from rentahal.queues import get_queue
 
 
 def realm_for_query_type(query_type: str, registry: Registry | None = None) -> Realm:
     """Return the realm whose primary type this is; classic clients never name realms."""
-    realm = (registry or current_registry()).primary_for(query_type)
+    realm = (registry or registry_cache.current()).primary_for(query_type)
     if realm is None:
         raise BrokerError(f"No realm serves {query_type} queries.", code="no_realm")
     return realm
@@ -29,14 +29,14 @@ def route_query(query_type: str) -> tuple[Realm, int]:
     primary's depth come back in one Redis round trip. The depth check and the enqueue
     are not atomic, so under a burst a realm may overshoot its limit by the burst's size.
     """
-    registry = cached_registry()
+    registry = registry_cache.last_loaded()
     guess = registry.primary_for(query_type) if registry is not None else None
-    with redis_connection().pipeline(transaction=False) as pipeline:
-        pipeline.get(VERSION_KEY)
+    with registry_cache.client().pipeline(transaction=False) as pipeline:
+        pipeline.get(registry_cache.version_key)
         if guess is not None:
             pipeline.llen(get_queue(guess.queue_name).key)
         version, *depths = pipeline.execute()
-    registry = registry_at(version)
+    registry = registry_cache.at(version)
     primary = realm_for_query_type(query_type, registry)
     depth = depths[0] if depths and primary is guess else queue_depth(primary)
     if depth < primary.queue_limit:
@@ -72,7 +72,7 @@ def backup_edges(query_type: str, *, exclude_realm: Realm | None = None, exclude
 
 def backup_chain(realm: Realm, query_type: str, registry: Registry | None = None) -> list[Realm]:
     """Return the realms to try after `realm` for this type: depth first, each once."""
-    registry = registry or current_registry()
+    registry = registry or registry_cache.current()
     chain: list[Realm] = []
     seen = {realm.pk}
 
@@ -125,12 +125,12 @@ def home_realm(guid: str, realms: list[Realm]) -> Realm:
 
 
 def home_realm_of(guid: str) -> Realm:
-    return home_realm(guid, list(current_registry().realms))
+    return home_realm(guid, list(registry_cache.current().realms))
 
 
 def find_realm(name: str) -> Realm:
     """Return the realm of this name, or refuse naming it."""
-    realm = current_registry().named(name)
+    realm = registry_cache.current().named(name)
     if realm is None:
         raise BrokerError(f"Unknown realm '{name[:64]}'.", code="unknown_realm")
     return realm

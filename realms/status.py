@@ -1,7 +1,7 @@
 """What operators see of a realm: its workers, pools, queue, backups, metrics and advice."""
 from django.db.models import Q
 
-from pools.config import current_snapshot
+from pools.config import snapshot_cache
 from pools.models import PoolAlias, Worker
 from realms.models import Realm, RealmBackup, ScalingAdvice
 from realms.routing import queue_depth
@@ -14,7 +14,7 @@ def available_workers(realm: Realm, query_type: str | None = None) -> list[str]:
     Read from the process's pool snapshot: accepting a query reports this count, so it
     costs no database round trip while the pool configuration is unchanged.
     """
-    return current_snapshot().serving(realm.name, query_type or realm.query_type)
+    return snapshot_cache.current().serving(realm.name, query_type or realm.query_type)
 
 
 def realm_workers(realm: Realm) -> list[dict]:

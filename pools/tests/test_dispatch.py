@@ -274,9 +274,9 @@ def test_pool_configuration_is_read_in_four_queries_and_then_from_the_cache(fake
     actions.create_pool("$CHAT", query_type="chat", members=[worker.name])
 
     with django_assert_num_queries(4):
-        first = config.current_snapshot()
+        first = config.snapshot_cache.current()
     with django_assert_num_queries(0):
-        second = config.current_snapshot()
+        second = config.snapshot_cache.current()
 
     assert first is second
     assert first.pools[0].members == ("a",)
@@ -286,7 +286,7 @@ def test_a_configuration_change_is_seen_by_the_next_selection(fake_server, regis
     from pools import config
 
     register_worker(fake_server, name="a")
-    config.current_snapshot()
+    config.snapshot_cache.current()
     register_worker(fake_server, name="b")
 
-    assert set(config.current_snapshot().workers) == {"a", "b"}
+    assert set(config.snapshot_cache.current().workers) == {"a", "b"}
