@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 from asgiref.sync import async_to_sync
 from django.contrib import admin
 
-from accounts import actions
+from accounts.actions.users import store_ban
 from accounts.models import Charge, Query, User
 from rentahal.pushes import close_banned_sockets
 from rentahal.sharding import shard_aliases
@@ -75,7 +75,7 @@ class UserAdmin(ShardedAdmin):
     def set_banned(self, request, queryset, is_banned: bool) -> None:
         users = list(queryset)
         for user in users:
-            actions.store_ban(user, is_banned)
+            store_ban(user, is_banned)
             if is_banned:
                 async_to_sync(close_banned_sockets)(user.guid)
         self.message_user(request, f"{len(users)} user(s) {'banned' if is_banned else 'unbanned'}.")

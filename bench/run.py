@@ -521,7 +521,8 @@ def measure_in_flight(processes: Processes, sizes: Sizes, fake_url: str, redis_c
     """Queue jobs behind a fake server that waits, then let one worker process take them all."""
     from rq.registry import StartedJobRegistry
 
-    from accounts import actions as accounts
+    from accounts.actions.queries import accept_query
+    from accounts.actions.users import get_or_create_user
     from accounts.models import Query
     from realms.jobs import enqueue_query
     from realms.models import Realm
@@ -533,10 +534,10 @@ def measure_in_flight(processes: Processes, sizes: Sizes, fake_url: str, redis_c
         f"{fake_url}/_fake/config", data=json.dumps({"delay": sizes.in_flight_delay}).encode(), method="POST",
         headers={"Content-Type": "application/json"}), timeout=5).read()
     realm = Realm.objects.get(query_type="chat")
-    user = accounts.get_or_create_user(str(uuid.uuid4()))
+    user = get_or_create_user(str(uuid.uuid4()))
     ids = []
     for n in range(sizes.in_flight_jobs):
-        query = accounts.accept_query(user.guid, query_type="chat", prompt=f"in flight {n}", model_type="worker_node",
+        query = accept_query(user.guid, query_type="chat", prompt=f"in flight {n}", model_type="worker_node",
                                       model_name="", image="", realm=realm.name,
                                       on_accepted=lambda accepted: enqueue_query(accepted, realm.queue_name))
         ids.append(query.id)

@@ -7,7 +7,8 @@ from django.db import transaction
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
-from accounts import actions as accounts
+from accounts.actions.queries import accept_query, fail_query, unfinished_queries
+from accounts.actions.users import find_user
 from accounts.models import User
 from realms.frames import QuerySubmission
 from realms.jobs import enqueue_query
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 def submit_query(guid: str, submission: QuerySubmission) -> dict:
     """Accept the query into its realm and return the `queue_update` frame for the client."""
     realm, depth = route_query(submission.query_type)
-    query = accounts.accept_query(
+    query = accept_query(
         guid,
         query_type=submission.query_type,
         prompt=submission.prompt,
@@ -46,11 +47,11 @@ def terminate_queries(guid: str, *, acting_user: User) -> int:
     """Fail every unfinished query of the user and stop their jobs; return how many ended."""
     if not acting_user.is_sysop:
         raise Forbidden("Only a sysop may terminate queries.")
-    target = accounts.find_user(guid)
+    target = find_user(guid)
     ended = 0
-    for query in accounts.unfinished_queries(target.guid):
+    for query in unfinished_queries(target.guid):
         stop_job(str(query.id))
-        if accounts.fail_query(query.id, error="terminated by the sysop") is not None:
+        if fail_query(query.id, error="terminated by the sysop") is not None:
             ended += 1
     return ended
 

@@ -8,7 +8,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from accounts import actions as accounts
+from accounts.actions.queries import previous_queries
+from accounts.actions.users import find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
 from accounts.billing import system_totals
 from pools import actions as pools
 from realms import actions as realms
@@ -33,12 +34,12 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     home_realm = None
 
     async def connect(self):
-        guid = accounts.normalise_guid(self.scope.get("cookies", {}).get(COOKIE_NAME))
+        guid = normalise_guid(self.scope.get("cookies", {}).get(COOKIE_NAME))
         await self.accept()
         if guid is None:
             guid = str(uuid.uuid4())
             await self.send_json({"type": "set_cookie", "name": COOKIE_NAME, "value": guid})
-        self.user = await on_db_thread(accounts.get_or_create_user)(guid)
+        self.user = await on_db_thread(get_or_create_user)(guid)
         if self.user.is_banned:
             await self.send_json({"type": "error", "message": "You are banned from this service."})
             await self.close(code=4003)
@@ -134,11 +135,11 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     # -- client frames ------------------------------------------------------------------
 
     async def send_user_info(self, content=None):
-        self.user = await on_db_thread(accounts.find_user)(self.user.guid)
+        self.user = await on_db_thread(find_user)(self.user.guid)
         await self.send_json({"type": "user_info", "data": self.user.as_frame_data()})
 
     async def send_previous_queries(self, content=None):
-        data = await on_db_thread(accounts.previous_queries)(self.user)
+        data = await on_db_thread(previous_queries)(self.user)
         await self.send_json({"type": "previous_queries", "data": data})
 
     async def send_worker_update(self, content=None):
@@ -161,7 +162,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def set_nickname(self, content):
         nickname = require_str(content, "nickname")
-        self.user = await on_db_thread(accounts.set_nickname)(self.user, nickname)
+        self.user = await on_db_thread(set_nickname)(self.user, nickname)
         await self.send_user_info()
 
     async def pong(self, content):
@@ -194,14 +195,14 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.broadcast_worker_update()
 
     async def ban_user(self, content):
-        user = await on_db_thread(accounts.set_banned)(
+        user = await on_db_thread(set_banned)(
             require_str(content, "user_guid"), True, acting_user=self.user
         )
         await close_banned_sockets(user.guid)
         await self.send_json({"type": "user_banned", "guid": user.guid})
 
     async def unban_user(self, content):
-        user = await on_db_thread(accounts.set_banned)(
+        user = await on_db_thread(set_banned)(
             require_str(content, "user_guid"), False, acting_user=self.user
         )
         await self.send_json({"type": "user_unbanned", "guid": user.guid})

@@ -7,7 +7,7 @@ from django.conf import settings
 from rq import Callback
 from rq.timeouts import JobTimeoutException
 
-from accounts import actions as accounts
+from accounts.actions.queries import Failure, fail_queries, fail_query, finish_queries, start_queries
 from accounts.billing import Answer
 from pools.clients import ModelRequest, ModelServerError
 from pools.dispatch import serve
@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 
 # The jobs in flight in one worker process start, finish and fail their queries together:
 # one statement per shard for each batch instead of one transaction per query.
-starts = Coalescer(accounts.start_queries)
-finishes = Coalescer(accounts.finish_queries)
-failures = Coalescer(accounts.fail_queries)
+starts = Coalescer(start_queries)
+finishes = Coalescer(finish_queries)
+failures = Coalescer(fail_queries)
 
 
 def enqueue_query(query, queue_name: str) -> None:
@@ -95,7 +95,7 @@ async def run_query(query_id: str) -> str:
 
 
 async def finish_with_failure(query_id: str, guid: str, reason: str) -> None:
-    failed = await failures.submit(accounts.Failure(query_id, reason))
+    failed = await failures.submit(Failure(query_id, reason))
     if failed is not None:
         record_query_outcome(failed.realm, worker="", processing_time=failed.processing_time, ok=False)
         await push_frame(guid, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})
@@ -109,7 +109,7 @@ def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
         reason = f"no answer within {job.timeout} seconds"
     else:
         reason = f"internal error ({exc_type.__name__})"
-    query = accounts.fail_query(query_id, error=reason)
+    query = fail_query(query_id, error=reason)
     if query is not None:
         record_query_outcome(query.realm, worker="", processing_time=query.processing_time, ok=False)
         async_to_sync(push_frame)(query.user_id, {"type": "error", "message": f"Query failed: {reason}", "query_id": query_id})

@@ -1,7 +1,7 @@
 """Who may use the realm admin API: Django staff, or a broker sysop known by the user_guid cookie."""
 from rest_framework.permissions import BasePermission
 
-from accounts.actions import find_user
+from accounts.actions.users import find_user
 from rentahal.errors import NotFound
 
 COOKIE_NAME = "user_guid"

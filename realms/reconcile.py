@@ -13,7 +13,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from accounts import actions as accounts
+from accounts.actions.queries import fail_query, unfinished_queries_older_than
 from realms.jobs import enqueue_query
 from realms.models import Realm
 from rentahal.queues import get_queue
@@ -34,7 +34,7 @@ def reconcile_queries() -> dict[str, int]:
         StartedJobRegistry(queue_name, connection=connection).cleanup()
     cutoff = timezone.now() - datetime.timedelta(seconds=settings.RENTAHAL_RECONCILE_AFTER)
     counts = {"requeued": 0, "failed": 0}
-    for query in accounts.unfinished_queries_older_than(cutoff):
+    for query in unfinished_queries_older_than(cutoff):
         try:
             status = Job.fetch(str(query.id), connection=connection).get_status()
         except NoSuchJobError:
@@ -46,7 +46,7 @@ def reconcile_queries() -> dict[str, int]:
             logger.warning("query %s had no job; re-enqueued on %s", query.id, queue_name)
             enqueue_query(query, queue_name)
             counts["requeued"] += 1
-        elif accounts.fail_query(query.id, error=lost_reason(query, status, queue_name)) is not None:
+        elif fail_query(query.id, error=lost_reason(query, status, queue_name)) is not None:
             counts["failed"] += 1
     return counts
 

@@ -5,7 +5,8 @@ import uuid
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from accounts import actions as accounts
+from accounts.actions.queries import accept_query, fail_query, finish_queries, start_queries
+from accounts.actions.users import get_or_create_user
 from accounts.billing import Answer
 from rentahal.shard_moves import set_map_entry
 from rentahal.shard_placement import rows_by_prefix
@@ -23,18 +24,18 @@ def map_prefix(prefix: str, alias: str) -> None:
 
 def make_history(guid: str, *, queries: int, failed: int = 0) -> list[str]:
     """Create the user and `queries` answered, charged queries (and `failed` failed ones)."""
-    user = accounts.get_or_create_user(guid)
+    user = get_or_create_user(guid)
     ids = []
     for number in range(queries + failed):
-        query = accounts.accept_query(
+        query = accept_query(
             user.guid, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
             image="", realm="$CHAT", on_accepted=lambda query: None,
         )
-        [started] = accounts.start_queries([query.id])
+        [started] = start_queries([query.id])
         if number < queries:
-            accounts.finish_queries([Answer(started, result="answer", result_type="text", worker="fake")])
+            finish_queries([Answer(started, result="answer", result_type="text", worker="fake")])
         else:
-            accounts.fail_query(query.id, error="no")
+            fail_query(query.id, error="no")
         ids.append(str(query.id))
     return ids
 

@@ -11,7 +11,7 @@ from rq import Callback
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-from accounts import actions as accounts
+from accounts.actions.queries import accept_query
 from accounts.models import Charge, Query
 from conftest import start_rq_worker, stop_rq_worker
 from realms.jobs import enqueue_query, fail_crashed_query, run_query
@@ -41,7 +41,7 @@ def accept_chat(user, prompt: str, *, job_timeout: int | None = None) -> Query:
             on_failure=Callback(fail_crashed_query),
         )
 
-    return accounts.accept_query(
+    return accept_query(
         user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
         realm=realm.name, on_accepted=enqueue,
     )

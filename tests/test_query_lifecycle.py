@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.utils import timezone
 
-from accounts import actions as accounts
+from accounts.actions.queries import accept_query, fail_query, finish_queries, start_queries
 from accounts import billing
 from accounts.billing import Answer
 from accounts.models import Charge, Query
@@ -66,7 +66,7 @@ async def test_rerun_of_a_finished_query_charges_nothing(rq_worker, fake_server,
 
 def accept_without_enqueueing(user, prompt: str) -> Query:
     """Simulate a crash between the commit of the query row and its enqueue."""
-    query = accounts.accept_query(
+    query = accept_query(
         user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
         realm="$CHAT", on_accepted=lambda accepted: None,
     )
@@ -100,7 +100,7 @@ def test_reconciler_fails_a_query_lost_too_often(default_realms, alice):
 
 
 def test_reconciler_leaves_recent_queries_alone(default_realms, alice):
-    accounts.accept_query(
+    accept_query(
         alice.guid, query_type="chat", prompt="just now", model_type="worker_node", model_name="", image="",
         realm="$CHAT", on_accepted=lambda accepted: None,
     )
@@ -131,9 +131,9 @@ def test_a_batch_of_starts_and_a_batch_of_finishes_take_one_statement_each_on_th
     # No BEGIN or COMMIT on the shard: one statement commits on its own. The prefix's fence
     # on default is BEGIN, the lock, the token read and COMMIT, once per batch.
     with django_assert_num_queries(1, connection=shard), django_assert_num_queries(4, connection=default):
-        started = accounts.start_queries([query.pk for query in queries])
+        started = start_queries([query.pk for query in queries])
     with django_assert_num_queries(1, connection=shard), django_assert_num_queries(4, connection=default):
-        finished = accounts.finish_queries(
+        finished = finish_queries(
             [Answer(query, result=f"answer {number}", result_type="text", worker="fake") for number, query in enumerate(started)]
         )
 
@@ -150,10 +150,10 @@ def test_a_batch_of_starts_and_a_batch_of_finishes_take_one_statement_each_on_th
 
 def test_finishing_a_finished_query_writes_nothing(default_realms, alice):
     query = accept_without_enqueueing(alice, "twice")
-    accounts.finish_queries([Answer(query, result="first", result_type="text", worker="fake")])
+    finish_queries([Answer(query, result="first", result_type="text", worker="fake")])
 
-    [again] = accounts.finish_queries([Answer(query, result="second", result_type="text", worker="fake")])
-    failed = accounts.fail_query(query.pk, error="late")
+    [again] = finish_queries([Answer(query, result="second", result_type="text", worker="fake")])
+    failed = fail_query(query.pk, error="late")
 
     assert again is None and failed is None
     assert Query.objects.get(pk=query.pk).result == "first"

@@ -9,7 +9,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections, transaction
 
-from accounts import actions as accounts
+from accounts.actions.queries import previous_queries
+from accounts.actions.users import find_user
 from accounts.billing import system_totals
 from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
@@ -49,13 +50,13 @@ def test_moved_user_keeps_their_history_and_totals():
     guid = guid_with_prefix("00")
     make_history(guid, queries=2)
     user_before = User.objects.get(pk=guid)
-    history_before = accounts.previous_queries(user_before)
+    history_before = previous_queries(user_before)
 
     call_command("move_shard_prefix", "00", "shard1")
 
-    user_after = accounts.find_user(guid)
+    user_after = find_user(guid)
     assert user_after.as_frame_data() == user_before.as_frame_data()
-    assert accounts.previous_queries(user_after) == history_before
+    assert previous_queries(user_after) == history_before
 
 
 def chat(prompt: str) -> dict:
@@ -112,7 +113,7 @@ async def test_move_under_concurrent_queries_loses_and_doubles_nothing(rq_worker
     assert list(placement) == ["shard2"]
     assert placement["shard2"][0] == len(moving)
     for guid in moving:
-        user = await database_sync_to_async(accounts.find_user)(guid)
+        user = await database_sync_to_async(find_user)(guid)
         charges = await database_sync_to_async(list)(Charge.objects.filter(user_id=guid))
         assert user.query_count == len(charges)
         assert user.total_cost == sum(charge.amount for charge in charges)
@@ -176,7 +177,7 @@ def test_interrupted_move_rolled_back_leaves_every_row_on_the_source(killed_afte
     assert rows_on("00") == {"shard0": (1, 3, 3)}
     assert ShardMapEntry.objects.get(prefix="00").shard == "shard0"
     assert ShardMove.objects.get(prefix="00").state == ShardMove.State.ROLLED_BACK
-    assert accounts.find_user(guid).query_count == 3
+    assert find_user(guid).query_count == 3
     assert "ok" in output_of("verify_shards")
 
 

@@ -1,7 +1,7 @@
 """The operators' console for users, queries and the ledger, shard by shard."""
 import pytest
 
-from accounts import actions
+from accounts.actions.queries import accept_query
 from accounts.models import Query, User
 from rentahal.sharding import shard_for_guid
 
@@ -38,7 +38,7 @@ def test_staff_ban_action_bans_the_selected_users(admin_client, alice):
 
 
 def test_queries_are_listed_and_cannot_be_edited_or_deleted(admin_client, alice, default_realms):
-    query = actions.accept_query(
+    query = accept_query(
         alice.guid, query_type="chat", prompt="for the record", model_type="worker_node", model_name="", image="",
         realm="$CHAT", on_accepted=lambda accepted: None,
     )

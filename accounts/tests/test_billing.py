@@ -5,7 +5,8 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, connections, transaction
 
-from accounts import actions as accounts
+from accounts.actions.queries import Failure, accept_query, fail_queries, finish_queries, start_queries
+from accounts.actions.users import get_or_create_user
 from accounts import billing
 from accounts.billing import Answer
 from accounts.models import Charge, Query, User
@@ -18,18 +19,18 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 def user_on(prefix: str) -> User:
     """A user whose guid starts with `prefix` (00, 01 and 02 land on shard0, 1 and 2)."""
-    return accounts.get_or_create_user(guid_with_prefix(prefix))
+    return get_or_create_user(guid_with_prefix(prefix))
 
 
 def started_queries(user: User, count: int) -> list[Query]:
     queries = [
-        accounts.accept_query(
+        accept_query(
             user.guid, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
             image="", realm="$CHAT", on_accepted=lambda query: None,
         )
         for number in range(count)
     ]
-    return accounts.start_queries([query.pk for query in queries])
+    return start_queries([query.pk for query in queries])
 
 
 def answered(query: Query, result: str = "answer") -> Answer:
@@ -44,7 +45,7 @@ def test_a_batch_of_finishes_across_shards_charges_each_query_once_and_adds_up_e
     users = [user_on(prefix) for prefix in ("00", "01", "02")]
     queries = [query for user, count in zip(users, (3, 1, 2)) for query in started_queries(user, count)]
 
-    finished = accounts.finish_queries([answered(query) for query in queries])
+    finished = finish_queries([answered(query) for query in queries])
 
     assert [query.status for query in finished] == [Query.Status.DONE] * 6
     for query in finished:
@@ -64,9 +65,9 @@ def test_a_batch_of_finishes_across_shards_charges_each_query_once_and_adds_up_e
 def test_a_rerun_inside_a_batch_charges_nothing(default_realms):
     user = user_on("00")
     done, fresh = started_queries(user, 2)
-    accounts.finish_queries([answered(done, "first")])
+    finish_queries([answered(done, "first")])
 
-    outcomes = accounts.finish_queries([answered(done, "again"), answered(fresh), answered(fresh, "twice")])
+    outcomes = finish_queries([answered(done, "again"), answered(fresh), answered(fresh, "twice")])
 
     assert outcomes[0] is None and outcomes[2] is None
     assert outcomes[1].result == "answer"
@@ -83,7 +84,7 @@ def test_a_second_charge_refused_by_the_ledger_does_not_fail_the_rest_of_the_bat
     # between this query and a second charge.
     Charge.objects.create(query_id=charged_already.pk, user_id=user.pk, amount=Decimal("1"), processing_time=1.0)
 
-    outcomes = accounts.finish_queries([answered(query) for query in (first, charged_already, last)])
+    outcomes = finish_queries([answered(query) for query in (first, charged_already, last)])
 
     assert isinstance(outcomes[1], IntegrityError)
     assert charges_of(charged_already) == [Decimal("1")]
@@ -97,7 +98,7 @@ def test_an_answer_the_database_cannot_store_fails_alone(default_realms):
     user = user_on("01")
     good, bad = started_queries(user, 2)
 
-    outcomes = accounts.finish_queries([answered(good), answered(bad, "a NUL \x00 byte")])
+    outcomes = finish_queries([answered(good), answered(bad, "a NUL \x00 byte")])
 
     assert outcomes[0].status == Query.Status.DONE and charges_of(good) == [outcomes[0].cost]
     assert isinstance(outcomes[1], Exception)
@@ -107,8 +108,8 @@ def test_an_answer_the_database_cannot_store_fails_alone(default_realms):
 def test_a_batch_of_failures_records_each_once_and_charges_nothing(default_realms):
     first, second = started_queries(user_on("00"), 1) + started_queries(user_on("02"), 1)
 
-    outcomes = accounts.fail_queries(
-        [accounts.Failure(first.pk, "no worker"), accounts.Failure(second.pk, "timed out"), accounts.Failure(first.pk, "again")]
+    outcomes = fail_queries(
+        [Failure(first.pk, "no worker"), Failure(second.pk, "timed out"), Failure(first.pk, "again")]
     )
 
     assert [outcome.error if outcome else None for outcome in outcomes] == ["no worker", "timed out", None]
@@ -124,7 +125,7 @@ def test_a_closed_fence_fails_only_the_moving_prefixs_queries(default_realms, mo
 
     def finish():
         try:
-            outcomes.extend(accounts.finish_queries([answered(staying), answered(moving)]))
+            outcomes.extend(finish_queries([answered(staying), answered(moving)]))
         finally:
             connections.close_all()
 

@@ -1,116 +1,27 @@
-"""Every write to users and queries: one transaction on the user's shard each, or, for the
-worker's batches (start, finish, fail), one statement per shard for the whole batch.
+"""Every write to queries: accepting one, and the worker's batches that start, finish and
+fail them (one statement per shard for a whole batch).
 
-Every write runs inside `rentahal.sharding.writing_for` (or `writing_for_each`), which
-resolves the shard under the prefix's fence, so a shard move never loses a write or lets
-one land on the old shard.
+Every write runs inside `rentahal.sharding.writing_for_each`, which resolves the shard
+under the prefix's fence, so a shard move never loses a write or lets one land on the old
+shard.
 """
 import dataclasses
 import logging
 import uuid
 
-from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connections
 from django.utils import timezone
 
 from accounts import billing
-from accounts.models import FoundingUser, Query, User
-from rentahal.errors import BrokerError, Forbidden, NotFound
-from rentahal.sharding import (
-    ShardMoving,
-    new_query_id,
-    serialised_across_shards,
-    shard_aliases,
-    shard_for_guid,
-    writing_for,
-    writing_for_each,
-)
+from accounts.actions.users import find_user
+from accounts.models import Query, User
+from rentahal.errors import BrokerError, Forbidden
+from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
 
 logger = logging.getLogger(__name__)
 
+
 PREVIOUS_QUERIES_SHOWN = 10
-
-
-def default_nickname(guid: str) -> str:
-    return f"user_{guid[:8]}"
-
-
-def normalise_guid(raw: str | None) -> str | None:
-    """Return the cookie's guid in canonical form, or None if it is not a uuid."""
-    try:
-        return str(uuid.UUID(str(raw)))
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
-def get_or_create_user(guid: str) -> User:
-    """Return the user with this guid, creating it; the first user of the system is sysop."""
-    alias = shard_for_guid(guid)
-    user = User.objects.using(alias).filter(pk=guid).first()
-    if user is not None:
-        return user
-    # The FoundingUser row is the race-free answer to "is this the first user?": only one
-    # insert of its fixed primary key can succeed.
-    with transaction.atomic(using="default"):
-        _, is_first = FoundingUser.objects.using("default").get_or_create(pk=1, defaults={"guid": guid})
-    try:
-        with writing_for(guid) as alias:
-            # Checked again under the fence: the read above may have used a map that a
-            # shard move has since switched.
-            user = User.objects.using(alias).filter(pk=guid).first()
-            if user is None:
-                user = User.objects.using(alias).create(guid=guid, nickname=default_nickname(guid), is_sysop=is_first)
-    except IntegrityError:
-        # Two tabs of a new user connected at once; the other created the row.
-        user = User.objects.using(shard_for_guid(guid)).get(pk=guid)
-    if is_first:
-        logger.info("first user %s is sysop", guid)
-    return user
-
-
-def find_user(guid: str) -> User:
-    normalised = normalise_guid(guid)
-    user = User.objects.using(shard_for_guid(normalised)).filter(pk=normalised).first() if normalised else None
-    if user is None:
-        raise NotFound(f"No user with guid {guid}.")
-    return user
-
-
-def set_nickname(user: User, nickname: str) -> User:
-    nickname = (nickname or "").strip()
-    if not 1 <= len(nickname) <= 64:
-        raise BrokerError("A nickname is 1 to 64 characters.", code="bad_nickname")
-    taken = BrokerError("Nickname already taken", code="nickname_taken")
-    # Each shard's unique constraint sees only its own users; the lock makes "nobody on any
-    # shard has it" and the write one step for everyone asking for this nickname.
-    with serialised_across_shards(f"nickname:{nickname}"):
-        for alias in shard_aliases():
-            if User.objects.using(alias).filter(nickname=nickname).exclude(pk=user.pk).exists():
-                raise taken
-        try:
-            with writing_for(user.guid) as alias:
-                User.objects.using(alias).filter(pk=user.pk).update(nickname=nickname)
-        except IntegrityError:
-            raise taken from None
-    user.nickname = nickname
-    return user
-
-
-def set_banned(guid: str, is_banned: bool, *, acting_user: User) -> User:
-    if not acting_user.is_sysop:
-        raise Forbidden("Only a sysop may ban or unban users.")
-    user = find_user(guid)
-    if user.pk == acting_user.pk and is_banned:
-        raise BrokerError("A sysop cannot ban themselves.", code="ban_self")
-    return store_ban(user, is_banned)
-
-
-def store_ban(user: User, is_banned: bool) -> User:
-    """Write the ban flag; callers have checked who may (a sysop, or staff in the admin)."""
-    with writing_for(user.guid) as alias:
-        User.objects.using(alias).filter(pk=user.pk).update(is_banned=is_banned)
-    user.is_banned = is_banned
-    logger.info("user %s %s", user.guid, "banned" if is_banned else "unbanned")
-    return user
 
 
 def previous_queries(user: User) -> list[dict]:
@@ -318,18 +229,3 @@ def unfinished_queries_older_than(cutoff) -> list[Query]:
         ):
             found.setdefault(query.pk, query)
     return list(found.values())
-
-
-def list_users(*, limit: int | None = None) -> list[User]:
-    """Return every user, gathered from every shard, newest first (for sysop views).
-
-    A user seen on two shards mid-move is listed once, from the shard the map names.
-    """
-    found: dict[str, User] = {}
-    for alias in shard_aliases():
-        rows = User.objects.using(alias).order_by("-created_at")
-        for user in rows[:limit] if limit else rows:
-            if user.pk not in found or shard_for_guid(user.pk) == alias:
-                found[user.pk] = user
-    users = sorted(found.values(), key=lambda user: user.created_at, reverse=True)
-    return users[:limit] if limit else users
