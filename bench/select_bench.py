@@ -35,7 +35,7 @@ def build(size: int, strategy: str, rng: random.Random) -> tuple[Snapshot, Share
     workers = [
         WorkerInfo(
             id=index, name=f"w{index:04d}", query_type="chat", realm="$CHAT", address=f"10.0.0.{index % 250}:8000",
-            wire_format="openai", health_score=rng.uniform(60, 100), max_concurrency=4,
+            wire_format="openai", max_concurrency=4,
             topics=(("code", (("python",), ("django",))),) if index % 10 == 0 else (),
         )
         for index in range(size)
@@ -49,6 +49,7 @@ def build(size: int, strategy: str, rng: random.Random) -> tuple[Snapshot, Share
         worker.name: MemberState(
             in_flight=rng.randint(0, 3), latency=rng.uniform(0.05, 2.0), success=rng.uniform(0.8, 1.0),
             cooldown_until=now + 30 if rng.random() < 0.05 else 0.0, cooldown_kind="server",
+            health_score=rng.uniform(60, 100),
         )
         for worker in workers
     }

@@ -53,7 +53,9 @@ def remove_worker(name: str) -> bool:
 
 
 def list_workers() -> list[dict]:
-    return [worker.as_frame_data() for worker in Worker.objects.all()]
+    from pools.status import worker_frames
+
+    return worker_frames(list(Worker.objects.all()))
 
 
 def validation_message(error: ValidationError) -> str:

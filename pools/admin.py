@@ -1,5 +1,6 @@
-"""Operators' admin for workers and pool aliases; live state (cooldown, in flight, latency,
-chosen count) appears as read-only computed columns read from Redis."""
+"""Operators' admin for workers and pool aliases; live state (health score, the health rules'
+blacklist, cooldown, in flight, latency, chosen count) appears as read-only computed columns
+read from Redis. The editable `is_blacklisted` is the operator's own blacklist."""
 from django.contrib import admin
 
 from pools import actions, state
@@ -15,17 +16,31 @@ class SpecializationInline(admin.TabularInline):
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
     list_display = [
-        "name", "query_type", "realm", "wire_format", "health_score", "is_blacklisted",
+        "name", "query_type", "realm", "wire_format", "health_score", "is_blacklisted", "blacklisted_by_health",
         "in_flight", "cooling_until", "latency", "max_concurrency",
     ]
     list_filter = ["query_type", "realm", "wire_format", "is_blacklisted"]
     search_fields = ["name", "address", "model"]
-    readonly_fields = ["last_active", "created_at", "in_flight", "cooling_until", "latency"]
+    readonly_fields = [
+        "health_score", "blacklisted_by_health", "last_active", "created_at", "in_flight", "cooling_until", "latency",
+    ]
     inlines = [SpecializationInline]
     actions = ["end_cooldowns"]
 
     def live(self, worker) -> dict:
         return state.member_views([worker.name])[worker.name]
+
+    @admin.display(description="health score")
+    def health_score(self, worker):
+        return f"{self.live(worker)['health_score']:g}"
+
+    @admin.display(description="blacklisted by health checks", boolean=True)
+    def blacklisted_by_health(self, worker):
+        return self.live(worker)["is_blacklisted"]
+
+    @admin.display(description="last active")
+    def last_active(self, worker):
+        return member_rows(None, [worker])[0]["last_active"] or "-"
 
     @admin.display(description="in flight")
     def in_flight(self, worker):

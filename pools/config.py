@@ -1,5 +1,8 @@
 """The pool configuration as selection sees it: a snapshot of workers, pools and
-specializations, read in four queries and kept per process until its version changes."""
+specializations, read in four queries and kept per process until its version changes.
+
+Only a save or delete of one of those rows changes the version; runtime health (scores and
+the health rules' blacklist) lives in Redis (pools.state) and never does."""
 from __future__ import annotations
 
 from django.db.models.signals import post_delete, post_save
@@ -26,7 +29,6 @@ def load_snapshot(version: str) -> Snapshot:
             wire_format=worker.wire_format,
             model=worker.model,
             api_key=worker.api_key,
-            health_score=worker.health_score,
             is_blacklisted=worker.is_blacklisted,
             max_concurrency=worker.max_concurrency,
             topics=tuple(topics.get(worker.id, ())),

@@ -1,6 +1,7 @@
 """Is this worker healthy or cooling down: query outcomes, cooldowns by error class, and the
-periodic probe of every worker (PROTOCOL.md §3). Scores live in the database; cooldowns and
-EWMAs in Redis (pools.state) so every process agrees."""
+periodic probe of every worker (PROTOCOL.md §3). Scores, the health rules' blacklist,
+cooldowns and EWMAs live in Redis (pools.state) so every process agrees; a probe or an outcome
+writes no database row and leaves the pool-config version alone."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +12,6 @@ import time
 import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db.models import F, Value
-from django.db.models.functions import Greatest, Least
-from django.utils import timezone
 
 from pools import state
 from pools.clients import ModelServerError, client_for
@@ -67,16 +65,21 @@ def record_failure(worker: str, error: ModelServerError) -> float | None:
         state.set_cooldown(worker, until=time.time() + seconds, kind=error.kind, reason=error.message[:200])
     loss = QUERY_FAILURE_LOSS.get(error.kind, 0.0)
     if loss:
-        Worker.objects.filter(name=worker).update(health_score=Greatest(F("health_score") - loss, Value(0.0)))
-        blacklist_exhausted()
-        snapshot_cache.changed()
+        state.adjust_health(worker, -loss, restored=RESTORED_SCORE)
     logger.info("worker %s failed (%s), cooling down %ss: %s", worker, error.kind, seconds, error.message)
     return seconds
 
 
-def blacklist_exhausted() -> int:
-    """Blacklist every worker whose score reached 0 (PROTOCOL.md §3)."""
-    return Worker.objects.filter(health_score__lte=0, is_blacklisted=False).update(is_blacklisted=True, health_score=0)
+def serving_workers(realm: str, query_type: str | None) -> list[str]:
+    """Return the names of the workers of `query_type` (any if None) that serve the realm and
+    that neither an operator nor the health rules blacklisted.
+
+    The configuration comes from the process's pool snapshot, the health rules' blacklist
+    from Redis in one round trip.
+    """
+    names = snapshot_cache.current().serving(realm, query_type)
+    health = state.health_of(names)
+    return [name for name in names if not health[name].is_blacklisted]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,39 +110,33 @@ async def probe_all(workers: list[Worker], *, timeout: float) -> list[ProbeResul
 
 
 def apply_probe(worker: Worker, result: ProbeResult) -> str:
-    """Apply one probe's result to the worker's score; return what happened, for the log."""
-    workers = Worker.objects.filter(pk=worker.pk)
+    """Apply one probe's result to the worker's runtime health; return what happened, for the log.
+
+    A score that reaches 0 blacklists the worker until it answers a probe again. An
+    operator's blacklist (`Worker.is_blacklisted`) is configuration and no probe lifts it.
+    """
     if result.error:
-        workers.update(health_score=Greatest(F("health_score") - PROBE_UNREACHABLE_LOSS, Value(0.0)))
+        state.adjust_health(worker.name, -PROBE_UNREACHABLE_LOSS, restored=RESTORED_SCORE)
         return f"unreachable: {result.error}"
     if result.status is None:
         return "no health route; unchanged"
     if result.status == 200:
-        if worker.is_blacklisted:
-            workers.update(health_score=RESTORED_SCORE, is_blacklisted=False, last_active=timezone.now())
-        else:
-            workers.update(
-                health_score=Least(F("health_score") + PROBE_OK_GAIN, Value(Worker.MAX_HEALTH)), last_active=timezone.now()
-            )
-        # A server that answers its health route is back; let queries find it again.
-        state.clear_cooldown(worker.name)
+        # A server that answers its health route is back: its cooldown ends with the gain.
+        state.adjust_health(worker.name, PROBE_OK_GAIN, restored=RESTORED_SCORE, answered_at=time.time())
         return "healthy"
-    workers.update(health_score=Greatest(F("health_score") - PROBE_BAD_STATUS_LOSS, Value(0.0)))
+    state.adjust_health(worker.name, -PROBE_BAD_STATUS_LOSS, restored=RESTORED_SCORE)
     return f"answered HTTP {result.status}"
 
 
 def check_worker_health() -> list[tuple[str, str]]:
-    """Probe every worker in parallel and update scores; return (worker, what happened) pairs."""
+    """Probe every worker in parallel and update their health; return (worker, what happened) pairs."""
     workers = list(Worker.objects.all())
     if not workers:
         return []
     from asgiref.sync import async_to_sync
 
     results = async_to_sync(probe_all)(workers, timeout=settings.RENTAHAL_HEALTH_CHECK_TIMEOUT)
-    outcomes = [(worker.name, apply_probe(worker, result)) for worker, result in zip(workers, results)]
-    blacklist_exhausted()
-    snapshot_cache.changed()
-    return outcomes
+    return [(worker.name, apply_probe(worker, result)) for worker, result in zip(workers, results)]
 
 
 async def acheck_worker_health() -> list[tuple[str, str]]:

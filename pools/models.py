@@ -1,10 +1,18 @@
 """Model servers (workers), the pool aliases that group them, their specializations, and the
 per-attempt outcomes that A/B reports are drawn from."""
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 from rentahal.query_types import QueryType
+
+if TYPE_CHECKING:
+    from pools.state import Health
 
 ALIAS_PATTERN = r"^\$[A-Z0-9_]+$"
 
@@ -40,9 +48,11 @@ class Strategy(models.TextChoices):
 
 
 class Worker(models.Model):
-    """One model server that rentahal can send queries to."""
+    """One model server that rentahal can send queries to: its configuration.
 
-    MAX_HEALTH = 100.0
+    Its runtime health (score, the health rules' blacklist, when it last answered a probe)
+    lives in Redis with its cooldowns (pools.state), so probes and outcomes never write here.
+    """
 
     name = models.CharField(max_length=128, unique=True)
     address = models.CharField(max_length=512, help_text="host:port or a full http(s) URL.")
@@ -58,9 +68,11 @@ class Worker(models.Model):
         validators=[realm_name_validator],
         help_text="The realm this server belongs to, e.g. $CHAT; blank means any realm.",
     )
-    health_score = models.FloatField(default=MAX_HEALTH)
-    is_blacklisted = models.BooleanField(default=False)
-    last_active = models.DateTimeField(null=True, blank=True)
+    is_blacklisted = models.BooleanField(
+        "blacklisted by an operator",
+        default=False,
+        help_text="Keep this server out of selection until an operator clears this; health checks never change it.",
+    )
     max_concurrency = models.PositiveIntegerField(
         default=0, help_text="Queries this server takes at once; 0 means no limit."
     )
@@ -78,16 +90,27 @@ class Worker(models.Model):
         address = self.address.rstrip("/")
         return address if "://" in address else f"http://{address}"
 
-    def as_frame_data(self) -> dict:
+    def as_frame_data(self, health: Health | None = None) -> dict:
+        """Return the worker as a `worker_update` frame lists it, with its runtime health
+        (read from Redis unless given); blacklisted means by an operator or by the health rules."""
+        if health is None:
+            # Imported here: pools.state builds on pools.selection, which imports this module.
+            from pools.state import health_of
+
+            health = health_of([self.name])[self.name]
         return {
             "name": self.name,
             "address": self.address,
             "type": self.query_type,
             "wire_format": self.wire_format,
             "realm": self.realm,
-            "health_score": self.health_score,
-            "is_blacklisted": self.is_blacklisted,
-            "last_active": self.last_active.isoformat() if self.last_active else None,
+            "health_score": health.score,
+            "is_blacklisted": self.is_blacklisted or health.is_blacklisted,
+            "last_active": (
+                datetime.datetime.fromtimestamp(health.last_active, tz=datetime.timezone.utc).isoformat()
+                if health.last_active
+                else None
+            ),
         }
 
 

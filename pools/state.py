@@ -1,5 +1,7 @@
-"""The runtime state every process shares, in Redis: in-flight leases, cooldowns, latency and
-success EWMAs, round-robin tickets, affinity, chosen counts and the config version.
+"""The runtime state every process shares, in Redis: in-flight leases, health scores and the
+health rules' blacklist, cooldowns, latency and success EWMAs, round-robin tickets, affinity and
+chosen counts. Postgres holds only configuration (and the operator's blacklist), so a probe or
+an outcome never touches a row or the pool-config version.
 
 Calls are synchronous redis-py on purpose: a loopback round trip is ~0.1 ms, cheaper than
 the thread hop an async caller would otherwise pay, and it works the same from async jobs,
@@ -10,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import typing
 import uuid
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
-from pools.selection import MemberState, Plan, SharedState
+from pools.selection import MAX_HEALTH, MemberState, Plan, SharedState
 from rentahal.queues import client_for_url
 
 PREFIX = "pools"
@@ -71,18 +75,41 @@ end
 return redis.call('HINCRBY', KEYS[1], 'failures', 1)
 """
 
+# Change a worker's health score by ARGV[1], kept within 0 and ARGV[2] (a missing score is
+# ARGV[2]); a score that reaches 0 blacklists the worker. ARGV[4], when not '', is the time the
+# worker answered its health route: that ends its cooldown and stamps `last_active`, and a
+# blacklisted worker comes back at ARGV[3] instead of gaining.
+ADJUST_HEALTH = """
+local full = tonumber(ARGV[2])
+local score = tonumber(redis.call('HGET', KEYS[1], 'score') or full)
+if ARGV[4] ~= '' then
+  redis.call('HDEL', KEYS[1], 'cooldown_until', 'cooldown_kind', 'cooldown_reason')
+  redis.call('HSET', KEYS[1], 'last_active', ARGV[4])
+  if redis.call('HEXISTS', KEYS[1], 'blacklisted') == 1 then
+    redis.call('HDEL', KEYS[1], 'blacklisted')
+    redis.call('HSET', KEYS[1], 'score', ARGV[3])
+    return
+  end
+end
+score = math.min(math.max(score + tonumber(ARGV[1]), 0), full)
+if score <= 0 then
+  redis.call('HSET', KEYS[1], 'blacklisted', 1)
+end
+redis.call('HSET', KEYS[1], 'score', score)
+"""
+
 
 # Everything a selection reads, in one call. KEYS = worker key, lease key for each of ARGV[2]
 # members, then each pool's ticket key (followed by its affinity key when ARGV[4] is '1').
-# Returns each member's cooldown, EWMAs and live lease count, then each pool's ticket and
-# remembered worker. The ticket of the pool at position ARGV[3] (1-based; 0 for none) is
+# Returns each member's cooldown, EWMAs, health score, blacklist and live lease count, then
+# each pool's ticket and remembered worker. The ticket of the pool at position ARGV[3] (1-based; 0 for none) is
 # taken with INCR, so two processes selecting at once get different tickets.
 READ_STATE = """
 local out = {}
 local members = tonumber(ARGV[2])
 for i = 1, 2 * members, 2 do
-  local fields = redis.call('HMGET', KEYS[i], 'cooldown_until', 'cooldown_kind', 'latency', 'success')
-  for j = 1, 4 do out[#out + 1] = fields[j] or '' end
+  local fields = redis.call('HMGET', KEYS[i], 'cooldown_until', 'cooldown_kind', 'latency', 'success', 'score', 'blacklisted')
+  for j = 1, 6 do out[#out + 1] = fields[j] or '' end
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 1], ARGV[1], '+inf')
 end
 local advance = tonumber(ARGV[3])
@@ -110,8 +137,15 @@ def client() -> redis.Redis:
     return client_for_url(settings.REDIS_URL, decode_responses=True)
 
 
+class Scripts(typing.NamedTuple):
+    acquire_lease: Script
+    record_outcome: Script
+    read_state: Script
+    adjust_health: Script
+
+
 @functools.lru_cache(maxsize=4)
-def scripts_for(url: str):
+def scripts_for(url: str) -> Scripts:
     """Return the scripts registered on the client of `url`.
 
     Each is called on the client itself, never inside a pipeline: redis-py sends SCRIPT
@@ -119,7 +153,7 @@ def scripts_for(url: str):
     direct call sends EVALSHA alone and loads the script only if Redis answers NOSCRIPT.
     """
     connection = client_for_url(url, decode_responses=True)
-    return tuple(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_STATE))
+    return Scripts(*(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_STATE, ADJUST_HEALTH)))
 
 
 def worker_key(name: str) -> str:
@@ -142,9 +176,6 @@ def affinity_key_for(pool_id: int, key: str) -> str:
     return f"{PREFIX}:aff:{pool_id}:{key}"
 
 
-# -- config version -------------------------------------------------------------------------
-
-
 # -- reading state for a selection ----------------------------------------------------------
 
 
@@ -163,19 +194,21 @@ def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None =
         if affinity_key:
             keys.append(affinity_key_for(pool.id, affinity_key))
     advance = next((position for position, pool in enumerate(pools, 1) if pool.id == advance_pool), 0)
-    _, _, read = scripts_for(settings.REDIS_URL)
-    flat = read(keys=keys, args=[now, len(names), advance, 1 if affinity_key else 0])
+    args = [now, len(names), advance, 1 if affinity_key else 0]
+    flat = scripts_for(settings.REDIS_URL).read_state(keys=keys, args=args)
     state = SharedState(now=now)
     for index, name in enumerate(names):
-        cooldown_until, kind, latency, success, count = flat[5 * index : 5 * index + 5]
+        cooldown_until, kind, latency, success, score, blacklisted, count = flat[7 * index : 7 * index + 7]
         state.members[name] = MemberState(
             in_flight=int(count),
             cooldown_until=float(cooldown_until or 0),
             cooldown_kind=kind or "",
             latency=float(latency) if latency else None,
             success=float(success) if success else None,
+            health_score=float(score) if score else MAX_HEALTH,
+            is_blacklisted=bool(blacklisted),
         )
-    tail = 5 * len(names)
+    tail = 7 * len(names)
     for index, pool in enumerate(pools):
         ticket, remembered = flat[tail + 2 * index], flat[tail + 2 * index + 1]
         state.tickets[pool.id] = int(ticket or 0) + (0 if pool.id == advance_pool else 1)
@@ -217,9 +250,10 @@ def acquire_lease(worker: str, *, cap: int, ttl: float, choice: Choice | None = 
         remembers = choice.remember and bool(choice.affinity_key) and choice.pool_id is not None
         if remembers:
             keys.append(affinity_key_for(choice.pool_id, choice.affinity_key))
-    acquire, _, _ = scripts_for(settings.REDIS_URL)
     flags = [1 if flag else 0 for flag in (counts, advances, remembers)]
-    granted = acquire(keys=keys, args=[now, now + ttl, lease, cap, worker, *flags, settings.RENTAHAL_AFFINITY_TTL])
+    granted = scripts_for(settings.REDIS_URL).acquire_lease(
+        keys=keys, args=[now, now + ttl, lease, cap, worker, *flags, settings.RENTAHAL_AFFINITY_TTL]
+    )
     return lease if granted else None
 
 
@@ -236,9 +270,9 @@ def in_flight(worker: str) -> int:
 
 def record_outcome(worker: str, *, ok: bool, latency: float | None) -> int:
     """Fold an outcome into the worker's EWMAs; return its consecutive server faults."""
-    _, record, _ = scripts_for(settings.REDIS_URL)
     alpha = settings.RENTAHAL_EWMA_ALPHA
-    return int(record(keys=[worker_key(worker)], args=[alpha, 1 if ok else 0, "" if latency is None else latency]))
+    args = [alpha, 1 if ok else 0, "" if latency is None else latency]
+    return int(scripts_for(settings.REDIS_URL).record_outcome(keys=[worker_key(worker)], args=args))
 
 
 def set_cooldown(worker: str, *, until: float, kind: str, reason: str) -> None:
@@ -249,11 +283,48 @@ def clear_cooldown(worker: str) -> None:
     client().hdel(worker_key(worker), "cooldown_until", "cooldown_kind", "cooldown_reason")
 
 
+def adjust_health(worker: str, change: float, *, restored: float, answered_at: float | None = None) -> None:
+    """Change the worker's health score by `change` (between 0 and MAX_HEALTH), blacklisting it
+    at 0, in one atomic step so concurrent probes and outcomes never lose an update.
+
+    `answered_at` says the worker answered its health route then: its cooldown ends, it is
+    stamped active, and if it was blacklisted it comes back at `restored`.
+    """
+    args = [change, MAX_HEALTH, restored, "" if answered_at is None else answered_at]
+    scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=args)
+
+
 # -- what operators see ---------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Health:
+    """A worker's runtime health: its score, whether the health rules blacklisted it (the
+    operator's switch is `Worker.is_blacklisted`), and when it last answered a probe."""
+
+    score: float = MAX_HEALTH
+    is_blacklisted: bool = False
+    last_active: float | None = None
+
+    @classmethod
+    def from_fields(cls, score: str | None, blacklisted: str | None, last_active: str | None) -> Health:
+        return cls(
+            score=float(score) if score else MAX_HEALTH,
+            is_blacklisted=bool(blacklisted),
+            last_active=float(last_active) if last_active else None,
+        )
+
+
+def health_of(workers: list[str]) -> dict[str, Health]:
+    """Return each worker's runtime health, in one round trip."""
+    pipe = client().pipeline(transaction=False)
+    for name in workers:
+        pipe.hmget(worker_key(name), "score", "blacklisted", "last_active")
+    return {name: Health.from_fields(*fields) for name, fields in zip(workers, pipe.execute())}
+
+
 def member_views(workers: list[str], pool_id: int | None = None) -> dict[str, dict]:
-    """Return each worker's live state (cooldown, in flight, latency, success, chosen count)."""
+    """Return each worker's live state (health, cooldown, in flight, latency, success, chosen count)."""
     now = time.time()
     pipe = client().pipeline(transaction=False)
     for name in workers:
@@ -266,7 +337,11 @@ def member_views(workers: list[str], pool_id: int | None = None) -> dict[str, di
     for index, name in enumerate(workers):
         stats, count = results[2 * index], results[2 * index + 1]
         until = float(stats.get("cooldown_until") or 0)
+        health = Health.from_fields(stats.get("score"), stats.get("blacklisted"), stats.get("last_active"))
         views[name] = {
+            "health_score": health.score,
+            "is_blacklisted": health.is_blacklisted,
+            "last_active": health.last_active,
             "cooldown_until": until if until > now else None,
             "cooldown_reason": stats.get("cooldown_reason", "") if until > now else "",
             "in_flight": int(count),

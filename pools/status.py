@@ -1,5 +1,6 @@
 """What operators see of pools and workers: configuration joined with live state from Redis
-(score, cooldown, in flight, latency, chosen count), for the API and the admin."""
+(health score and blacklist, cooldown, in flight, latency, chosen count), for the API and the
+admin."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -12,6 +13,13 @@ def timestamp(seconds: float | None) -> str | None:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat() if seconds else None
 
 
+def blacklisted_by(worker: Worker, view: dict) -> str:
+    """Return who took the worker out of selection: "operator", "health" (its score reached 0), or ""."""
+    if worker.is_blacklisted:
+        return "operator"
+    return "health" if view["is_blacklisted"] else ""
+
+
 def member_rows(pool: PoolAlias | None, workers: list[Worker], weights: dict[str, int] | None = None) -> list[dict]:
     views = state.member_views([worker.name for worker in workers], pool.id if pool else None)
     rows = []
@@ -20,8 +28,10 @@ def member_rows(pool: PoolAlias | None, workers: list[Worker], weights: dict[str
         row = {
             "name": worker.name,
             "realm": worker.realm,
-            "health_score": worker.health_score,
-            "is_blacklisted": worker.is_blacklisted,
+            "health_score": view["health_score"],
+            "is_blacklisted": worker.is_blacklisted or view["is_blacklisted"],
+            "blacklisted_by": blacklisted_by(worker, view),
+            "last_active": timestamp(view["last_active"]),
             "cooldown_until": timestamp(view["cooldown_until"]),
             "cooldown_reason": view["cooldown_reason"],
             "in_flight": view["in_flight"],
@@ -34,6 +44,12 @@ def member_rows(pool: PoolAlias | None, workers: list[Worker], weights: dict[str
             row["weight"] = weights.get(worker.name, 1)
         rows.append(row)
     return rows
+
+
+def worker_frames(workers: list[Worker]) -> list[dict]:
+    """Return the workers as `worker_update` frames list them, their runtime health read in one round trip."""
+    health = state.health_of([worker.name for worker in workers])
+    return [worker.as_frame_data(health[worker.name]) for worker in workers]
 
 
 def describe_pool(pool: PoolAlias) -> dict:

@@ -1,8 +1,9 @@
 """What operators see of a realm: its workers, pools, queue, backups, metrics and advice."""
 from django.db.models import Q
 
-from pools.config import snapshot_cache
+from pools.health import serving_workers
 from pools.models import PoolAlias, Worker
+from pools.status import worker_frames
 from realms.models import Realm, RealmBackup, ScalingAdvice
 from realms.routing import queue_depth
 from rentahal import metrics
@@ -11,16 +12,17 @@ from rentahal import metrics
 def available_workers(realm: Realm, query_type: str | None = None) -> list[str]:
     """Return the names of healthy workers that serve `query_type` (else its primary type) in the realm.
 
-    Read from the process's pool snapshot: accepting a query reports this count, so it
-    costs no database round trip while the pool configuration is unchanged.
+    Read from the process's pool snapshot and the runtime health in Redis: accepting a query
+    reports this count, so it costs no database round trip while the pool configuration is
+    unchanged.
     """
-    return snapshot_cache.current().serving(realm.name, query_type or realm.query_type)
+    return serving_workers(realm.name, query_type or realm.query_type)
 
 
 def realm_workers(realm: Realm) -> list[dict]:
     """Return the workers registered in the realm or seated in its pools."""
     workers = Worker.objects.filter(Q(realm=realm.name) | Q(pools__realm=realm.name)).distinct()
-    return [worker.as_frame_data() for worker in workers]
+    return worker_frames(list(workers))
 
 
 def backups_of(realm: Realm) -> dict[str, list[str]]:

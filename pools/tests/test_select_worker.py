@@ -16,17 +16,18 @@ from pools.selection import (
     select_worker,
     tokens_of,
 )
+from rentahal.errors import BrokerError
 
 NOW = 1_000_000.0
 
 
-def worker(name, *, health=100.0, realm="", query_type="chat", topics=None, **fields) -> WorkerInfo:
+def worker(name, *, realm="", query_type="chat", topics=None, **fields) -> WorkerInfo:
     words = tuple(
         (topic, tuple(tuple(sorted(tokens_of(keyword))) for keyword in keywords)) for topic, keywords in (topics or {}).items()
     )
     return WorkerInfo(
         id=abs(hash(name)) % 10_000, name=name, query_type=query_type, realm=realm, address="127.0.0.1:1",
-        wire_format="openai", health_score=health, topics=words, **fields,
+        wire_format="openai", topics=words, **fields,
     )
 
 
@@ -47,10 +48,17 @@ def state_with(**members) -> SharedState:
     return SharedState(now=NOW, members={name: MemberState(**fields) for name, fields in members.items()})
 
 
-def test_health_strategy_picks_the_highest_score():
-    members = [worker("a", health=60), worker("b", health=90), worker("c", health=80)]
+def scores(tickets=None, **health) -> SharedState:
+    """Return the shared state where each named worker has the given health score."""
+    return SharedState(
+        now=NOW, members={name: MemberState(health_score=score) for name, score in health.items()}, tickets=tickets or {}
+    )
 
-    assert pick(members, [pool(members=members)]).worker.name == "b"
+
+def test_health_strategy_picks_the_highest_score():
+    members = [worker("a"), worker("b"), worker("c")]
+
+    assert pick(members, [pool(members=members)], state=scores(a=60, b=90, c=80)).worker.name == "b"
 
 
 def test_health_ties_are_spread_at_random_not_given_to_the_first():
@@ -152,24 +160,23 @@ def test_latency_still_explores_a_slow_member_now_and_then():
 
 
 def test_auto_with_two_healthy_members_takes_the_healthiest():
-    members = [worker("a", health=50), worker("b", health=60)]
-    state = SharedState(now=NOW, tickets={1: 1})
+    members = [worker("a"), worker("b")]
 
-    selection = pick(members, [pool(members=members, strategy="auto")], state=state)
+    selection = pick(members, [pool(members=members, strategy="auto")], state=scores(a=50, b=60, tickets={1: 1}))
 
     assert (selection.worker.name, selection.strategy) == ("b", "health")
 
 
 def test_auto_counts_only_healthy_members_towards_the_small_pool_rule():
-    members = [worker("a", health=50), worker("b", health=60), worker("c", is_blacklisted=True)]
+    members = [worker("a"), worker("b"), worker("c", is_blacklisted=True)]
 
-    selection = pick(members, [pool(members=members, strategy="auto")])
+    selection = pick(members, [pool(members=members, strategy="auto")], state=scores(a=50, b=60))
 
     assert (selection.worker.name, selection.strategy) == ("b", "health")
 
 
 @pytest.mark.parametrize(
-    ("scores", "expected"),
+    ("health", "expected"),
     [
         # Population variance 441, above 400 → health.
         ((59, 101, 59, 101), "health"),
@@ -184,31 +191,46 @@ def test_auto_counts_only_healthy_members_towards_the_small_pool_rule():
     ],
     ids=["variance-above-400", "variance-exactly-400", "average-below-70", "average-exactly-70", "healthy"],
 )
-def test_auto_resolves_by_the_seed_thresholds(scores, expected):
-    members = [worker(name, health=score) for name, score in zip("abcd", scores)]
+def test_auto_resolves_by_its_thresholds(health, expected):
+    members = [worker(name) for name in "abcd"]
+    state = scores(tickets={1: 1}, **dict(zip("abcd", health)))
 
-    selection = pick(members, [pool(members=members, strategy="auto")], state=SharedState(now=NOW, tickets={1: 1}))
+    selection = pick(members, [pool(members=members, strategy="auto")], state=state)
 
     assert selection.strategy == expected
 
 
 def test_blacklisted_and_cooling_members_are_skipped():
-    members = [worker("a", health=100, is_blacklisted=True), worker("b", health=90), worker("c", health=80)]
-    state = state_with(b={"cooldown_until": NOW + 5, "cooldown_kind": "server"})
+    members = [worker("a", is_blacklisted=True), worker("b"), worker("c")]
+    state = state_with(b={"cooldown_until": NOW + 5, "cooldown_kind": "server", "health_score": 90}, c={"health_score": 80})
 
     assert pick(members, [pool(members=members)], state=state).worker.name == "c"
 
 
+def test_a_member_the_health_rules_blacklisted_is_skipped_whatever_its_configuration_says():
+    members = [worker("a"), worker("b")]
+    state = state_with(a={"health_score": 0, "is_blacklisted": True}, b={"health_score": 10})
+
+    assert pick(members, [pool(members=members)], state=state).worker.name == "b"
+
+
+def test_without_a_pool_a_worker_the_health_rules_blacklisted_is_no_last_resort():
+    state = state_with(a={"cooldown_until": NOW + 5, "cooldown_kind": "server", "is_blacklisted": True})
+
+    with pytest.raises(NoWorkerAvailable, match=r"a is blacklisted"):
+        pick([worker("a")], state=state)
+
+
 def test_a_member_whose_cooldown_has_passed_is_chosen_again():
-    members = [worker("a", health=100), worker("b", health=90)]
-    state = state_with(a={"cooldown_until": NOW - 1, "cooldown_kind": "server"})
+    members = [worker("a"), worker("b")]
+    state = state_with(a={"cooldown_until": NOW - 1, "cooldown_kind": "server"}, b={"health_score": 90})
 
     assert pick(members, [pool(members=members)], state=state).worker.name == "a"
 
 
 def test_a_member_at_its_concurrency_cap_is_skipped():
-    members = [worker("a", health=100, max_concurrency=1), worker("b", health=50)]
-    state = state_with(a={"in_flight": 1})
+    members = [worker("a", max_concurrency=1), worker("b")]
+    state = state_with(a={"in_flight": 1}, b={"health_score": 50})
 
     assert pick(members, [pool(members=members)], state=state).worker.name == "b"
 
@@ -245,6 +267,13 @@ def test_no_worker_of_the_type_keeps_the_classic_message():
         pick([worker("v", query_type="vision")])
 
 
+def test_no_worker_available_is_refused_with_the_no_worker_code_and_503():
+    with pytest.raises(BrokerError) as error:
+        pick([worker("v", query_type="vision")])
+
+    assert (error.value.code, error.value.http_status) == ("no_worker", 503)
+
+
 @pytest.mark.parametrize(
     ("topics_prompt", "expected"),
     [
@@ -275,23 +304,25 @@ def test_a_specialist_that_is_cooling_leaves_the_others_to_serve():
 
 
 def test_multi_word_keywords_need_all_their_words():
-    members = [worker("ml", health=99, topics={"ml": ["machine learning"]}), worker("plain", health=100)]
+    members = [worker("ml", topics={"ml": ["machine learning"]}), worker("plain")]
     pools = [pool(members=members)]
 
-    assert pick(members, pools, prompt="machine learning basics").worker.name == "ml"
-    assert pick(members, pools, prompt="a washing machine").worker.name == "plain"
+    assert pick(members, pools, state=scores(ml=99), prompt="machine learning basics").worker.name == "ml"
+    assert pick(members, pools, state=scores(ml=99), prompt="a washing machine").worker.name == "plain"
 
 
 def test_model_name_naming_a_worker_is_honoured():
-    members = [worker("a", health=100), worker("b", health=10)]
+    members = [worker("a"), worker("b")]
 
-    selection = pick(members, [pool(members=members)], model_name="b")
+    selection = pick(members, [pool(members=members)], state=scores(b=10), model_name="b")
 
     assert (selection.worker.name, selection.strategy) == ("b", "named")
 
 
 def test_without_a_pool_the_healthiest_worker_of_the_type_serves():
-    selection = pick([worker("a", health=40), worker("b", health=70), worker("v", health=100, query_type="vision")])
+    workers = [worker("a"), worker("b"), worker("v", query_type="vision")]
+
+    selection = pick(workers, state=scores(a=40, b=70))
 
     assert (selection.worker.name, selection.pool) == ("b", None)
 
@@ -310,9 +341,9 @@ def test_without_a_pool_a_rate_limited_worker_is_left_alone():
 
 
 def test_a_worker_that_failed_the_query_is_not_tried_again():
-    members = [worker("a", health=100), worker("b", health=50)]
+    members = [worker("a"), worker("b")]
 
-    assert pick(members, [pool(members=members)], exclude=frozenset({"a"})).worker.name == "b"
+    assert pick(members, [pool(members=members)], state=scores(b=50), exclude=frozenset({"a"})).worker.name == "b"
 
 
 class TestRealms:
@@ -339,9 +370,9 @@ class TestRealms:
         assert (selection.worker.name, selection.is_cross_realm) == ("there", True)
 
     def test_without_pools_a_worker_of_the_realm_beats_a_healthier_foreign_one(self):
-        local, foreign = worker("local", health=50, realm="$CHAT"), worker("foreign", health=100, realm="$OTHER")
+        local, foreign = worker("local", realm="$CHAT"), worker("foreign", realm="$OTHER")
 
-        selection = pick([local, foreign])
+        selection = pick([local, foreign], state=scores(local=50))
 
         assert (selection.worker.name, selection.is_cross_realm) == ("local", False)
 

@@ -1,0 +1,105 @@
+"""Where to look for a query's worker, worked out from configuration alone and kept per
+snapshot: the tiers of the realm rules, in the order they are tried."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from pools.selection.snapshot import PoolInfo, Snapshot, WorkerInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    """One place to look for a worker, in the order of the realm rules."""
+
+    workers: tuple[WorkerInfo, ...]
+    pool: PoolInfo | None = None
+    is_named: bool = False  # model_name named this worker
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where to look for a query's worker, decided from configuration alone."""
+
+    query_type: str
+    realm: str
+    tiers: tuple[Tier, ...]
+    missing_alias: str = ""
+
+    @functools.cached_property
+    def worker_names(self) -> list[str]:
+        return sorted({worker.name for tier in self.tiers for worker in tier.workers})
+
+    @functools.cached_property
+    def pooled(self) -> Plan | None:
+        """Return this plan cut down to its pool tiers (None when it has none or only those)."""
+        tiers = tuple(tier for tier in self.tiers if tier.pool is not None)
+        if not tiers or len(tiers) == len(self.tiers):
+            return None
+        return Plan(self.query_type, self.realm, tiers)
+
+    @property
+    def pools(self) -> list[PoolInfo]:
+        return [tier.pool for tier in self.tiers if tier.pool is not None]
+
+
+def in_realm(item_realm: str, realm: str) -> bool:
+    return item_realm in ("", realm)
+
+
+def plan_selection(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str = "") -> Plan:
+    """Return the tiers to try for a query in `realm`, following the realm rules in order.
+
+    (a) model_name names a worker: that worker only. (b) model_name is an alias: that alias
+    in the realm, then in other realms. (c) the pool of the query's type in the realm, then
+    (d) the same alias in other realms, then (e) the healthiest worker of the type in the
+    realm, then in any realm. A model_name that is neither is ignored, as classic clients
+    send free text there.
+    """
+    key = (query_type, realm, model_name)
+    plan = snapshot.plans.get(key)
+    if plan is None:
+        plan = snapshot.plans[key] = build_plan(snapshot, query_type=query_type, realm=realm, model_name=model_name)
+    return plan
+
+
+def build_plan(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str) -> Plan:
+    named = snapshot.workers.get(model_name) if model_name else None
+    if named is not None:
+        return Plan(query_type, realm, (Tier((named,), is_named=True),))
+    tiers: list[Tier] = []
+    missing_alias = ""
+    if model_name.startswith("$"):
+        pools = [pool for pool in snapshot.pools if pool.name == model_name]
+        if not pools:
+            return Plan(query_type, realm, (), missing_alias=model_name)
+        tiers += pool_tiers(snapshot, sorted(pools, key=lambda pool: realm_rank(pool.realm, realm)))
+        return Plan(query_type, realm, tuple(tiers))
+    typed = [pool for pool in snapshot.pools if pool.query_type == query_type]
+    home = sorted((pool for pool in typed if in_realm(pool.realm, realm)), key=lambda pool: realm_rank(pool.realm, realm))
+    seen = {pool.id for pool in home}
+    ordered = list(home)
+    for pool in home:
+        ordered += [other for other in typed if other.name == pool.name and other.id not in seen]
+        seen.update(other.id for other in typed if other.name == pool.name)
+    tiers += pool_tiers(snapshot, ordered)
+    of_type = snapshot.by_type.get(query_type, ())
+    local = tuple(worker for worker in of_type if in_realm(worker.realm, realm))
+    foreign = tuple(worker for worker in of_type if not in_realm(worker.realm, realm))
+    if local:
+        tiers.append(Tier(local))
+    if foreign:
+        tiers.append(Tier(foreign))
+    return Plan(query_type, realm, tuple(tiers), missing_alias=missing_alias)
+
+
+def realm_rank(pool_realm: str, realm: str) -> int:
+    """Sort key: the realm's own pool, then an any-realm pool, then other realms' pools."""
+    return 0 if pool_realm == realm else 1 if pool_realm == "" else 2
+
+
+def pool_tiers(snapshot: Snapshot, pools: list[PoolInfo]) -> list[Tier]:
+    return [
+        Tier(tuple(snapshot.workers[name] for name in pool.members if name in snapshot.workers), pool=pool)
+        for pool in pools
+    ]
