@@ -126,10 +126,13 @@ def fake_server():
 
 @pytest.fixture
 def register_worker(db):
-    """Register a worker that talks to the fake server in the given wire format."""
+    """Register a worker that talks to the fake server in the given wire format; `health_score`
+    puts its runtime health where the health rules would have brought it (0 blacklists it)."""
+    from pools import state
+    from pools.selection import MAX_HEALTH
 
-    def register(server, wire_format="openai", query_type="chat", name=None, **fields) -> Worker:
-        return Worker.objects.create(
+    def register(server, wire_format="openai", query_type="chat", name=None, health_score=None, **fields) -> Worker:
+        worker = Worker.objects.create(
             name=name or f"{wire_format}-{query_type}-{uuid.uuid4().hex[:6]}",
             address=server.url,
             query_type=query_type,
@@ -137,6 +140,9 @@ def register_worker(db):
             model=fields.pop("model", "fake-model"),
             **fields,
         )
+        if health_score is not None:
+            state.change_health(worker.name, health_score - MAX_HEALTH)
+        return worker
 
     return register
 

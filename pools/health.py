@@ -65,7 +65,7 @@ def record_failure(worker: str, error: ModelServerError) -> float | None:
         state.set_cooldown(worker, until=time.time() + seconds, kind=error.kind, reason=error.message[:200])
     loss = QUERY_FAILURE_LOSS.get(error.kind, 0.0)
     if loss:
-        state.adjust_health(worker, -loss, restored=RESTORED_SCORE)
+        state.change_health(worker, -loss)
     logger.info("worker %s failed (%s), cooling down %ss: %s", worker, error.kind, seconds, error.message)
     return seconds
 
@@ -116,15 +116,15 @@ def apply_probe(worker: Worker, result: ProbeResult) -> str:
     operator's blacklist (`Worker.is_blacklisted`) is configuration and no probe lifts it.
     """
     if result.error:
-        state.adjust_health(worker.name, -PROBE_UNREACHABLE_LOSS, restored=RESTORED_SCORE)
+        state.change_health(worker.name, -PROBE_UNREACHABLE_LOSS)
         return f"unreachable: {result.error}"
     if result.status is None:
         return "no health route; unchanged"
     if result.status == 200:
         # A server that answers its health route is back: its cooldown ends with the gain.
-        state.adjust_health(worker.name, PROBE_OK_GAIN, restored=RESTORED_SCORE, answered_at=time.time())
+        state.record_answer(worker.name, gain=PROBE_OK_GAIN, restored=RESTORED_SCORE, at=time.time())
         return "healthy"
-    state.adjust_health(worker.name, -PROBE_BAD_STATUS_LOSS, restored=RESTORED_SCORE)
+    state.change_health(worker.name, -PROBE_BAD_STATUS_LOSS)
     return f"answered HTTP {result.status}"
 
 

@@ -283,15 +283,18 @@ def clear_cooldown(worker: str) -> None:
     client().hdel(worker_key(worker), "cooldown_until", "cooldown_kind", "cooldown_reason")
 
 
-def adjust_health(worker: str, change: float, *, restored: float, answered_at: float | None = None) -> None:
-    """Change the worker's health score by `change` (between 0 and MAX_HEALTH), blacklisting it
-    at 0, in one atomic step so concurrent probes and outcomes never lose an update.
+def change_health(worker: str, change: float) -> None:
+    """Change the worker's health score by `change`, kept between 0 and MAX_HEALTH; a score
+    that reaches 0 blacklists it. One atomic step, so concurrent probes and outcomes never
+    lose an update."""
+    scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=[change, MAX_HEALTH, 0, ""])
 
-    `answered_at` says the worker answered its health route then: its cooldown ends, it is
-    stamped active, and if it was blacklisted it comes back at `restored`.
-    """
-    args = [change, MAX_HEALTH, restored, "" if answered_at is None else answered_at]
-    scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=args)
+
+def record_answer(worker: str, *, gain: float, restored: float, at: float) -> None:
+    """Count an answer to the worker's health route at `at`: its cooldown ends, it is stamped
+    active, and its score rises by `gain`, or, if the health rules had blacklisted it, it
+    comes back at `restored`."""
+    scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=[gain, MAX_HEALTH, restored, at])
 
 
 # -- what operators see ---------------------------------------------------------------------

@@ -34,6 +34,24 @@ def test_pool_change_list_shows_members_live_state(admin_client, chat_pool):
     state.release_lease("alpha", lease)
 
 
+def test_pool_change_list_shows_the_runtime_score_and_blacklist(admin_client, chat_pool):
+    state.change_health("alpha", -100)
+    state.change_health("beta", -25)
+
+    page = admin_client.get("/admin/pools/poolalias/").content.decode()
+
+    assert "alpha: 0, 0 in flight, -, chosen 0, blacklisted;" in page
+    assert "beta: 75, 0 in flight, -, chosen 0<" in page
+
+
+def test_worker_change_list_shows_the_runtime_health_score(admin_client, chat_pool):
+    state.change_health("beta", -37.5)
+
+    page = admin_client.get("/admin/pools/worker/").content.decode()
+
+    assert '<td class="field-health_score">62.5</td>' in page
+
+
 def test_worker_change_list_renders_live_columns(admin_client, chat_pool):
     page = admin_client.get("/admin/pools/worker/")
 

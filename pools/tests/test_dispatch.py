@@ -5,11 +5,11 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
-from pools import actions, health, state
+from pools import actions, config, health, state
 from pools.clients import ModelRequest, ModelServerError
 from pools.dispatch import serve
 from pools.models import SelectionOutcome, Worker
-from pools.selection import NoWorkerAvailable
+from pools.selection import MAX_HEALTH, NoWorkerAvailable
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,12 +19,12 @@ def chat(prompt="hello", model_name="") -> ModelRequest:
 
 
 @sync_to_async
-def add(server, name, *, health_score=100.0, realm="", max_concurrency=0, wire_format="openai") -> Worker:
+def add(server, name, *, health_score=MAX_HEALTH, realm="", max_concurrency=0, wire_format="openai") -> Worker:
     worker = actions.add_worker(
         name=name, address=server.url, query_type="chat", wire_format=wire_format, model="fake",
         realm=realm, max_concurrency=max_concurrency,
     )
-    Worker.objects.filter(pk=worker.pk).update(health_score=health_score)
+    state.change_health(name, health_score - MAX_HEALTH)
     return worker
 
 
@@ -33,9 +33,8 @@ def make_pool(name, members, *, strategy="health", realm=""):
     return actions.create_pool(name, query_type="chat", members=members, strategy=strategy, realm=realm)
 
 
-@sync_to_async
 def score_of(name) -> float:
-    return Worker.objects.get(name=name).health_score
+    return state.health_of([name])[name].score
 
 
 @sync_to_async
@@ -67,11 +66,47 @@ async def test_a_server_fault_lowers_the_score_and_cools_the_member(fake_servers
     second = await serve(chat(), realm="$CHAT")
 
     assert second.worker == "good"
-    assert await score_of("bad") == 90
+    assert score_of("bad") == 90
     view = state.member_views(["bad"])["bad"]
     assert view["cooldown_until"] > time.time()
     assert "HTTP 500" in view["cooldown_reason"]
     assert bad.stats()["requests"] == {"/v1/chat/completions": 1}
+
+
+def config_version() -> str | None:
+    return config.snapshot_cache.client().get(config.snapshot_cache.version_key)
+
+
+@sync_to_async
+def worker_rows() -> list[dict]:
+    return list(Worker.objects.order_by("name").values())
+
+
+async def test_a_failed_query_blacklists_a_worker_at_zero_without_touching_the_pool_configuration(fake_servers):
+    await add(fake_servers(failure_rate=1.0), "failing", health_score=10)
+    await add(fake_servers(), "spare", health_score=5)
+    await make_pool("$CHAT", ["failing", "spare"])
+    version, rows = config_version(), await worker_rows()
+
+    first = await serve(chat(), realm="$CHAT")
+    state.clear_cooldown("failing")
+    second = await serve(chat(), realm="$CHAT")
+
+    assert (first.worker, first.attempts, second.worker, second.attempts) == ("spare", 2, "spare", 1)
+    assert (score_of("failing"), state.health_of(["failing"])["failing"].is_blacklisted) == (0, True)
+    assert config_version() == version
+    assert await worker_rows() == rows
+
+
+async def test_an_answered_query_leaves_the_pool_configuration_alone(fake_servers):
+    await add(fake_servers(), "a")
+    await serve(chat(), realm="$CHAT")
+    version, rows = config_version(), await worker_rows()
+
+    await serve(chat(), realm="$CHAT")
+
+    assert config_version() == version
+    assert await worker_rows() == rows
 
 
 async def test_a_cooled_member_recovers_when_its_health_check_passes(fake_servers):
@@ -87,7 +122,7 @@ async def test_a_cooled_member_recovers_when_its_health_check_passes(fake_server
 
     assert report["flaky"] == "healthy"
     assert served.worker == "flaky"
-    assert await score_of("flaky") == 100
+    assert score_of("flaky") == 100
 
 
 async def test_a_bad_request_is_not_retried_and_costs_the_worker_nothing(fake_servers):
@@ -101,7 +136,7 @@ async def test_a_bad_request_is_not_retried_and_costs_the_worker_nothing(fake_se
 
     assert error.value.kind == "client"
     assert other.stats()["requests"] == {}
-    assert await score_of("picky") == 100
+    assert score_of("picky") == 100
     assert state.member_views(["picky"])["picky"]["cooldown_until"] is None
 
 
@@ -140,9 +175,7 @@ async def test_every_member_failing_ends_with_the_last_servers_error(fake_server
 
 
 async def test_an_alias_whose_members_are_all_out_says_so(fake_servers):
-    server = fake_servers()
-    await add(server, "gone")
-    await sync_to_async(Worker.objects.filter(name="gone").update)(is_blacklisted=True, health_score=0)
+    await add(fake_servers(), "gone", health_score=0)
     await make_pool("$CHAT", ["gone"])
 
     with pytest.raises(NoWorkerAvailable, match=r"pool \$CHAT has no available member \(gone is blacklisted\)"):
@@ -268,8 +301,6 @@ def test_a_granted_lease_tallies_its_choice_and_a_refused_one_does_not(clean_red
 
 
 def test_pool_configuration_is_read_in_four_queries_and_then_from_the_cache(fake_server, register_worker, django_assert_num_queries):
-    from pools import config
-
     worker = register_worker(fake_server, name="a")
     actions.create_pool("$CHAT", query_type="chat", members=[worker.name])
 
@@ -283,8 +314,6 @@ def test_pool_configuration_is_read_in_four_queries_and_then_from_the_cache(fake
 
 
 def test_a_configuration_change_is_seen_by_the_next_selection(fake_server, register_worker):
-    from pools import config
-
     register_worker(fake_server, name="a")
     config.snapshot_cache.current()
     register_worker(fake_server, name="b")

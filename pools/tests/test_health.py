@@ -1,22 +1,39 @@
 """The periodic health check (PROTOCOL.md §3): each wire format's natural probe, score rules,
-blacklisting and restoring; and `manage.py check_worker_health`, which also prunes old
-attempt outcomes."""
+blacklisting and restoring, all in the shared Redis state and none in the pool configuration;
+and `manage.py check_worker_health`, which also prunes old attempt outcomes."""
 import datetime
 
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from pools import actions
-from pools.health import check_worker_health
+from pools import actions, state
+from pools.config import snapshot_cache
+from pools.health import check_worker_health, serving_workers
 from pools.models import SelectionOutcome, Worker
+from pools.selection import NoWorkerAvailable, plan_selection, select_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def score(worker) -> tuple[float, bool]:
-    worker.refresh_from_db()
-    return worker.health_score, worker.is_blacklisted
+    """Return the worker's runtime health score and whether the health rules blacklisted it."""
+    health = state.health_of([worker.name])[worker.name]
+    return health.score, health.is_blacklisted
+
+
+def config_version() -> str | None:
+    return snapshot_cache.client().get(snapshot_cache.version_key)
+
+
+def worker_rows() -> list[dict]:
+    return list(Worker.objects.order_by("name").values())
+
+
+def selected(query_type="chat") -> str:
+    """Return the worker a query of `query_type` in $CHAT would be given now."""
+    plan = plan_selection(snapshot_cache.current(), query_type=query_type, realm="$CHAT")
+    return select_worker(plan, state.read_state(plan)).worker.name
 
 
 @pytest.mark.parametrize("wire_format", ["predict", "ollama", "openai"])
@@ -63,7 +80,7 @@ def test_a_worker_whose_score_reaches_zero_is_blacklisted(fake_server, register_
 
 
 def test_a_blacklisted_worker_that_answers_is_restored_at_fifty(fake_server, register_worker):
-    worker = register_worker(fake_server, "openai", health_score=0, is_blacklisted=True)
+    worker = register_worker(fake_server, "openai", health_score=0)
 
     check_worker_health()
 
@@ -95,7 +112,62 @@ def test_the_command_prints_what_happened_to_each_worker(fake_server, register_w
     call_command("check_worker_health")
 
     assert capsys.readouterr().out == "llama: healthy\n"
-    assert Worker.objects.get(name="llama").last_active is not None
+    assert state.health_of(["llama"])["llama"].last_active is not None
+
+
+def test_a_failed_probe_changes_what_selection_sees_and_not_the_pool_configuration(fake_server, register_worker):
+    fake_server.configure(health_status=500)
+    worker = register_worker(fake_server, "openai", health_score=10)
+    assert selected() == worker.name
+    version, rows = config_version(), worker_rows()
+
+    check_worker_health()
+
+    with pytest.raises(NoWorkerAvailable, match=f"{worker.name} is blacklisted"):
+        selected()
+    assert config_version() == version
+    assert worker_rows() == rows
+
+
+def test_a_healthy_probe_brings_a_worker_back_without_touching_the_pool_configuration(fake_server, register_worker):
+    worker = register_worker(fake_server, "openai", health_score=0)
+    version, rows = config_version(), worker_rows()
+
+    check_worker_health()
+
+    assert selected() == worker.name
+    assert config_version() == version
+    assert worker_rows() == rows
+
+
+def test_a_healthy_probe_never_lifts_an_operators_blacklist(fake_server, register_worker):
+    worker = register_worker(fake_server, "openai", is_blacklisted=True)
+
+    check_worker_health()
+
+    assert score(worker) == (100, False)
+    assert Worker.objects.get(pk=worker.pk).is_blacklisted
+    assert serving_workers("$CHAT", "chat") == []
+
+
+def test_an_operators_blacklist_excludes_the_worker_and_changes_the_pool_configuration(fake_server, register_worker):
+    worker = register_worker(fake_server, "openai")
+    assert selected() == worker.name
+    version = config_version()
+
+    worker.is_blacklisted = True
+    worker.save(update_fields=["is_blacklisted"])
+
+    with pytest.raises(NoWorkerAvailable, match=f"{worker.name} is blacklisted"):
+        selected()
+    assert config_version() != version
+
+
+def test_a_worker_the_health_rules_blacklisted_is_not_counted_as_serving_the_realm(fake_server, register_worker):
+    up = register_worker(fake_server, "openai", name="up")
+    register_worker(fake_server, "openai", name="down", health_score=0)
+
+    assert serving_workers("$CHAT", "chat") == [up.name]
 
 
 def outcome_aged(days: float) -> SelectionOutcome:

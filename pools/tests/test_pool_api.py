@@ -90,6 +90,19 @@ def test_workers_endpoint_lists_every_worker_with_state(admin_client, chat_worke
     assert names == ["alpha", "beta"]
 
 
+def test_workers_endpoint_shows_the_runtime_health_and_who_blacklisted(admin_client, chat_workers):
+    state.change_health("alpha", -100)
+    beta = chat_workers[1]
+    beta.is_blacklisted = True
+    beta.save(update_fields=["is_blacklisted"])
+    state.change_health("beta", -30)
+
+    rows = {row["name"]: row for row in admin_client.get("/api/pools/workers/").json()}
+
+    assert (rows["alpha"]["health_score"], rows["alpha"]["is_blacklisted"], rows["alpha"]["blacklisted_by"]) == (0, True, "health")
+    assert (rows["beta"]["health_score"], rows["beta"]["is_blacklisted"], rows["beta"]["blacklisted_by"]) == (70, True, "operator")
+
+
 def test_the_api_is_for_staff_only(client, chat_workers):
     assert client.get("/api/pools/").status_code in (401, 403)
 

@@ -8,7 +8,7 @@ from rq import Worker as RQWorker
 
 from accounts.models import Charge, Query, User
 from pools import actions, state
-from pools.models import Worker
+from pools.selection import MAX_HEALTH
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,7 +24,7 @@ def pool_of(servers, *, strategy: str, health_scores=None) -> list[str]:
         name = f"member-{index}"
         actions.add_worker(name=name, address=server.url, query_type="chat", wire_format="openai", model="fake")
         if health_scores:
-            Worker.objects.filter(name=name).update(health_score=health_scores[index])
+            state.change_health(name, health_scores[index] - MAX_HEALTH)
         names.append(name)
     actions.create_pool("$CHAT", query_type="chat", members=names, strategy=strategy)
     return names
