@@ -115,6 +115,16 @@ def test_the_command_prints_what_happened_to_each_worker(fake_server, register_w
     assert state.health_of(["llama"])["llama"].last_active is not None
 
 
+def test_worker_update_frames_show_the_score_and_last_answer_the_health_check_left(fake_server, register_worker):
+    register_worker(fake_server, "openai", name="llama", health_score=85)
+
+    check_worker_health()
+
+    [frame] = actions.list_workers()
+    assert (frame["name"], frame["health_score"], frame["is_blacklisted"]) == ("llama", 95, False)
+    assert frame["last_active"] is not None
+
+
 def test_a_failed_probe_changes_what_selection_sees_and_not_the_pool_configuration(fake_server, register_worker):
     fake_server.configure(health_status=500)
     worker = register_worker(fake_server, "openai", health_score=10)

@@ -36,6 +36,17 @@ def test_sysop_lists_realms_with_workers_pools_and_metrics(as_sysop, register_wo
     assert response.json()["summary"]["realms"] == 4
 
 
+def test_a_realm_shows_its_workers_runtime_health_and_counts_only_the_healthy(as_sysop, register_worker, fake_server):
+    register_worker(fake_server, "openai", query_type="chat", name="chat-1", realm="$CHAT", health_score=80)
+    register_worker(fake_server, "openai", query_type="chat", name="chat-2", realm="$CHAT", health_score=0)
+
+    chat = {realm["name"]: realm for realm in as_sysop.get("/api/realms/").json()["realms"]}["$CHAT"]
+
+    shown = {worker["name"]: (worker["health_score"], worker["is_blacklisted"]) for worker in chat["workers"]}
+    assert shown == {"chat-1": (80, False), "chat-2": (0, True)}
+    assert chat["metrics"]["workers"] == 1
+
+
 def test_staff_member_may_use_the_api(default_realms):
     staff = StaffUser.objects.create_user("operator", password="pw", is_staff=True)
     client = APIClient()
