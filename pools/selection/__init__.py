@@ -11,7 +11,7 @@ from pools.selection.planning import Plan, Tier, plan_selection
 from pools.selection.runtime import MAX_HEALTH, MemberState, SharedState
 from pools.selection.snapshot import PoolInfo, Snapshot, WorkerInfo, tokens_of
 from pools.selection.strategies import choose, healthiest
-from rentahal.errors import Unavailable
+from rentahal.errors import BrokerError
 
 __all__ = [
     "MAX_HEALTH", "MemberState", "NoWorkerAvailable", "Plan", "PoolInfo", "Selection", "SharedState", "Snapshot",
@@ -23,7 +23,7 @@ __all__ = [
 LAST_RESORT_KINDS = frozenset({"server", "timeout"})
 
 
-class NoWorkerAvailable(Unavailable):
+class NoWorkerAvailable(BrokerError):
     """No worker can serve this query now; the message says why, for the user.
 
     `is_busy` is true when every candidate was left out only for being at its concurrency
@@ -31,6 +31,7 @@ class NoWorkerAvailable(Unavailable):
     """
 
     code = "no_worker"
+    http_status = 503
 
     def __init__(self, message: str, *, is_busy: bool = False):
         super().__init__(message)
