@@ -112,6 +112,15 @@ async def test_sysop_ban_closes_every_socket_of_the_banned_user(sysop, alice, co
     assert (await sync_to_async(User.objects.get)(pk=alice.guid)).is_banned
 
 
+async def test_sysop_cannot_ban_themselves(sysop, connect):
+    sysop_tab = await connect(sysop.guid)
+
+    await sysop_tab.send({"type": "ban_user", "user_guid": sysop.guid})
+
+    assert await sysop_tab.receive() == {"type": "error", "code": "ban_self", "message": "A sysop cannot ban themselves."}
+    assert not (await sync_to_async(User.objects.get)(pk=sysop.guid)).is_banned
+
+
 async def test_sysop_unban_lets_the_user_back_in(sysop, banned_user, connect):
     sysop_tab = await connect(sysop.guid)
 
