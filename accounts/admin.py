@@ -2,16 +2,15 @@
 
 A changelist cannot span databases, so each list shows one shard, chosen with the
 "shard" filter. The ledger and queries are records: the admin reads them and never edits
-them; bans go through `accounts.actions` so they respect a shard move's write fence.
+them; bans go through `accounts.actions.users.set_banned`, the one ban action (the sysop's
+frame calls it too), so they respect a shard move's write fence and close the user's sockets.
 """
 from urllib.parse import parse_qs
 
-from asgiref.sync import async_to_sync
 from django.contrib import admin
 
-from accounts.actions.users import store_ban
+from accounts.actions.users import set_banned
 from accounts.models import Charge, Query, User
-from rentahal.pushes import close_banned_sockets
 from rentahal.sharding import shard_aliases
 
 
@@ -66,18 +65,16 @@ class UserAdmin(ShardedAdmin):
 
     @admin.action(description="Ban selected users", permissions=["view"])
     def ban_users(self, request, queryset):
-        self.set_banned(request, queryset, True)
+        self.change_bans(request, queryset, True)
 
     @admin.action(description="Unban selected users", permissions=["view"])
     def unban_users(self, request, queryset):
-        self.set_banned(request, queryset, False)
+        self.change_bans(request, queryset, False)
 
-    def set_banned(self, request, queryset, is_banned: bool) -> None:
+    def change_bans(self, request, queryset, is_banned: bool) -> None:
         users = list(queryset)
         for user in users:
-            store_ban(user, is_banned)
-            if is_banned:
-                async_to_sync(close_banned_sockets)(user.guid)
+            set_banned(user.guid, is_banned, acting_user=request.user)
         self.message_user(request, f"{len(users)} user(s) {'banned' if is_banned else 'unbanned'}.")
 
 

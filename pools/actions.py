@@ -1,4 +1,8 @@
-"""Every write to pools: workers, pool aliases and their members, and recorded attempts."""
+"""Every write to pools: workers, pool aliases and their members, and recorded attempts.
+
+The writes of configuration take the actor keyword-only (`rentahal.actors`), commit in one
+durable transaction on `default` and publish what changed once it commits
+(`rentahal.pushes`); they refuse with `rentahal.errors.Invalid` or `NotFound`."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +14,11 @@ from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from pools.models import PoolAlias, PoolMember, SelectionOutcome, Strategy, Worker
+from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
+from rentahal.actors import describe_actor
 from rentahal.batching import Coalescer
+from rentahal.errors import Invalid, NotFound
+from rentahal.pushes import BROADCAST_GROUP, POOL_EVENTS, frame_event, send_event_on_commit
 
 if TYPE_CHECKING:
     from pools.clients import ModelAnswer, ModelServerError
@@ -29,8 +36,10 @@ def add_worker(
     model: str = "",
     realm: str = "",
     max_concurrency: int = 0,
+    acting_user=None,
 ) -> Worker:
-    """Register a model server, or update the one of that name; raise ValidationError on bad fields."""
+    """Register a model server, or update the one of that name (the sysop's `add_worker`
+    frame, the API, a command); raise Invalid on bad fields."""
     worker = Worker.objects.filter(name=name).first() or Worker(name=name)
     worker.address = address
     worker.query_type = query_type
@@ -38,18 +47,38 @@ def add_worker(
     worker.model = model
     worker.realm = realm
     worker.max_concurrency = max_concurrency
-    worker.full_clean(validate_unique=False)
-    with transaction.atomic(using="default"):
+    return save_worker(worker, acting_user=acting_user)
+
+
+def save_worker(worker: Worker, *, specializations: dict[str, list[str]] | None = None, acting_user=None) -> Worker:
+    """Validate and save a worker and, when given, replace its specializations (topic →
+    keywords); every socket then gets the new `worker_update`."""
+    validate(worker, validate_unique=False)
+    topics = [Specialization(worker=worker, topic=topic, keywords=words) for topic, words in (specializations or {}).items()]
+    for topic in topics:
+        validate(topic, exclude=["worker"])
+    with transaction.atomic(using="default", durable=True):
         worker.save()
-    logger.info("worker %s registered at %s (%s, %s)", name, address, query_type, wire_format)
+        if specializations is not None:
+            worker.specializations.exclude(topic__in=list(specializations)).delete()
+            for topic in topics:
+                Specialization.objects.update_or_create(worker=worker, topic=topic.topic, defaults={"keywords": topic.keywords})
+        publish_worker_change(worker.name, "saved", acting_user)
+    logger.info(
+        "worker %s registered at %s (%s, %s) by %s",
+        worker.name, worker.address, worker.query_type, worker.wire_format, describe_actor(acting_user),
+    )
     return worker
 
 
-def remove_worker(name: str) -> bool:
-    deleted, _ = Worker.objects.filter(name=name).delete()
-    if deleted:
-        logger.info("worker %s removed", name)
-    return bool(deleted)
+def remove_worker(name: str, *, acting_user=None) -> None:
+    """Remove the worker of that name (and its pool seats); raise NotFound if there is none."""
+    with transaction.atomic(using="default", durable=True):
+        deleted, _ = Worker.objects.filter(name=name).delete()
+        if not deleted:
+            raise NotFound(f"No worker named '{name}'.", code="unknown_worker")
+        publish_worker_change(name, "deleted", acting_user)
+    logger.info("worker %s removed by %s", name, describe_actor(acting_user))
 
 
 def list_workers() -> list[dict]:
@@ -58,77 +87,98 @@ def list_workers() -> list[dict]:
     return worker_frames(list(Worker.objects.all()))
 
 
-def validation_message(error: ValidationError) -> str:
-    if hasattr(error, "message_dict"):
-        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in error.message_dict.items())
-    return " ".join(error.messages)
+def publish_worker_change(name: str, op: str, acting_user) -> None:
+    """Once committed, show every open socket the new worker list and tell pool subscribers."""
+    send_event_on_commit(BROADCAST_GROUP, lambda: frame_event({"type": "worker_update", "workers": list_workers()}), using="default")
+    send_event_on_commit(
+        POOL_EVENTS, {"type": "worker.changed", "op": op, "name": name, "by": describe_actor(acting_user)}, using="default"
+    )
+
+
+def validate(instance, **options) -> None:
+    """Run the model's `full_clean`, refusing with Invalid (the one conversion of pools'
+    model validation into a BrokerError)."""
+    try:
+        instance.full_clean(**options)
+    except ValidationError as exc:
+        raise Invalid.from_django(exc) from None
 
 
 def check_members(pool: PoolAlias, workers: list[Worker]) -> None:
-    """Raise ValidationError unless the pool has members and all serve the pool's type."""
+    """Raise Invalid unless the pool has members and all serve the pool's type."""
     if not workers:
-        raise ValidationError({"members": f"Pool {pool.name} needs at least one member."})
+        raise Invalid(fields={"members": [f"Pool {pool.name} needs at least one member."]})
     wrong = [worker for worker in workers if worker.query_type != pool.query_type]
     if wrong:
         names = ", ".join(f"{worker.name} ({worker.query_type})" for worker in wrong)
-        raise ValidationError({"members": f"{pool.name} is a {pool.query_type} pool; these workers serve another type: {names}."})
+        raise Invalid(fields={"members": [f"{pool.name} is a {pool.query_type} pool; these workers serve another type: {names}."]})
 
 
 def resolve_workers(names: list[str]) -> list[Worker]:
-    """Return the workers named, raising ValidationError naming any that do not exist."""
+    """Return the workers named, raising Invalid naming any that do not exist."""
     workers = {worker.name: worker for worker in Worker.objects.filter(name__in=names)}
     unknown = [name for name in names if name not in workers]
     if unknown:
-        raise ValidationError({"members": f"No worker named {', '.join(unknown)}."})
+        raise Invalid(fields={"members": [f"No worker named {', '.join(unknown)}."]})
     return [workers[name] for name in dict.fromkeys(names)]
 
 
 def save_pool(
-    pool: PoolAlias, *, members: list[str] | None = None, weights: dict[str, int] | None = None
+    pool: PoolAlias, *, members: list[str] | None = None, weights: dict[str, int] | None = None, acting_user=None
 ) -> PoolAlias:
     """Validate and save a pool alias and, when given, replace its members (by worker name)."""
-    pool.full_clean()
+    validate(pool)
     with transaction.atomic(using="default", durable=True):
         if members is None:
             workers = [seat.worker for seat in pool.memberships.select_related("worker")] if pool.pk else []
             check_members(pool, workers)
             pool.save()
-            return pool
-        workers = resolve_workers(members)
-        check_members(pool, workers)
-        pool.save()
-        pool.memberships.exclude(worker__in=workers).delete()
-        weights = weights or {}
-        for worker in workers:
-            PoolMember.objects.update_or_create(pool=pool, worker=worker, defaults={"weight": weights.get(worker.name, 1)})
-    logger.info("pool %s (%s, %s) saved with %s", pool, pool.query_type, pool.strategy, members)
+        else:
+            workers = resolve_workers(members)
+            check_members(pool, workers)
+            pool.save()
+            pool.memberships.exclude(worker__in=workers).delete()
+            weights = weights or {}
+            for worker in workers:
+                PoolMember.objects.update_or_create(pool=pool, worker=worker, defaults={"weight": weights.get(worker.name, 1)})
+        publish_pool_change(pool, "saved", acting_user)
+    logger.info("pool %s (%s, %s) saved with %s by %s", pool, pool.query_type, pool.strategy, members, describe_actor(acting_user))
     return pool
 
 
 def create_pool(
     name: str, *, query_type: str, members: list[str], strategy: str = Strategy.AUTO, realm: str = "",
-    weights: dict[str, int] | None = None,
+    weights: dict[str, int] | None = None, acting_user=None,
 ) -> PoolAlias:
-    """Create a pool alias; raise ValidationError for a bad name, strategy, type or member list."""
-    return save_pool(PoolAlias(name=name, realm=realm, query_type=query_type, strategy=strategy), members=members, weights=weights)
+    """Create a pool alias; raise Invalid for a bad name, strategy, type or member list."""
+    pool = PoolAlias(name=name, realm=realm, query_type=query_type, strategy=strategy)
+    return save_pool(pool, members=members, weights=weights, acting_user=acting_user)
 
 
-def ensure_pool(name: str, *, query_type: str, realm: str = "", strategy: str = Strategy.AUTO, members: list[str]) -> PoolAlias:
+def ensure_pool(
+    name: str, *, query_type: str, realm: str = "", strategy: str = Strategy.AUTO, members: list[str], acting_user=None
+) -> PoolAlias:
     """Make sure the pool exists with at least these members; idempotent, keeps other members and settings."""
     pool = PoolAlias.objects.filter(name=name, realm=realm).first()
     if pool is None:
-        return create_pool(name, query_type=query_type, members=members, strategy=strategy, realm=realm)
+        return create_pool(name, query_type=query_type, members=members, strategy=strategy, realm=realm, acting_user=acting_user)
     current = list(pool.memberships.values_list("worker__name", flat=True))
     missing = [member for member in members if member not in current]
     if not missing:
         return pool
-    return save_pool(pool, members=current + missing)
+    return save_pool(pool, members=current + missing, acting_user=acting_user)
 
 
-def delete_pool(pool: PoolAlias) -> None:
+def delete_pool(pool: PoolAlias, *, acting_user=None) -> None:
     with transaction.atomic(using="default", durable=True):
         pool.delete()
-    logger.info("pool %s deleted", pool)
+        publish_pool_change(pool, "deleted", acting_user)
+    logger.info("pool %s deleted by %s", pool, describe_actor(acting_user))
+
+
+def publish_pool_change(pool: PoolAlias, op: str, acting_user) -> None:
+    event = {"type": "pool.changed", "op": op, "name": pool.name, "realm": pool.realm, "by": describe_actor(acting_user)}
+    send_event_on_commit(POOL_EVENTS, event, using="default")
 
 
 @dataclasses.dataclass(frozen=True)

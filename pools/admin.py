@@ -1,11 +1,13 @@
-"""Operators' admin for workers and pool aliases; live state (health score, the health rules'
+"""Operators' admin for workers and pool aliases. Live state (health score, the health rules'
 blacklist, cooldown, in flight, latency, chosen count) appears as read-only computed columns
-read from Redis. The editable `is_blacklisted` is the operator's own blacklist."""
+read from Redis; the editable `is_blacklisted` is the operator's own blacklist. Saves and
+deletes go through `pools.actions`, so every open socket sees a worker added here."""
 from django.contrib import admin
 
 from pools import actions, state
 from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Worker
 from pools.status import member_rows
+from rentahal.admin import ActionModelAdmin
 
 
 class SpecializationInline(admin.TabularInline):
@@ -14,7 +16,7 @@ class SpecializationInline(admin.TabularInline):
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ActionModelAdmin):
     list_display = [
         "name", "query_type", "realm", "wire_format", "health_score", "is_blacklisted", "blacklisted_by_health",
         "in_flight", "cooling_until", "latency", "max_concurrency",
@@ -60,6 +62,18 @@ class WorkerAdmin(admin.ModelAdmin):
     def end_cooldowns(self, request, queryset):
         self.message_user(request, f"Ended the cooldown of {actions.end_cooldowns(queryset)} worker(s).")
 
+    def save_with_action(self, request, form, formsets, change):
+        topics = next((formset for formset in formsets if formset.model is Specialization), None)
+        specializations = None if topics is None else {row["topic"]: row["keywords"] for row in self.kept_rows(topics)}
+        actions.save_worker(form.instance, specializations=specializations, acting_user=request.user)
+
+    def delete_model(self, request, worker):
+        actions.remove_worker(worker.name, acting_user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for worker in queryset:
+            actions.remove_worker(worker.name, acting_user=request.user)
+
 
 class PoolMemberInline(admin.TabularInline):
     model = PoolMember
@@ -73,12 +87,29 @@ class PoolMemberInline(admin.TabularInline):
 
 
 @admin.register(PoolAlias)
-class PoolAliasAdmin(admin.ModelAdmin):
+class PoolAliasAdmin(ActionModelAdmin):
     list_display = ["name", "realm", "query_type", "strategy", "member_count", "live_members"]
     list_filter = ["query_type", "strategy", "realm"]
     search_fields = ["name"]
     readonly_fields = ["live_members"]
     inlines = [PoolMemberInline]
+
+    def save_with_action(self, request, form, formsets, change):
+        seats = next((formset for formset in formsets if formset.model is PoolMember), None)
+        rows = [] if seats is None else self.kept_rows(seats)
+        actions.save_pool(
+            form.instance,
+            members=None if seats is None else [row["worker"].name for row in rows],
+            weights={row["worker"].name: row["weight"] for row in rows},
+            acting_user=request.user,
+        )
+
+    def delete_model(self, request, pool):
+        actions.delete_pool(pool, acting_user=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for pool in queryset:
+            actions.delete_pool(pool, acting_user=request.user)
 
     @admin.display(description="members")
     def member_count(self, pool):

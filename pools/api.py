@@ -1,5 +1,5 @@
-"""DRF views for pool aliases and workers: parse, call an action, respond with live state."""
-from django.core.exceptions import ValidationError as DjangoValidationError
+"""DRF views for pool aliases and workers: parse, call an action (the acting user is the
+staff login), respond with live state."""
 from django.shortcuts import get_object_or_404
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -9,11 +9,7 @@ from rest_framework.views import APIView
 from pools import actions, status as pool_status
 from pools.comparison import compare_pools
 from pools.models import PoolAlias
-from pools.serializers import PoolAliasSerializer, PoolAliasUpdateSerializer
-
-
-def as_drf(error: DjangoValidationError) -> ValidationError:
-    return ValidationError(error.message_dict if hasattr(error, "message_dict") else {"non_field_errors": error.messages})
+from pools.serializers import PoolAliasSerializer, PoolAliasUpdateSerializer, WorkerSerializer
 
 
 class PoolList(APIView):
@@ -25,10 +21,7 @@ class PoolList(APIView):
     def post(self, request):
         serializer = PoolAliasSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            pool = actions.create_pool(**serializer.validated_data)
-        except DjangoValidationError as exc:
-            raise as_drf(exc) from None
+        pool = actions.create_pool(**serializer.validated_data, acting_user=request.user)
         return Response(pool_status.describe_pool(pool), status=status.HTTP_201_CREATED)
 
 
@@ -49,22 +42,34 @@ class PoolDetail(APIView):
             setattr(pool, field, value)
         if members is None and weights:
             members = list(pool.memberships.values_list("worker__name", flat=True))
-        try:
-            actions.save_pool(pool, members=members, weights=weights)
-        except DjangoValidationError as exc:
-            raise as_drf(exc) from None
+        actions.save_pool(pool, members=members, weights=weights, acting_user=request.user)
         return Response(pool_status.describe_pool(pool))
 
     def delete(self, request, pk):
-        actions.delete_pool(get_object_or_404(PoolAlias, pk=pk))
+        actions.delete_pool(get_object_or_404(PoolAlias, pk=pk), acting_user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class WorkerList(APIView):
-    """GET: every worker with its live state."""
+    """GET: every worker with its live state. POST: register a worker (or update the one of
+    that name), which every open socket then sees as `worker_update`."""
 
     def get(self, request):
         return Response(pool_status.describe_workers())
+
+    def post(self, request):
+        serializer = WorkerSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        worker = actions.add_worker(**serializer.validated_data, acting_user=request.user)
+        return Response(pool_status.describe_worker(worker), status=status.HTTP_201_CREATED)
+
+
+class WorkerDetail(APIView):
+    """DELETE one worker by name."""
+
+    def delete(self, request, name):
+        actions.remove_worker(name, acting_user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class PoolComparison(APIView):

@@ -1,4 +1,4 @@
-"""DRF serializers for pool aliases: validation of input only; the actions do the writes."""
+"""DRF serializers for pool aliases and workers: validation of input only; the actions do the writes."""
 from rest_framework import serializers
 
 from pools.models import ALIAS_PATTERN, Strategy
@@ -41,3 +41,17 @@ class PoolAliasUpdateSerializer(PoolAliasSerializer):
         super().__init__(*args, partial=True, **kwargs)
         for field in ("name", "realm"):
             self.fields.pop(field)
+
+
+class WorkerSerializer(serializers.Serializer):
+    """A worker as the API takes it: the shape only. The rules (known type and wire format,
+    realm name) are the model's, checked by `pools.actions.add_worker` as for the sysop's
+    `add_worker` frame, so both refuse with the same fields and messages."""
+
+    name = serializers.CharField()
+    address = serializers.CharField()
+    query_type = serializers.CharField()
+    wire_format = serializers.CharField(required=False, default="predict")
+    model = serializers.CharField(required=False, allow_blank=True, default="")
+    realm = serializers.CharField(required=False, allow_blank=True, default="")
+    max_concurrency = serializers.IntegerField(min_value=0, required=False, default=0)

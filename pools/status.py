@@ -68,9 +68,13 @@ def describe_pools() -> list[dict]:
     return [describe_pool(pool) for pool in PoolAlias.objects.all()]
 
 
-def describe_workers() -> list[dict]:
-    workers = list(Worker.objects.all())
+def describe_workers(workers: list[Worker] | None = None) -> list[dict]:
+    workers = list(Worker.objects.all()) if workers is None else workers
     rows = member_rows(None, workers)
     for row, worker in zip(rows, workers):
         row.update(query_type=worker.query_type, wire_format=worker.wire_format, address=worker.address)
     return rows
+
+
+def describe_worker(worker: Worker) -> dict:
+    return describe_workers([worker])[0]

@@ -7,5 +7,6 @@ urlpatterns = [
     path("", api.PoolList.as_view(), name="pool-list"),
     path("<int:pk>/", api.PoolDetail.as_view(), name="pool-detail"),
     path("workers/", api.WorkerList.as_view(), name="pool-workers"),
+    path("workers/<str:name>/", api.WorkerDetail.as_view(), name="pool-worker"),
     path("compare/", api.PoolComparison.as_view(), name="pool-compare"),
 ]

@@ -1,5 +1,9 @@
 """Every write to realms (registry, backups), accepting queries into them, and what the
-sysop may do to queries in flight."""
+sysop may do to queries in flight.
+
+A realm's writes take the actor keyword-only (`rentahal.actors`), commit in one durable
+transaction on `default`, publish `realm.changed` once committed (`rentahal.pushes`) and
+refuse with `rentahal.errors.BrokerError` subclasses."""
 import logging
 
 from django.core.exceptions import ValidationError
@@ -15,7 +19,9 @@ from realms.jobs import enqueue_query
 from realms.models import Realm, RealmBackup
 from realms.routing import find_backup_loop, route_query
 from realms.status import available_workers
-from rentahal.errors import BrokerError, Forbidden
+from rentahal.actors import describe_actor
+from rentahal.errors import BrokerError, Forbidden, Invalid
+from rentahal.pushes import REALM_EVENTS, send_event_on_commit
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -76,48 +82,56 @@ def stop_job(job_id: str) -> None:
 REALM_FIELDS = ("name", "query_type", "min_workers", "max_workers", "queue_limit")
 
 
-def create_realm(*, name: str, query_type: str, backups: dict[str, list[Realm]] | None = None, **fields) -> Realm:
+def create_realm(
+    *, name: str, query_type: str, backups: dict[str, list[Realm]] | None = None, acting_user=None, **fields
+) -> Realm:
     """Create a realm; if another realm was primary for the type, the type moves to this one."""
     if not query_type:
-        raise BrokerError("A realm needs a primary query type.", code="no_primary_type")
+        raise Invalid(fields={"query_type": ["A realm needs a primary query type."]}, code="no_primary_type")
     with transaction.atomic(using="default", durable=True):
-        take_over_query_type(query_type, realm=None)
+        take_over_query_type(query_type, realm=None, acting_user=acting_user)
         realm = Realm(name=name, query_type=query_type, **fields)
         save_realm(realm)
         for backup_type, backup_realms in (backups or {}).items():
-            set_backups(realm, backup_type, backup_realms)
-    logger.info("realm %s created, primary for %s", realm.name, query_type)
+            replace_backups(realm, backup_type, backup_realms)
+        publish_realm_change(realm.name, "saved", acting_user)
+    logger.info("realm %s created, primary for %s, by %s", realm.name, query_type, describe_actor(acting_user))
     return realm
 
 
-def update_realm(realm: Realm, *, backups: dict[str, list[Realm]] | None = None, **fields) -> Realm:
-    """Change a realm's settings; a new primary type is routed to it (PATCH semantics)."""
+def update_realm(realm: Realm, *, backups: dict[str, list[Realm]] | None = None, acting_user=None, **fields) -> Realm:
+    """Change a realm's settings and, for each query type given, its ordered backups; a new
+    primary type is routed to it (PATCH semantics)."""
     unknown = set(fields) - set(REALM_FIELDS)
     if unknown:
         raise BrokerError(f"Unknown realm field(s): {', '.join(sorted(unknown))}.", code="bad_field")
     with transaction.atomic(using="default", durable=True):
         realm = Realm.objects.select_for_update().get(pk=realm.pk)
         if fields.get("name", realm.name) != realm.name:
-            raise BrokerError(
-                "A realm cannot be renamed: its queue and its queries' records carry the name.", code="rename"
+            raise Invalid(
+                fields={"name": ["A realm cannot be renamed: its queue and its queries' records carry the name."]},
+                code="rename",
             )
         new_type = fields.get("query_type", realm.query_type)
         if "query_type" in fields and not new_type:
-            raise BrokerError("A realm needs a primary query type.", code="no_primary_type")
+            raise Invalid(fields={"query_type": ["A realm needs a primary query type."]}, code="no_primary_type")
         if new_type != realm.query_type and not realm.query_type:
             # Realm.clean refuses a primary realm changing type, so only a backup-only
             # realm takes a type over.
-            take_over_query_type(new_type, realm=realm)
+            take_over_query_type(new_type, realm=realm, acting_user=acting_user)
         for field, value in fields.items():
             setattr(realm, field, value)
         save_realm(realm)
         for backup_type, backup_realms in (backups or {}).items():
-            set_backups(realm, backup_type, backup_realms)
-    logger.info("realm %s updated: %s", realm.name, ", ".join(sorted(fields)) or "backups")
+            replace_backups(realm, backup_type, backup_realms)
+        publish_realm_change(realm.name, "saved", acting_user)
+    logger.info(
+        "realm %s updated by %s: %s", realm.name, describe_actor(acting_user), ", ".join(sorted(fields)) or "backups"
+    )
     return realm
 
 
-def delete_realm(realm: Realm) -> None:
+def delete_realm(realm: Realm, *, acting_user=None) -> None:
     """Delete a realm that is primary for no query type."""
     with transaction.atomic(using="default", durable=True):
         realm = Realm.objects.select_for_update().get(pk=realm.pk)
@@ -128,16 +142,18 @@ def delete_realm(realm: Realm) -> None:
                 code="realm_is_primary",
             )
         realm.delete()
-    logger.info("realm %s deleted", realm.name)
+        publish_realm_change(realm.name, "deleted", acting_user)
+    logger.info("realm %s deleted by %s", realm.name, describe_actor(acting_user))
 
 
-def set_backups(realm: Realm, query_type: str, backups: list[Realm]) -> None:
-    """Replace the realm's ordered backups for a query type, refusing a chain that loops."""
+def replace_backups(realm: Realm, query_type: str, backups: list[Realm]) -> None:
+    """Replace the realm's ordered backups for a query type, refusing a chain that loops;
+    a step of `create_realm` and `update_realm`, inside their transaction."""
     if len({backup.pk for backup in backups}) != len(backups):
-        raise BrokerError(f"A backup realm is listed twice for {query_type}.", code="duplicate_backup")
+        raise Invalid(fields={"backups": [f"A backup realm is listed twice for {query_type}."]}, code="duplicate_backup")
     loop = find_backup_loop(realm, query_type, backups, replace=True)
     if loop:
-        raise BrokerError(f"Backup chain for {query_type} loops: {' → '.join(loop)}.", code="backup_loop")
+        raise Invalid(fields={"backups": [f"Backup chain for {query_type} loops: {' → '.join(loop)}."]}, code="backup_loop")
     RealmBackup.objects.filter(realm=realm, query_type=query_type).delete()
     RealmBackup.objects.bulk_create(
         RealmBackup(realm=realm, query_type=query_type, backup=backup, position=position)
@@ -145,12 +161,13 @@ def set_backups(realm: Realm, query_type: str, backups: list[Realm]) -> None:
     )
 
 
-def take_over_query_type(query_type: str, *, realm: Realm | None) -> None:
+def take_over_query_type(query_type: str, *, realm: Realm | None, acting_user) -> None:
     """Clear the type from the realm currently primary for it, so `realm` can take it."""
     holder = Realm.objects.select_for_update().filter(query_type=query_type).exclude(pk=getattr(realm, "pk", None)).first()
     if holder is not None:
         holder.query_type = None
         holder.save(update_fields=["query_type"])
+        publish_realm_change(holder.name, "saved", acting_user)
         logger.info("query type %s moved off realm %s", query_type, holder.name)
 
 
@@ -158,14 +175,10 @@ def save_realm(realm: Realm) -> None:
     try:
         realm.full_clean()
     except ValidationError as exc:
-        raise BrokerError(validation_message(exc), code="invalid") from None
+        raise Invalid.from_django(exc) from None
     realm.save()
 
 
-def validation_message(error: ValidationError) -> str:
-    if hasattr(error, "message_dict"):
-        return "; ".join(
-            " ".join(messages) if field == "__all__" else f"{field}: {' '.join(messages)}"
-            for field, messages in error.message_dict.items()
-        )
-    return " ".join(error.messages)
+def publish_realm_change(name: str, op: str, acting_user) -> None:
+    event = {"type": "realm.changed", "op": op, "name": name, "by": describe_actor(acting_user)}
+    send_event_on_commit(REALM_EVENTS, event, using="default")

@@ -1,7 +1,11 @@
-"""Operators' admin for realms, their ordered backups and the scaling advice recorded for them."""
+"""Operators' admin for realms, their ordered backups and the scaling advice recorded for them.
+Saves and deletes of realms go through `realms.actions`."""
 from django.contrib import admin
 
+from realms import actions
 from realms.models import Realm, RealmBackup, ScalingAdvice
+from rentahal.admin import ActionModelAdmin
+from rentahal.query_types import QueryType
 
 
 class RealmBackupInline(admin.TabularInline):
@@ -12,11 +16,35 @@ class RealmBackupInline(admin.TabularInline):
 
 
 @admin.register(Realm)
-class RealmAdmin(admin.ModelAdmin):
+class RealmAdmin(ActionModelAdmin):
     list_display = ["name", "query_type", "min_workers", "max_workers", "queue_limit", "created_at"]
     list_filter = ["query_type"]
     search_fields = ["name"]
     inlines = [RealmBackupInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        """A realm keeps its name: its queue and its queries' records carry it."""
+        return ["name"] if obj is not None else []
+
+    def save_with_action(self, request, form, formsets, change):
+        realm = form.instance
+        steps = next((formset for formset in formsets if formset.model is RealmBackup), None)
+        backups = None
+        if steps is not None:
+            # Every type is given, so a type whose last row was deleted loses its backups.
+            backups = {query_type: [] for query_type in QueryType.values}
+            for row in sorted(self.kept_rows(steps), key=lambda row: row["position"]):
+                backups[row["query_type"]].append(row["backup"])
+        if change:
+            fields = {field: getattr(realm, field) for field in form.changed_data if field in actions.REALM_FIELDS}
+            actions.update_realm(realm, backups=backups, acting_user=request.user, **fields)
+            return
+        fields = {field: getattr(realm, field) for field in actions.REALM_FIELDS}
+        created = actions.create_realm(backups=backups, acting_user=request.user, **fields)
+        realm.pk = created.pk  # the admin logs and redirects to the object it built
+
+    def delete_model(self, request, realm):
+        actions.delete_realm(realm, acting_user=request.user)
 
     def has_delete_permission(self, request, obj=None):
         """A realm that is primary for a query type is never deleted (its type would have no realm)."""

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 
 from realms import actions, status as realm_status
 from realms.models import Realm, ScalingAdvice
-from realms.permissions import IsSysopOrStaff
+from realms.permissions import IsSysopOrStaff, acting_user_of
 from realms.serializers import RealmSerializer
 from rentahal.errors import NotFound
 
@@ -34,7 +34,7 @@ class RealmViewSet(viewsets.ViewSet):
     def create(self, request):
         serializer = RealmSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        realm = actions.create_realm(**serializer.action_fields())
+        realm = actions.create_realm(**serializer.action_fields(), acting_user=acting_user_of(request))
         return Response(realm_status.realm_status(realm), status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, name=None):
@@ -43,13 +43,13 @@ class RealmViewSet(viewsets.ViewSet):
         serializer.is_valid(raise_exception=True)
         fields = serializer.action_fields()
         fields.pop("name", None)
-        realm = actions.update_realm(realm, **fields)
+        realm = actions.update_realm(realm, **fields, acting_user=acting_user_of(request))
         return Response(realm_status.realm_status(realm))
 
     update = partial_update
 
     def destroy(self, request, name=None):
-        actions.delete_realm(self.get_realm(name))
+        actions.delete_realm(self.get_realm(name), acting_user=acting_user_of(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @action(detail=False)

@@ -41,13 +41,13 @@ def read_chunk_frame(content: dict) -> tuple[int, int, str, str]:
         image_id = str(content["image_id"])
         data = content["chunk_data"]
     except (KeyError, TypeError, ValueError):
-        raise BrokerError("A vision_chunk needs chunk_id, total_chunks, chunk_data and image_id.") from None
+        raise BrokerError("A vision_chunk needs chunk_id, total_chunks, chunk_data and image_id.", code="bad_chunk") from None
     if not isinstance(data, str) or len(data) > MAX_CHUNK_CHARS:
-        raise BrokerError("chunk_data must be a base64 string of at most 1 MiB.")
+        raise BrokerError("chunk_data must be a base64 string of at most 1 MiB.", code="bad_chunk")
     if not 1 <= total <= MAX_CHUNKS or not 0 <= chunk_id < total:
-        raise BrokerError(f"chunk_id must be below total_chunks, which is 1 to {MAX_CHUNKS}.")
+        raise BrokerError(f"chunk_id must be below total_chunks, which is 1 to {MAX_CHUNKS}.", code="bad_chunk")
     if not 1 <= len(image_id) <= 64:
-        raise BrokerError("image_id must be 1 to 64 characters.")
+        raise BrokerError("image_id must be 1 to 64 characters.", code="bad_chunk")
     return chunk_id, total, image_id, data
 
 

@@ -6,10 +6,9 @@ import orjson
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.core.exceptions import ValidationError
 
 from accounts.actions.queries import previous_queries
-from accounts.actions.users import find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
+from accounts.actions.users import GUID_COOKIE, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
 from accounts.billing import system_totals
 from pools import actions as pools
 from realms import actions as realms
@@ -17,14 +16,15 @@ from realms import chunks
 from realms.frames import parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
 from rentahal.db_threads import on_db_thread
-from rentahal.errors import BrokerError
+from rentahal.errors import BrokerError, Forbidden, error_frame
 from rentahal.metrics import record_connection
-from rentahal.pushes import close_banned_sockets, user_group
+from rentahal.pushes import BROADCAST_GROUP, frame_event, user_group
 
 logger = logging.getLogger(__name__)
 
-BROADCAST_GROUP = "broadcast"
-COOKIE_NAME = "user_guid"
+
+def banned() -> Forbidden:
+    return Forbidden("You are banned from this service.")
 
 
 class QueryConsumer(AsyncJsonWebsocketConsumer):
@@ -34,14 +34,14 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     home_realm = None
 
     async def connect(self):
-        guid = normalise_guid(self.scope.get("cookies", {}).get(COOKIE_NAME))
+        guid = normalise_guid(self.scope.get("cookies", {}).get(GUID_COOKIE))
         await self.accept()
         if guid is None:
             guid = str(uuid.uuid4())
-            await self.send_json({"type": "set_cookie", "name": COOKIE_NAME, "value": guid})
+            await self.send_json({"type": "set_cookie", "name": GUID_COOKIE, "value": guid})
         self.user = await on_db_thread(get_or_create_user)(guid)
         if self.user.is_banned:
-            await self.send_json({"type": "error", "message": "You are banned from this service."})
+            await self.send_json(error_frame(banned()))
             await self.close(code=4003)
             return
         await self.channel_layer.group_add(user_group(guid), self.channel_name)
@@ -82,41 +82,27 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         self.home_realm = realm
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """Handle one frame; any refusal on the way is answered with an `error` frame
+        (`rentahal.errors.error_frame`) and the socket stays open."""
         raw = text_data if text_data is not None else bytes_data
         if raw is None or self.user is None:
             return
-        if len(raw) > settings.RENTAHAL_MAX_FRAME_BYTES:
-            logger.info("frame of %d bytes refused from %s", len(raw), self.user.guid)
-            await self.send_error(f"Frame of {len(raw)} bytes is over the {settings.RENTAHAL_MAX_FRAME_BYTES}-byte limit.")
-            return
         try:
-            frame = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            logger.info("malformed JSON from %s: %s", self.user.guid, exc)
-            await self.send_error(f"Malformed JSON: {exc}")
-            return
-        await self.receive_json(frame)
+            await self.receive_json(decode_frame(raw))
+        except BrokerError as exc:
+            logger.info("refused a frame from %s: %s %s", self.user.guid, exc.code, exc.message)
+            await self.send_json(error_frame(exc))
 
     async def receive_json(self, content, **kwargs):
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-            await self.send_error("A frame is a JSON object with a string 'type'.")
-            return
+            raise BrokerError("A frame is a JSON object with a string 'type'.", code="bad_frame")
         frame_type = content["type"]
         handler = self.handlers.get(frame_type)
         if handler is None:
-            await self.send_error(f"Unknown frame type '{frame_type[:64]}'.")
-            return
+            raise BrokerError(f"Unknown frame type '{frame_type[:64]}'.", code="unknown_frame_type")
         if frame_type in self.sysop_only and not self.user.is_sysop:
-            await self.send_error(f"'{frame_type}' is for sysops only.")
-            return
-        try:
-            await handler(self, content)
-        except BrokerError as exc:
-            logger.info("refused %s from %s: %s", frame_type, self.user.guid, exc.message)
-            await self.send_error(exc.message)
-
-    async def send_error(self, message: str) -> None:
-        await self.send_json({"type": "error", "message": message})
+            raise Forbidden(f"'{frame_type}' is for sysops only.")
+        await handler(self, content)
 
     @classmethod
     async def encode_json(cls, content):
@@ -128,8 +114,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(event["frame"])
 
     async def user_banned(self, event):
-        """Close this socket when a sysop bans its user (the original left it registered)."""
-        await self.send_json({"type": "error", "message": "You are banned from this service."})
+        """Close this socket when its user is banned (the original left it registered)."""
+        await self.send_json(error_frame(banned()))
         await self.close(code=4003)
 
     # -- client frames ------------------------------------------------------------------
@@ -175,30 +161,23 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     async def add_worker(self, content):
         spec = content.get("worker")
         if not isinstance(spec, dict):
-            raise BrokerError("Field 'worker' must be an object with name, address and type.")
-        try:
-            await on_db_thread(pools.add_worker)(
-                name=require_str(spec, "name"),
-                address=require_str(spec, "address"),
-                query_type=require_str(spec, "type"),
-                wire_format=require_str(spec, "wire_format", required=False, default="predict"),
-                model=require_str(spec, "model", required=False),
-            )
-        except ValidationError as exc:
-            raise BrokerError(f"Worker not added: {pools.validation_message(exc)}") from None
-        await self.broadcast_worker_update()
+            raise BrokerError("Field 'worker' must be an object with name, address and type.", code="bad_field")
+        await on_db_thread(pools.add_worker)(
+            name=require_str(spec, "name"),
+            address=require_str(spec, "address"),
+            query_type=require_str(spec, "type"),
+            wire_format=require_str(spec, "wire_format", required=False, default="predict"),
+            model=require_str(spec, "model", required=False),
+            acting_user=self.user,
+        )
 
     async def remove_worker(self, content):
-        name = require_str(content, "worker_name")
-        if not await on_db_thread(pools.remove_worker)(name):
-            raise BrokerError(f"No worker named '{name}'.")
-        await self.broadcast_worker_update()
+        await on_db_thread(pools.remove_worker)(require_str(content, "worker_name"), acting_user=self.user)
 
     async def ban_user(self, content):
         user = await on_db_thread(set_banned)(
             require_str(content, "user_guid"), True, acting_user=self.user
         )
-        await close_banned_sockets(user.guid)
         await self.send_json({"type": "user_banned", "guid": user.guid})
 
     async def unban_user(self, content):
@@ -219,15 +198,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         group = BROADCAST_GROUP
         if realm_name:
             group = (await on_db_thread(find_realm)(realm_name)).group_name
-        await self.channel_layer.group_send(
-            group, {"type": "send.frame", "frame": {"type": "sysop_message", "message": message}}
-        )
-
-    async def broadcast_worker_update(self):
-        workers = await on_db_thread(pools.list_workers)()
-        await self.channel_layer.group_send(
-            BROADCAST_GROUP, {"type": "send.frame", "frame": {"type": "worker_update", "workers": workers}}
-        )
+        await self.channel_layer.group_send(group, frame_event({"type": "sysop_message", "message": message}))
 
     handlers = {
         "submit_query": submit_query,
@@ -246,6 +217,18 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     sysop_only = frozenset(
         {"get_stats", "add_worker", "remove_worker", "ban_user", "unban_user", "terminate_query", "sysop_message"}
     )
+
+
+def decode_frame(raw: str | bytes) -> object:
+    """Return the JSON of a frame within the size limit, or refuse it."""
+    if len(raw) > settings.RENTAHAL_MAX_FRAME_BYTES:
+        raise BrokerError(
+            f"Frame of {len(raw)} bytes is over the {settings.RENTAHAL_MAX_FRAME_BYTES}-byte limit.", code="frame_too_large"
+        )
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BrokerError(f"Malformed JSON: {exc}", code="malformed") from None
 
 
 def gather_system_stats() -> dict:

@@ -1,8 +1,30 @@
-"""Refusals with a stable code, rendered in exactly two places: the consumer and DRF."""
+"""Refusals with a stable code, rendered in exactly two places: `error_frame` for the /ws
+consumer and `drf_exception_handler` for the APIs.
+
+A refusal is a `BrokerError` (or a subclass) with a `code` a program can branch on, an HTTP
+status and a message a person can read; `Invalid` adds the fields at fault. DRF's own errors
+(a serializer's ValidationError, NotAuthenticated, PermissionDenied, NotFound, ParseError,
+...) are turned into the same shape, so every API answers a refusal with
+
+    {"error": {"code": "invalid", "message": "query_type: ...", "fields": {"query_type": ["..."]}}}
+
+(`fields` only when fields are at fault), and the socket with
+
+    {"type": "error", "code": "invalid", "message": "query_type: ...", "fields": {...}}
+
+The same refusal has the same code through every door: a serializer's ValidationError and a
+model's `full_clean` are both `invalid`, DRF's permission_denied is `forbidden`, a body or
+frame that does not parse is `malformed`.
+"""
 import logging
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.settings import api_settings
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +40,36 @@ class BrokerError(Exception):
         self.message = message
         if code is not None:
             self.code = code
+
+    @property
+    def fields(self) -> dict[str, list[str]]:
+        return {}
+
+
+class Invalid(BrokerError):
+    """Input that breaks a rule, with the messages for each field at fault."""
+
+    code = "invalid"
+
+    def __init__(self, message: str = "", *, fields: dict[str, list[str]] | None = None, code: str | None = None):
+        self._fields = {field: list(messages) for field, messages in (fields or {}).items()}
+        super().__init__(message or describe_fields(self._fields), code=code)
+
+    @property
+    def fields(self) -> dict[str, list[str]]:
+        return self._fields
+
+    @classmethod
+    def from_django(cls, error: DjangoValidationError) -> "Invalid":
+        """Convert a model's `full_clean` (or a validator's) ValidationError; `__all__` errors
+        are filed under DRF's non-field key, as a serializer files its own."""
+        if hasattr(error, "message_dict"):
+            fields = {
+                api_settings.NON_FIELD_ERRORS_KEY if field == "__all__" else field: messages
+                for field, messages in error.message_dict.items()
+            }
+            return cls(fields=fields)
+        return cls(" ".join(error.messages))
 
 
 class NotFound(BrokerError):
@@ -35,8 +87,72 @@ class Unavailable(BrokerError):
     http_status = 503
 
 
+def describe_fields(fields: dict[str, list[str]]) -> str:
+    """Return one readable line for field errors: `name: msg; other: msg` (non-field errors bare)."""
+    return "; ".join(
+        " ".join(messages) if field == api_settings.NON_FIELD_ERRORS_KEY else f"{field}: {' '.join(messages)}"
+        for field, messages in fields.items()
+    )
+
+
+def error_body(error: BrokerError) -> dict:
+    body = {"code": error.code, "message": error.message}
+    if error.fields:
+        body["fields"] = error.fields
+    return body
+
+
+def error_frame(error: BrokerError) -> dict:
+    """Return the WebSocket `error` frame for a refusal (classic clients read `message`)."""
+    return {"type": "error", **error_body(error)}
+
+
+# DRF's codes for refusals the broker names otherwise, so both say the same thing.
+DRF_CODES = {"permission_denied": Forbidden.code, "parse_error": "malformed"}
+
+
+def flatten_detail(detail, prefix: str = "") -> dict[str, list[str]]:
+    """Return a DRF error detail as field → messages, nested fields joined with dots
+    (`weights.alpha`), the way `Invalid.fields` keeps them."""
+    if isinstance(detail, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            flat.update(flatten_detail(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(detail, list) and any(isinstance(item, (dict, list)) for item in detail):
+        flat = {}
+        for index, item in enumerate(detail):
+            if item:
+                flat.update(flatten_detail(item, f"{prefix}.{index}" if prefix else str(index)))
+        return flat
+    messages = [str(item) for item in detail] if isinstance(detail, list) else [str(detail)]
+    return {prefix or api_settings.NON_FIELD_ERRORS_KEY: messages}
+
+
+def as_broker_error(exc: exceptions.APIException) -> BrokerError:
+    """Return DRF's exception as the refusal it is."""
+    if isinstance(exc, exceptions.ValidationError):
+        return Invalid(fields=flatten_detail(exc.detail))
+    error = BrokerError(str(exc.detail), code=DRF_CODES.get(exc.default_code, exc.default_code))
+    error.http_status = exc.status_code
+    return error
+
+
 def drf_exception_handler(exc, context):
+    """Render every refusal of the APIs as `{"error": {...}}`; anything else is a server error."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
     if isinstance(exc, BrokerError):
-        logger.info("refused %s: %s", exc.code, exc.message)
-        return Response({"error": exc.message, "code": exc.code}, status=exc.http_status)
-    return exception_handler(exc, context)
+        set_rollback()
+        error, response = exc, Response()
+    elif isinstance(exc, exceptions.APIException):
+        # DRF's handler sets its headers (WWW-Authenticate, Retry-After) and rolls back.
+        error, response = as_broker_error(exc), exception_handler(exc, context)
+    else:
+        return None
+    logger.info("refused %s: %s", error.code, error.message)
+    response.data = {"error": error_body(error)}
+    response.status_code = error.http_status
+    return response

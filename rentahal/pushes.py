@@ -1,6 +1,38 @@
-"""Pushes to a user's sockets through the channel layer: the group every tab joins, and the
-events the /ws consumer handles. Best effort by design; Postgres stays the record."""
+"""The one way a change reaches open sockets and subscribers: channel-layer groups and the
+events sent to them. Best effort by design (channel layers drop messages); Postgres stays
+the record, and a subscriber that missed an event re-reads what it shows.
+
+Actions publish what they changed with `send_event_on_commit`, never before their
+transaction commits (Zulip's `send_event_on_commit`), so no one is told of a change that was
+rolled back or sees the old rows when it re-reads. Callers are sync code, on any thread.
+
+Groups and their events (an event's `type` names the consumer method that handles it,
+dots becoming underscores):
+
+| group | event | sent when |
+|---|---|---|
+| `user.<guid>` (`user_group`) | `send.frame` `{"frame": {...}}` | a job pushes a frame to every tab of the user |
+| `user.<guid>` | `user.banned` | the user was banned: each socket says so and closes |
+| `broadcast` (`BROADCAST_GROUP`) | `send.frame` `{"frame": {...}}` | every open /ws socket: `worker_update`, `sysop_message` |
+| `events.pools` (`POOL_EVENTS`) | `worker.changed`, `pool.changed` | a worker or a pool alias was saved or deleted |
+| `events.realms` (`REALM_EVENTS`) | `realm.changed` | a realm or its backups were saved, or it was deleted |
+
+A `*.changed` event reads `{"type": ..., "op": "saved" | "deleted", "name": ..., "by": ...}`
+(`by` from `rentahal.actors.describe_actor`; a pool adds its `realm`): enough for a staff
+dashboard or an agent tool that joined the group to re-read the one object that changed.
+"""
+import logging
+from collections.abc import Callable
+
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+BROADCAST_GROUP = "broadcast"
+POOL_EVENTS = "events.pools"
+REALM_EVENTS = "events.realms"
 
 
 def user_group(guid: str) -> str:
@@ -13,6 +45,23 @@ async def push_frame(guid: str, frame: dict) -> None:
     await get_channel_layer().group_send(user_group(guid), {"type": "send.frame", "frame": frame})
 
 
-async def close_banned_sockets(guid: str) -> None:
-    """Tell every socket of a user just banned to say so and close."""
-    await get_channel_layer().group_send(user_group(guid), {"type": "user.banned"})
+def frame_event(frame: dict) -> dict:
+    """Return the event that has every socket of a group send `frame` as it is."""
+    return {"type": "send.frame", "frame": frame}
+
+
+def send_event_on_commit(group: str, event: dict | Callable[[], dict], *, using: str) -> None:
+    """Send `event` to `group` once the transaction on `using` commits (at once outside one).
+
+    Give a callable to build the event after the commit, from the committed rows (the
+    worker list of a `worker_update`). A failed send is logged, never raised: the change it
+    reports has already committed.
+    """
+    transaction.on_commit(lambda: send_event(group, event() if callable(event) else event), using=using, robust=True)
+
+
+def send_event(group: str, event: dict) -> None:
+    """Send `event` to `group` from sync code: on the caller's event loop when it is a
+    consumer's database thread, on a loop of its own from a command or a job."""
+    async_to_sync(get_channel_layer().group_send)(group, event)
+    logger.debug("sent %s to %s", event["type"], group)

@@ -22,30 +22,30 @@ def query(**fields) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("raw", "message"),
+    ("raw", "code", "message"),
     [
-        ("{not json", "Malformed JSON"),
-        ("[1, 2]", "JSON object with a string 'type'"),
-        ('{"type": 7}', "JSON object with a string 'type'"),
-        ('{"type": "launch_missiles"}', "Unknown frame type 'launch_missiles'"),
-        ('{"type": "submit_query"}', "Field 'query' must be an object"),
-        ('{"type": "submit_query", "query": {"query_type": "chat"}}', "Missing field 'prompt'"),
-        ('{"type": "submit_query", "query": {"prompt": "hi"}}', "Missing field 'query_type'"),
-        ('{"type": "submit_query", "query": {"prompt": 5, "query_type": "chat"}}', "Field 'prompt' must be a string"),
-        ('{"type": "submit_query", "query": {"prompt": "hi", "query_type": "telepathy"}}', "Unknown query type 'telepathy'"),
-        ('{"type": "submit_query", "query": {"prompt": "hi", "query_type": "chat", "model_type": "oracle"}}', "Unknown model type 'oracle'"),
-        ('{"type": "submit_query", "query": {"prompt": "what is this", "query_type": "vision"}}', "A vision query needs an 'image'"),
-        ('{"type": "submit_query", "query": {"prompt": "x", "query_type": "vision", "image": "@@not base64@@"}}', "not valid base64"),
-        ('{"type": "set_nickname"}', "Missing field 'nickname'"),
+        ("{not json", "malformed", "Malformed JSON"),
+        ("[1, 2]", "bad_frame", "JSON object with a string 'type'"),
+        ('{"type": 7}', "bad_frame", "JSON object with a string 'type'"),
+        ('{"type": "launch_missiles"}', "unknown_frame_type", "Unknown frame type 'launch_missiles'"),
+        ('{"type": "submit_query"}', "bad_field", "Field 'query' must be an object"),
+        ('{"type": "submit_query", "query": {"query_type": "chat"}}', "missing_field", "Missing field 'prompt'"),
+        ('{"type": "submit_query", "query": {"prompt": "hi"}}', "missing_field", "Missing field 'query_type'"),
+        ('{"type": "submit_query", "query": {"prompt": 5, "query_type": "chat"}}', "bad_field", "Field 'prompt' must be a string"),
+        ('{"type": "submit_query", "query": {"prompt": "hi", "query_type": "telepathy"}}', "unknown_query_type", "Unknown query type 'telepathy'"),
+        ('{"type": "submit_query", "query": {"prompt": "hi", "query_type": "chat", "model_type": "oracle"}}', "unknown_model_type", "Unknown model type 'oracle'"),
+        ('{"type": "submit_query", "query": {"prompt": "what is this", "query_type": "vision"}}', "missing_field", "A vision query needs an 'image'"),
+        ('{"type": "submit_query", "query": {"prompt": "x", "query_type": "vision", "image": "@@not base64@@"}}', "bad_field", "not valid base64"),
+        ('{"type": "set_nickname"}', "missing_field", "Missing field 'nickname'"),
     ],
 )
-async def test_bad_frame_gets_error_naming_the_problem(raw, message, alice, default_realms, connect):
+async def test_bad_frame_gets_error_naming_the_problem(raw, code, message, alice, default_realms, connect):
     client = await connect(alice.guid)
 
     await client.send_text(raw)
     error = await client.receive()
 
-    assert error["type"] == "error"
+    assert (error["type"], error["code"]) == ("error", code)
     assert message in error["message"]
     await assert_still_usable(client)
     await assert_nothing_written()
@@ -58,7 +58,7 @@ async def test_prompt_over_the_limit_is_refused(alice, default_realms, connect, 
     await client.send(query(prompt="x" * 101))
     error = await client.receive()
 
-    assert error == {"type": "error", "message": "Prompt is 101 characters; the limit is 100."}
+    assert error == {"type": "error", "code": "prompt_too_long", "message": "Prompt is 101 characters; the limit is 100."}
     await assert_still_usable(client)
     await assert_nothing_written()
 
@@ -70,7 +70,7 @@ async def test_frame_over_the_size_limit_is_refused(alice, default_realms, conne
     await client.send(query(prompt="x" * 2000))
     error = await client.receive()
 
-    assert error["type"] == "error"
+    assert (error["type"], error["code"]) == ("error", "frame_too_large")
     assert "over the 1000-byte limit" in error["message"]
     await assert_still_usable(client)
     await assert_nothing_written()
@@ -82,7 +82,7 @@ async def test_query_for_a_type_with_no_realm_is_refused(alice, db, connect):
     await client.send(query())
     error = await client.receive()
 
-    assert error == {"type": "error", "message": "No realm serves chat queries."}
+    assert error == {"type": "error", "code": "no_realm", "message": "No realm serves chat queries."}
     await assert_nothing_written()
 
 

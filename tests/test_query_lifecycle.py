@@ -48,6 +48,7 @@ async def test_vision_chunk_with_missing_fields_is_refused(alice, connect):
 
     assert await client.receive() == {
         "type": "error",
+        "code": "bad_chunk",
         "message": "A vision_chunk needs chunk_id, total_chunks, chunk_data and image_id.",
     }
 

@@ -55,7 +55,7 @@ async def test_unknown_but_well_formed_cookie_creates_that_user(connect):
 async def test_banned_user_gets_error_and_is_closed(banned_user, connect):
     client = await connect(banned_user.guid, greeting=False)
 
-    assert await client.receive() == {"type": "error", "message": "You are banned from this service."}
+    assert await client.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}
     assert (await client.communicator.receive_output(timeout=2))["type"] == "websocket.close"
 
 
@@ -74,7 +74,7 @@ async def test_nickname_clash_is_refused(alice, bob, connect):
 
     await client.send({"type": "set_nickname", "nickname": "bob"})
 
-    assert await client.receive() == {"type": "error", "message": "Nickname already taken"}
+    assert await client.receive() == {"type": "error", "code": "nickname_taken", "message": "Nickname already taken"}
     assert (await sync_to_async(User.objects.get)(pk=alice.guid)).nickname == "alice"
 
 
@@ -96,7 +96,9 @@ async def test_sysop_only_frames_are_refused_to_other_users(frame, alice, connec
 
     await client.send(frame)
 
-    assert await client.receive() == {"type": "error", "message": f"'{frame['type']}' is for sysops only."}
+    assert await client.receive() == {
+        "type": "error", "code": "forbidden", "message": f"'{frame['type']}' is for sysops only.",
+    }
 
 
 async def test_sysop_ban_closes_every_socket_of_the_banned_user(sysop, alice, connect):
@@ -106,8 +108,17 @@ async def test_sysop_ban_closes_every_socket_of_the_banned_user(sysop, alice, co
     await sysop_tab.send({"type": "ban_user", "user_guid": alice.guid})
 
     assert await sysop_tab.receive() == {"type": "user_banned", "guid": alice.guid}
-    assert await alice_tab.receive() == {"type": "error", "message": "You are banned from this service."}
+    assert await alice_tab.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}
     assert (await sync_to_async(User.objects.get)(pk=alice.guid)).is_banned
+
+
+async def test_sysop_cannot_ban_themselves(sysop, connect):
+    sysop_tab = await connect(sysop.guid)
+
+    await sysop_tab.send({"type": "ban_user", "user_guid": sysop.guid})
+
+    assert await sysop_tab.receive() == {"type": "error", "code": "ban_self", "message": "A sysop cannot ban themselves."}
+    assert not (await sync_to_async(User.objects.get)(pk=sysop.guid)).is_banned
 
 
 async def test_sysop_unban_lets_the_user_back_in(sysop, banned_user, connect):
@@ -140,8 +151,9 @@ async def test_add_worker_with_bad_fields_names_them(sysop, connect):
     await client.send({"type": "add_worker", "worker": {"name": "w", "address": "127.0.0.1:1", "type": "telepathy"}})
     error = await client.receive()
 
-    assert error["type"] == "error"
-    assert error["message"].startswith("Worker not added: query_type:")
+    assert error["code"] == "invalid"
+    assert list(error["fields"]) == ["query_type"]
+    assert error["message"] == "query_type: Value 'telepathy' is not a valid choice."
 
 
 async def test_sysop_message_reaches_every_connected_user(sysop, alice, bob, connect):
@@ -171,4 +183,4 @@ async def test_query_from_a_user_banned_after_connecting_is_refused_even_if_the_
 
     await client.send({"type": "submit_query", "query": {"prompt": "hi", "query_type": "chat"}})
 
-    assert await client.receive() == {"type": "error", "message": "You are banned from this service."}
+    assert await client.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}

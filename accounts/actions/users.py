@@ -1,4 +1,5 @@
-"""Every write to users: creation (the first user is sysop), nicknames and bans.
+"""Every write to users: creation (the first user is sysop), nicknames and bans; the actor
+of a ban is the keyword-only `acting_user` of `rentahal.actors`.
 
 Each write runs inside `rentahal.sharding.writing_for`, which resolves the user's shard
 under the prefix's fence, so a shard move never loses a write or lets one land on the old
@@ -10,7 +11,9 @@ import uuid
 from django.db import IntegrityError, transaction
 
 from accounts.models import FoundingUser, User
-from rentahal.errors import BrokerError, Forbidden, NotFound
+from rentahal.actors import describe_actor
+from rentahal.errors import BrokerError, NotFound
+from rentahal.pushes import send_event_on_commit, user_group
 from rentahal.sharding import serialised_across_shards, shard_aliases, shard_for_guid, writing_for
 
 logger = logging.getLogger(__name__)
@@ -18,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 def default_nickname(guid: str) -> str:
     return f"user_{guid[:8]}"
+
+
+# The cookie a browser keeps its user's guid in (the classic client's name for it).
+GUID_COOKIE = "user_guid"
 
 
 def normalise_guid(raw: str | None) -> str | None:
@@ -81,21 +88,22 @@ def set_nickname(user: User, nickname: str) -> User:
     return user
 
 
-def set_banned(guid: str, is_banned: bool, *, acting_user: User) -> User:
-    if not acting_user.is_sysop:
-        raise Forbidden("Only a sysop may ban or unban users.")
+def set_banned(guid: str, is_banned: bool, *, acting_user) -> User:
+    """Ban or unban a user; once committed, a ban closes every open socket of theirs.
+
+    The one ban action, for the sysop's `ban_user`/`unban_user` frames and the admin's
+    actions: who may ban is their check (sysop-only frames, the admin's permissions); the
+    rule here is about the target, so a sysop cannot lock themselves out.
+    """
     user = find_user(guid)
-    if user.pk == acting_user.pk and is_banned:
+    if is_banned and isinstance(acting_user, User) and acting_user.pk == user.pk:
         raise BrokerError("A sysop cannot ban themselves.", code="ban_self")
-    return store_ban(user, is_banned)
-
-
-def store_ban(user: User, is_banned: bool) -> User:
-    """Write the ban flag; callers have checked who may (a sysop, or staff in the admin)."""
     with writing_for(user.guid) as alias:
         User.objects.using(alias).filter(pk=user.pk).update(is_banned=is_banned)
+        if is_banned:
+            send_event_on_commit(user_group(user.guid), {"type": "user.banned"}, using=alias)
     user.is_banned = is_banned
-    logger.info("user %s %s", user.guid, "banned" if is_banned else "unbanned")
+    logger.info("user %s %s by %s", user.guid, "banned" if is_banned else "unbanned", describe_actor(acting_user))
     return user
 
 

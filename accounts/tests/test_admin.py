@@ -66,5 +66,5 @@ async def test_staff_ban_closes_every_open_socket_of_the_user(admin_client, alic
         {"action": "ban_users", "_selected_action": [alice.guid]},
     )
 
-    assert await tab.receive() == {"type": "error", "message": "You are banned from this service."}
+    assert await tab.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}
     assert (await tab.communicator.receive_output(timeout=2))["type"] == "websocket.close"

@@ -45,6 +45,11 @@ class ModelServerError(Exception):
     - "rate_limited": 429, with `retry_after` seconds when the server said so;
     - "auth": 401/403, the server will not serve us until an operator acts;
     - "client": 4xx for a bad request: the same request fails everywhere, so no retry.
+
+    Not a `rentahal.errors.BrokerError`: it is why a call failed, which dispatch retries on
+    another worker or turns into a failed query, never a refusal of what a client asked.
+    It carries a stable `code` all the same (`model_server`, `model_timeout`, ...), for
+    whoever reports the failure.
     """
 
     RETRYABLE = frozenset({"server", "timeout", "rate_limited", "auth"})
@@ -55,6 +60,10 @@ class ModelServerError(Exception):
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+
+    @property
+    def code(self) -> str:
+        return f"model_{self.kind}"
 
     @property
     def is_server_fault(self) -> bool:

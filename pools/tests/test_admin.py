@@ -2,7 +2,7 @@
 import pytest
 
 from pools import actions, state
-from pools.models import PoolAlias
+from pools.models import PoolAlias, Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -84,3 +84,57 @@ def test_admin_refuses_a_bad_alias_name(admin_client, chat_pool):
     response = admin_client.post("/admin/pools/poolalias/add/", form)
 
     assert "A pool alias is $ followed by capital letters" in response.content.decode()
+
+
+def test_admin_saves_a_pool_with_its_members_and_weights(admin_client, chat_pool):
+    alpha = chat_pool.memberships.get(worker__name="alpha").worker
+    form = add_form(**{"memberships-TOTAL_FORMS": "1", "memberships-0-worker": str(alpha.pk), "memberships-0-weight": "3"})
+
+    response = admin_client.post("/admin/pools/poolalias/add/", form)
+
+    assert response.status_code == 302
+    pool = PoolAlias.objects.get(name="$NEW")
+    assert list(pool.memberships.values_list("worker__name", "weight")) == [("alpha", 3)]
+
+
+def test_admin_removes_a_member_marked_for_deletion(admin_client, chat_pool):
+    seats = {seat.worker.name: seat for seat in chat_pool.memberships.select_related("worker")}
+    form = add_form(name="$CHAT", strategy="health", **{
+        "memberships-TOTAL_FORMS": "2", "memberships-INITIAL_FORMS": "2",
+        "memberships-0-id": str(seats["alpha"].pk), "memberships-0-pool": str(chat_pool.pk),
+        "memberships-0-worker": str(seats["alpha"].worker.pk), "memberships-0-weight": "1",
+        "memberships-1-id": str(seats["beta"].pk), "memberships-1-pool": str(chat_pool.pk),
+        "memberships-1-worker": str(seats["beta"].worker.pk), "memberships-1-weight": "1", "memberships-1-DELETE": "on",
+    })
+
+    response = admin_client.post(f"/admin/pools/poolalias/{chat_pool.pk}/change/", form)
+
+    assert response.status_code == 302
+    assert list(chat_pool.memberships.values_list("worker__name", flat=True)) == ["alpha"]
+
+
+def test_admin_saves_a_workers_specializations(admin_client, chat_pool):
+    alpha = Worker.objects.get(name="alpha")
+    form = {
+        "name": "alpha", "address": alpha.address, "query_type": "chat", "wire_format": alpha.wire_format,
+        "model": alpha.model, "api_key": "", "realm": "", "health_score": "100", "max_concurrency": "2",
+        "specializations-TOTAL_FORMS": "1", "specializations-INITIAL_FORMS": "0",
+        "specializations-MIN_NUM_FORMS": "0", "specializations-MAX_NUM_FORMS": "1000",
+        "specializations-0-topic": "code", "specializations-0-keywords": '["python", "django"]',
+    }
+
+    response = admin_client.post(f"/admin/pools/worker/{alpha.pk}/change/", form)
+
+    assert response.status_code == 302
+    alpha.refresh_from_db()
+    assert alpha.max_concurrency == 2
+    assert list(alpha.specializations.values_list("topic", "keywords")) == [("code", ["python", "django"])]
+
+
+def test_admin_deletes_selected_pools(admin_client, chat_pool):
+    response = admin_client.post(
+        "/admin/pools/poolalias/", {"action": "delete_selected", "_selected_action": [chat_pool.pk], "post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert not PoolAlias.objects.exists()

@@ -47,7 +47,9 @@ def test_a_bad_pool_gets_a_clear_validation_error(fields, field, message, admin_
     response = create(admin_client, **fields)
 
     assert response.status_code == 400
-    assert message in " ".join(response.json()[field])
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert message in " ".join(error["fields"][field])
     assert not PoolAlias.objects.exists()
 
 

@@ -54,4 +54,4 @@ async def test_sysop_message_to_an_unknown_realm_is_an_error(default_realms, sys
 
     await operator.send({"type": "sysop_message", "message": "hi", "realm": "$NOPE"})
 
-    assert await operator.receive() == {"type": "error", "message": "Unknown realm '$NOPE'."}
+    assert await operator.receive() == {"type": "error", "code": "unknown_realm", "message": "Unknown realm '$NOPE'."}

@@ -115,8 +115,8 @@ def test_deleting_a_primary_realm_is_refused_and_changes_nothing(as_sysop):
     response = as_sysop.delete("/api/realms/$CHAT/")
 
     assert response.status_code == 400
-    assert response.json()["code"] == "realm_is_primary"
-    assert "primary realm for chat" in response.json()["error"]
+    assert response.json()["error"]["code"] == "realm_is_primary"
+    assert "primary realm for chat" in response.json()["error"]["message"]
     assert Realm.objects.get(name="$CHAT").query_type == "chat"
 
 
@@ -128,8 +128,8 @@ def test_a_backup_chain_that_loops_is_refused_and_changes_nothing(as_sysop):
     response = as_sysop.patch("/api/realms/$IMAGINE_2/", {"backups": {"imagine": ["$IMAGINE"]}}, format="json")
 
     assert response.status_code == 400
-    assert response.json()["code"] == "backup_loop"
-    assert "$IMAGINE_2 → $IMAGINE → $IMAGINE_2" in response.json()["error"]
+    assert response.json()["error"]["code"] == "backup_loop"
+    assert "$IMAGINE_2 → $IMAGINE → $IMAGINE_2" in response.json()["error"]["message"]
     assert list(RealmBackup.objects.values_list("realm__name", "backup__name")) == [("$IMAGINE", "$IMAGINE_2")]
 
 
@@ -151,7 +151,8 @@ def test_bad_realm_input_is_refused_and_changes_nothing(as_sysop, payload, field
     response = as_sysop.post("/api/realms/", payload, format="json")
 
     assert response.status_code == 400
-    assert message in " ".join(response.json()[field])
+    assert response.json()["error"]["code"] == "invalid"
+    assert message in " ".join(response.json()["error"]["fields"][field])
     assert list(Realm.objects.values_list("name", "query_type")) == before
 
 
@@ -159,7 +160,8 @@ def test_a_primary_realm_cannot_drop_its_type(as_sysop):
     response = as_sysop.patch("/api/realms/$CHAT/", {"primary_query_type": "imagine"}, format="json")
 
     assert response.status_code == 400
-    assert "leave chat queries with no realm" in response.json()["error"]
+    assert response.json()["error"]["code"] == "invalid"
+    assert "leave chat queries with no realm" in response.json()["error"]["message"]
     assert Realm.objects.get(name="$CHAT").query_type == "chat"
     assert Realm.objects.get(name="$IMAGINE").query_type == "imagine"
 
@@ -168,4 +170,4 @@ def test_unknown_realm_is_not_found(as_sysop):
     response = as_sysop.get("/api/realms/$NOPE/")
 
     assert response.status_code == 404
-    assert response.json()["error"] == "Unknown realm '$NOPE'."
+    assert response.json() == {"error": {"code": "unknown_realm", "message": "Unknown realm '$NOPE'."}}

@@ -57,6 +57,7 @@ async def test_when_the_realm_and_its_backups_are_full_the_user_is_told(imagine_
 
     assert refused == {
         "type": "error",
+        "code": "realm_full",
         "message": "The $IMAGINE realm is full and so are its backups ($IMAGINE_2); try again shortly.",
     }
     assert await sync_to_async(count_queries)() == 2

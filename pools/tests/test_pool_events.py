@@ -1,0 +1,56 @@
+"""Changes to workers and pools are published on the `events.pools` group once committed,
+for dashboards and agent tools that subscribe (rentahal.pushes)."""
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from pools import actions
+from rentahal.errors import Invalid
+from rentahal.pushes import POOL_EVENTS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def subscriber():
+    """A channel joined to `events.pools`; returns the next event it gets."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(POOL_EVENTS, channel)
+
+    async def next_event() -> dict:
+        return await asyncio.wait_for(layer.receive(channel), timeout=5)
+
+    yield next_event
+    await layer.group_discard(POOL_EVENTS, channel)
+
+
+async def test_a_worker_saved_and_removed_is_published(subscriber):
+    await database_sync_to_async(actions.add_worker)(name="alpha", address="127.0.0.1:1", query_type="chat")
+    await database_sync_to_async(actions.remove_worker)("alpha")
+
+    assert await subscriber() == {"type": "worker.changed", "op": "saved", "name": "alpha", "by": "system"}
+    assert await subscriber() == {"type": "worker.changed", "op": "deleted", "name": "alpha", "by": "system"}
+
+
+async def test_a_pool_created_changed_and_deleted_is_published_with_who_did_it(subscriber, admin_user):
+    await database_sync_to_async(actions.add_worker)(name="alpha", address="127.0.0.1:1", query_type="chat")
+    await subscriber()
+
+    pool = await database_sync_to_async(actions.create_pool)("$CHAT", query_type="chat", members=["alpha"], acting_user=admin_user)
+    pool.strategy = "least_busy"
+    await database_sync_to_async(actions.save_pool)(pool, acting_user=admin_user)
+    await database_sync_to_async(actions.delete_pool)(pool, acting_user=admin_user)
+
+    saved = {"type": "pool.changed", "op": "saved", "name": "$CHAT", "realm": "", "by": "staff admin"}
+    assert [await subscriber() for _ in range(3)] == [saved, saved, {**saved, "op": "deleted"}]
+
+
+async def test_a_refused_pool_publishes_nothing(subscriber):
+    with pytest.raises(Invalid):
+        await database_sync_to_async(actions.create_pool)("$CHAT", query_type="chat", members=["ghost"])
+
+    with pytest.raises(asyncio.TimeoutError):
+        await subscriber()
