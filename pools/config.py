@@ -56,6 +56,16 @@ def load_snapshot(version: str) -> Snapshot:
 snapshot_cache: VersionedCache[Snapshot] = VersionedCache("pools:config:version", load_snapshot)
 
 
+def serving_workers(realm: str, query_type: str | None) -> list[str]:
+    """Return the names of healthy workers that serve `query_type` (any type if None) in the realm.
+
+    Read from the process's pool snapshot: accepting a query reports this count in
+    `queue_update`, so it costs no database round trip while the pool configuration is
+    unchanged.
+    """
+    return snapshot_cache.current().serving(realm, query_type)
+
+
 @receiver([post_save, post_delete], sender=Worker)
 @receiver([post_save, post_delete], sender=PoolAlias)
 @receiver([post_save, post_delete], sender=PoolMember)

@@ -1,20 +1,17 @@
 """What operators see of a realm: its workers, pools, queue, backups, metrics and advice."""
 from django.db.models import Q
 
-from pools.config import snapshot_cache
+from pools.config import serving_workers
 from pools.models import PoolAlias, Worker
 from realms.models import Realm, RealmBackup, ScalingAdvice
 from realms.routing import queue_depth
 from rentahal import metrics
 
 
-def available_workers(realm: Realm, query_type: str | None = None) -> list[str]:
-    """Return the names of healthy workers that serve `query_type` (else its primary type) in the realm.
-
-    Read from the process's pool snapshot: accepting a query reports this count, so it
-    costs no database round trip while the pool configuration is unchanged.
-    """
-    return snapshot_cache.current().serving(realm.name, query_type or realm.query_type)
+def available_workers(realm: Realm) -> list[str]:
+    """Return the names of healthy workers of the realm's primary type (any type for a
+    backup-only realm) that serve it."""
+    return serving_workers(realm.name, realm.query_type)
 
 
 def realm_workers(realm: Realm) -> list[dict]:
