@@ -1,12 +1,10 @@
 """What a query costs and the one place that writes a charge (PROTOCOL.md section 4)."""
-import dataclasses
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db.models import Sum
-from django.utils import timezone
 
-from accounts.models import Charge, Query, SystemTotals, User
+from accounts.models import Charge, SystemTotals, User
 from rentahal.sharding import shard_aliases
 
 MICRO = Decimal("0.000001")
@@ -19,57 +17,24 @@ def cost_of(processing_time: float) -> Decimal:
     return (base + Decimal(str(processing_time)) * rate).quantize(MICRO, rounding=ROUND_HALF_UP)
 
 
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    """A query's answer, to store and charge for; `query` is the row `start_queries` returned."""
+def charge_for(rows: str) -> str:
+    """Return the CTEs that charge for the queries the CTE `rows` returns (rows of the
+    queries table, just answered, their `cost` set by `cost_of`): one ledger row each, their
+    users' totals (one update per user) and the shard's totals (one update per batch).
 
-    query: Query
-    result: str
-    result_type: str
-    worker: str
-
-
-def charge(answers: list[Answer], *, using: str) -> list[Query | None]:
-    """Store the answers, mark their queries done and charge for them; return each query as
-    stored, or None where it was already finished (a rerun, or the same query twice).
-
-    One statement for the whole batch, on the shard `using`, outside any transaction
-    (autocommit makes it atomic): it updates the queries that are not finished yet and,
-    for exactly those, inserts the ledger rows, adds to their users' totals (one update
-    per user) and to the shard's totals (one update per batch). Processing time counts
-    from acceptance to now (PROTOCOL.md section 4) and `cost_of` prices it. The unique
-    constraint on `Charge.query` makes a second charge for a query fail the statement
-    instead of counting.
+    The statement that finishes queries (`accounts.actions.queries.finish_queries`) appends
+    them, so an answer and its charge commit together or not at all. The unique constraint
+    on `Charge.query` makes a second charge for a query fail that statement instead of
+    counting.
     """
-    now = timezone.now()
-    unique: dict = {}
-    for answer in answers:
-        unique.setdefault(answer.query.pk, answer)
-    firsts = list(unique.values())
-    times = [(now - answer.query.accepted_at).total_seconds() for answer in firsts]
-    charges, queries, users = (model._meta.db_table for model in (Charge, Query, User))
-    done = Query.objects.using(using).raw(
-        f"""
-        WITH answer AS (
-            SELECT * FROM unnest(
-                %(ids)s::uuid[], %(results)s::text[], %(result_types)s::text[], %(workers)s::text[],
-                %(times)s::float8[], %(costs)s::numeric[]
-            ) AS given (id, result, result_type, worker, processing_time, cost)
-        ), done AS (
-            UPDATE {queries} AS q SET
-                status = %(done)s, result = answer.result, result_type = answer.result_type,
-                worker = answer.worker, finished_at = %(now)s,
-                processing_time = answer.processing_time, cost = answer.cost
-            FROM answer
-            WHERE q.id = answer.id AND q.status <> ALL(%(finished)s::text[])
-            RETURNING q.*
-        ), ledger AS (
+    charges, users = Charge._meta.db_table, User._meta.db_table
+    return f"""ledger AS (
             INSERT INTO {charges} (query_id, user_id, amount, processing_time, created_at)
-            SELECT id, user_id, cost, processing_time, %(now)s FROM done
+            SELECT id, user_id, cost, processing_time, finished_at FROM {rows}
         ), payers AS (
             -- Users are locked in guid order: two batches of different worker processes
             -- that share users would otherwise deadlock on them.
-            SELECT guid FROM {users} WHERE guid IN (SELECT user_id FROM done) ORDER BY guid FOR UPDATE
+            SELECT guid FROM {users} WHERE guid IN (SELECT user_id FROM {rows}) ORDER BY guid FOR UPDATE
         ), user_totals AS (
             UPDATE {users} AS payer SET
                 total_query_time = payer.total_query_time + spent.processing_time,
@@ -77,26 +42,10 @@ def charge(answers: list[Answer], *, using: str) -> list[Query | None]:
                 query_count = payer.query_count + spent.queries
             FROM (
                 SELECT user_id, sum(processing_time) AS processing_time, sum(cost) AS cost, count(*) AS queries
-                FROM done GROUP BY user_id
+                FROM {rows} GROUP BY user_id
             ) AS spent
             WHERE payer.guid = spent.user_id AND payer.guid IN (SELECT guid FROM payers)
-        ), {add_to_system_totals("done")}
-        SELECT * FROM done
-        """,
-        {
-            "ids": [answer.query.pk for answer in firsts],
-            "results": [answer.result for answer in firsts],
-            "result_types": [answer.result_type for answer in firsts],
-            "workers": [answer.worker for answer in firsts],
-            "times": times,
-            "costs": [cost_of(seconds) for seconds in times],
-            "done": Query.Status.DONE,
-            "finished": list(Query.FINISHED),
-            "now": now,
-        },
-    )
-    stored = {query.pk: query for query in done}
-    return [stored.pop(answer.query.pk, None) for answer in answers]
+        ), {add_to_system_totals(rows)}"""
 
 
 def add_to_system_totals(rows: str, *, failed: bool = False) -> str:

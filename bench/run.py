@@ -524,7 +524,7 @@ def measure_in_flight(processes: Processes, sizes: Sizes, fake_url: str, redis_c
     from accounts.actions.queries import accept_query
     from accounts.actions.users import get_or_create_user
     from accounts.models import Query
-    from realms.jobs import enqueue_query
+    from realms.lifecycle import enqueue_query
     from realms.models import Realm
     from rentahal.queues import get_queue
 
@@ -538,8 +538,8 @@ def measure_in_flight(processes: Processes, sizes: Sizes, fake_url: str, redis_c
     ids = []
     for n in range(sizes.in_flight_jobs):
         query = accept_query(user.guid, query_type="chat", prompt=f"in flight {n}", model_type="worker_node",
-                                      model_name="", image="", realm=realm.name,
-                                      on_accepted=lambda accepted: enqueue_query(accepted, realm.queue_name))
+                             model_name="", image="", realm=realm.name)
+        enqueue_query(query, realm.queue_name)
         ids.append(query.id)
     registry = StartedJobRegistry(realm.queue_name, connection=get_queue(realm.queue_name).connection)
     concurrency = sizes.in_flight_concurrency

@@ -1,5 +1,4 @@
-"""Every write to realms (registry, backups), accepting queries into them, and what the
-sysop may do to queries in flight.
+"""Every write to realms (registry, backups); a query's own steps are in `realms.lifecycle`.
 
 A realm's writes take the actor keyword-only (`rentahal.actors`), commit in one durable
 transaction on `default`, publish `realm.changed` once committed (`rentahal.pushes`) and
@@ -8,75 +7,14 @@ import logging
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
 
-from accounts.actions.queries import accept_query, fail_query, unfinished_queries
-from accounts.actions.users import find_user
-from accounts.models import User
-from realms.frames import QuerySubmission
-from realms.jobs import enqueue_query
 from realms.models import Realm, RealmBackup
-from realms.routing import find_backup_loop, route_query
-from realms.status import available_workers
+from realms.routing import find_backup_loop
 from rentahal.actors import describe_actor
-from rentahal.errors import BrokerError, Forbidden, Invalid
+from rentahal.errors import BrokerError, Invalid
 from rentahal.pushes import REALM_EVENTS, send_event_on_commit
-from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
-
-
-def submit_query(guid: str, submission: QuerySubmission) -> dict:
-    """Accept the query into its realm and return the `queue_update` frame for the client."""
-    realm, depth = route_query(submission.query_type)
-    query = accept_query(
-        guid,
-        query_type=submission.query_type,
-        prompt=submission.prompt,
-        model_type=submission.model_type,
-        model_name=submission.model_name,
-        image=submission.image,
-        realm=realm.name,
-        on_accepted=lambda accepted: enqueue_query(accepted, realm.queue_name),
-    )
-    return {
-        "type": "queue_update",
-        "depth": depth + 1,
-        "total": len(available_workers(realm, submission.query_type)),
-        "query_id": str(query.id),
-        "realm": realm.name,
-    }
-
-
-def terminate_queries(guid: str, *, acting_user: User) -> int:
-    """Fail every unfinished query of the user and stop their jobs; return how many ended."""
-    if not acting_user.is_sysop:
-        raise Forbidden("Only a sysop may terminate queries.")
-    target = find_user(guid)
-    ended = 0
-    for query in unfinished_queries(target.guid):
-        stop_job(str(query.id))
-        if fail_query(query.id, error="terminated by the sysop") is not None:
-            ended += 1
-    return ended
-
-
-def stop_job(job_id: str) -> None:
-    """Cancel a job still waiting in its queue.
-
-    A job already running is left to end: its query row is finished first, so whatever it
-    returns is discarded by `finish_queries` and nothing is charged.
-    """
-    try:
-        job = Job.fetch(job_id, connection=get_queue("default").connection)
-    except NoSuchJobError:
-        return
-    if job.get_status(refresh=False) == "queued":
-        try:
-            job.cancel()
-        except InvalidJobOperation:
-            logger.info("job %s started before it could be cancelled", job_id)
 
 
 REALM_FIELDS = ("name", "query_type", "min_workers", "max_workers", "queue_limit")

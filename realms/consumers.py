@@ -11,7 +11,7 @@ from accounts.actions.queries import previous_queries
 from accounts.actions.users import GUID_COOKIE, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
 from accounts.billing import system_totals
 from pools import actions as pools
-from realms import actions as realms
+from realms import lifecycle
 from realms import chunks
 from realms.frames import parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
@@ -133,7 +133,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def submit_query(self, content):
         submission = parse_submission(content.get("query"))
-        frame = await on_db_thread(realms.submit_query)(self.user.guid, submission)
+        frame = await on_db_thread(lifecycle.accept_query)(self.user.guid, submission)
         await self.send_json(frame)
 
     async def vision_chunk(self, content):
@@ -188,7 +188,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def terminate_query(self, content):
         guid = require_str(content, "user_guid")
-        await on_db_thread(realms.terminate_queries)(guid, acting_user=self.user)
+        await on_db_thread(lifecycle.terminate_queries)(guid, acting_user=self.user)
         await self.send_json({"type": "query_terminated", "guid": guid})
 
     async def sysop_message(self, content):

@@ -7,14 +7,15 @@ gone or dead and re-enqueues or fails them.
 import datetime
 import logging
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from accounts.actions.queries import fail_query, unfinished_queries_older_than
-from realms.jobs import enqueue_query
+from accounts.actions.queries import unfinished_queries_older_than
+from realms.lifecycle import enqueue_query, fail_query
 from realms.models import Realm
 from rentahal.queues import get_queue
 
@@ -46,7 +47,7 @@ def reconcile_queries() -> dict[str, int]:
             logger.warning("query %s had no job; re-enqueued on %s", query.id, queue_name)
             enqueue_query(query, queue_name)
             counts["requeued"] += 1
-        elif fail_query(query.id, error=lost_reason(query, status, queue_name)) is not None:
+        elif async_to_sync(fail_query)(query.id, lost_reason(query, status, queue_name)) is not None:
             counts["failed"] += 1
     return counts
 

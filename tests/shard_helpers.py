@@ -5,9 +5,8 @@ import uuid
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from accounts.actions.queries import accept_query, fail_query, finish_queries, start_queries
+from accounts.actions.queries import Answer, Failure, accept_query, fail_queries, finish_queries, start_queries
 from accounts.actions.users import get_or_create_user
-from accounts.billing import Answer
 from rentahal.shard_moves import set_map_entry
 from rentahal.shard_placement import rows_by_prefix
 from rentahal.sharding import publish_token, shard_aliases
@@ -29,13 +28,13 @@ def make_history(guid: str, *, queries: int, failed: int = 0) -> list[str]:
     for number in range(queries + failed):
         query = accept_query(
             user.guid, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
-            image="", realm="$CHAT", on_accepted=lambda query: None,
+            image="", realm="$CHAT",
         )
         [started] = start_queries([query.id])
         if number < queries:
             finish_queries([Answer(started, result="answer", result_type="text", worker="fake")])
         else:
-            fail_query(query.id, error="no")
+            fail_queries([Failure(query.id, "no")])
         ids.append(str(query.id))
     return ids
 

@@ -14,7 +14,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from accounts.actions.queries import accept_query
 from accounts.models import Charge, Query
 from conftest import start_rq_worker, stop_rq_worker
-from realms.jobs import enqueue_query, fail_crashed_query, run_query
+from realms.lifecycle import enqueue_query, fail_crashed_query, run_query
 from realms.models import Realm
 from rentahal.queues import get_queue
 
@@ -28,11 +28,13 @@ def chat_realm() -> Realm:
 def accept_chat(user, prompt: str, *, job_timeout: int | None = None) -> Query:
     """Accept a chat query as the consumer would; `job_timeout` overrides the job's timeout."""
     realm = chat_realm()
-
-    def enqueue(query):
-        if job_timeout is None:
-            enqueue_query(query, realm.queue_name)
-            return
+    query = accept_query(
+        user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
+        realm=realm.name,
+    )
+    if job_timeout is None:
+        enqueue_query(query, realm.queue_name)
+    else:
         get_queue(realm.queue_name).enqueue(
             run_query,
             str(query.id),
@@ -40,11 +42,7 @@ def accept_chat(user, prompt: str, *, job_timeout: int | None = None) -> Query:
             job_timeout=job_timeout,
             on_failure=Callback(fail_crashed_query),
         )
-
-    return accept_query(
-        user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
-        realm=realm.name, on_accepted=enqueue,
-    )
+    return query
 
 
 def wait_until(condition, timeout: float = 30, message: str = "condition") -> None:

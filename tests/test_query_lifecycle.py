@@ -8,13 +8,11 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.utils import timezone
 
-from accounts.actions.queries import accept_query, fail_query, finish_queries, start_queries
+from accounts.actions.queries import Answer, Failure, accept_query, fail_queries, finish_queries, start_queries
 from accounts import billing
-from accounts.billing import Answer
 from accounts.models import Charge, Query
-from realms.actions import submit_query
 from realms.frames import QuerySubmission
-from realms.jobs import run_query
+from realms import lifecycle
 from realms.reconcile import reconcile_queries
 from rentahal.sharding import shard_for_guid
 
@@ -59,7 +57,7 @@ async def test_rerun_of_a_finished_query_charges_nothing(rq_worker, fake_server,
     await client.send({"type": "submit_query", "query": {"prompt": "once", "query_type": "chat"}})
     query_id = (await client.receive_until("query_result"))[-1]["query_id"]
 
-    outcome = await run_query(query_id)
+    outcome = await lifecycle.run_query(query_id)
 
     assert outcome == "already finished"
     assert await sync_to_async(Charge.objects.filter(query_id=query_id).count)() == 1
@@ -69,7 +67,7 @@ def accept_without_enqueueing(user, prompt: str) -> Query:
     """Simulate a crash between the commit of the query row and its enqueue."""
     query = accept_query(
         user.guid, query_type="chat", prompt=prompt, model_type="worker_node", model_name="", image="",
-        realm="$CHAT", on_accepted=lambda accepted: None,
+        realm="$CHAT",
     )
     Query.objects.filter(pk=query.pk).update(accepted_at=timezone.now() - datetime.timedelta(minutes=5))
     return query
@@ -103,7 +101,7 @@ def test_reconciler_fails_a_query_lost_too_often(default_realms, alice):
 def test_reconciler_leaves_recent_queries_alone(default_realms, alice):
     accept_query(
         alice.guid, query_type="chat", prompt="just now", model_type="worker_node", model_name="", image="",
-        realm="$CHAT", on_accepted=lambda accepted: None,
+        realm="$CHAT",
     )
 
     assert reconcile_queries() == {"requeued": 0, "failed": 0}
@@ -115,7 +113,7 @@ def test_accepting_a_query_is_one_statement_on_the_users_shard(default_realms, a
 
     # The ban check is in the insert, and one statement needs no BEGIN or COMMIT.
     with django_assert_num_queries(1, connection=shard):
-        frame = submit_query(alice.guid, submission)
+        frame = lifecycle.accept_query(alice.guid, submission)
 
     stored = Query.objects.get(pk=frame["query_id"])
     assert (frame["type"], frame["realm"], frame["depth"]) == ("queue_update", "$CHAT", 1)
@@ -154,7 +152,7 @@ def test_finishing_a_finished_query_writes_nothing(default_realms, alice):
     finish_queries([Answer(query, result="first", result_type="text", worker="fake")])
 
     [again] = finish_queries([Answer(query, result="second", result_type="text", worker="fake")])
-    failed = fail_query(query.pk, error="late")
+    [failed] = fail_queries([Failure(query.pk, "late")])
 
     assert again is None and failed is None
     assert Query.objects.get(pk=query.pk).result == "first"

@@ -30,14 +30,14 @@ def previous_queries(user: User) -> list[dict]:
 
 
 def accept_query(
-    guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str, on_accepted
+    guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str
 ) -> Query:
-    """Write the query row and run `on_accepted(query)` once the row is committed.
+    """Write the query row, with status `accepted`, and return it once it is committed.
 
-    The row exists before any job does, so an acknowledged query is never only in Redis.
-    The user's ban is checked by the insert itself (it selects from the user's row), so a
-    ban committed before it always refuses, whatever pushes to the user's sockets were
-    lost, and accepting costs one statement.
+    The caller enqueues its job only after this returns, so an acknowledged query is never
+    only in Redis. The user's ban is checked by the insert itself (it selects from the
+    user's row), so a ban committed before it always refuses, whatever pushes to the user's
+    sockets were lost, and accepting costs one statement.
     """
     query = Query(
         id=new_query_id(guid),
@@ -52,7 +52,6 @@ def accept_query(
     with writing_for_each([guid]) as by_alias:
         inserted = insert_if_user_may_query(query, using=next(iter(by_alias)))
     if inserted:
-        on_accepted(query)
         return query
     if find_user(guid).is_banned:
         raise Forbidden("You are banned from this service.")
@@ -99,11 +98,71 @@ def store_started(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
     return [stored.get(query_id) for query_id in ids]
 
 
-def finish_queries(answers: list[billing.Answer]) -> list[Query | None | Exception]:
-    """Store each answer and charge for it (`accounts.billing.charge`); return each query as
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A query's answer, to store and charge for; `query` is the row `start_queries` returned."""
+
+    query: Query
+    result: str
+    result_type: str
+    worker: str
+
+
+def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
+    """Store each answer, mark its query done and charge for it; return each query as
     stored, or None if it was already finished (nothing is charged), or the exception that
     kept it from being written."""
-    return write_by_shard(answers, [answer.query.pk for answer in answers], billing.charge)
+    return write_by_shard(answers, [answer.query.pk for answer in answers], store_answers)
+
+
+def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
+    """Store the answers, mark their queries done and charge for them; return each query as
+    stored, or None where it was already finished (a rerun, or the same query twice).
+
+    One statement for the whole batch, on the shard `using`, outside any transaction
+    (autocommit makes it atomic): it updates the queries that are not finished yet and
+    charges for exactly those (`accounts.billing.charge_for`). Processing time counts from
+    acceptance to now and `accounts.billing.cost_of` prices it.
+    """
+    now = timezone.now()
+    unique: dict = {}
+    for answer in answers:
+        unique.setdefault(answer.query.pk, answer)
+    firsts = list(unique.values())
+    times = [(now - answer.query.accepted_at).total_seconds() for answer in firsts]
+    table = Query._meta.db_table
+    done = Query.objects.using(using).raw(
+        f"""
+        WITH answer AS (
+            SELECT * FROM unnest(
+                %(ids)s::uuid[], %(results)s::text[], %(result_types)s::text[], %(workers)s::text[],
+                %(times)s::float8[], %(costs)s::numeric[]
+            ) AS given (id, result, result_type, worker, processing_time, cost)
+        ), done AS (
+            UPDATE {table} AS q SET
+                status = %(done)s, result = answer.result, result_type = answer.result_type,
+                worker = answer.worker, finished_at = %(now)s,
+                processing_time = answer.processing_time, cost = answer.cost
+            FROM answer
+            WHERE q.id = answer.id AND q.status <> ALL(%(finished)s::text[])
+            RETURNING q.*
+        ), {billing.charge_for("done")}
+        SELECT * FROM done
+        """,
+        {
+            "ids": [answer.query.pk for answer in firsts],
+            "results": [answer.result for answer in firsts],
+            "result_types": [answer.result_type for answer in firsts],
+            "workers": [answer.worker for answer in firsts],
+            "times": times,
+            "costs": [billing.cost_of(seconds) for seconds in times],
+            "done": Query.Status.DONE,
+            "finished": list(Query.FINISHED),
+            "now": now,
+        },
+    )
+    stored = {query.pk: query for query in done}
+    return [stored.pop(answer.query.pk, None) for answer in answers]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,14 +182,6 @@ def fail_queries(failures: list[Failure]) -> list[Query | None | Exception]:
         if isinstance(outcome, Query):
             logger.info("query %s failed: %s", failure.query_id, failure.error)
     return outcomes
-
-
-def fail_query(query_id, *, error: str, worker: str = "") -> Query | None:
-    """Record one failure (for callers outside the batching worker); None if already finished."""
-    outcome = fail_queries([Failure(query_id, error, worker)])[0]
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
 
 
 def store_failed(failures: list[Failure], *, using: str) -> list[Query | None]:

@@ -40,7 +40,7 @@ def test_staff_ban_action_bans_the_selected_users(admin_client, alice):
 def test_queries_are_listed_and_cannot_be_edited_or_deleted(admin_client, alice, default_realms):
     query = accept_query(
         alice.guid, query_type="chat", prompt="for the record", model_type="worker_node", model_name="", image="",
-        realm="$CHAT", on_accepted=lambda accepted: None,
+        realm="$CHAT",
     )
 
     listing = admin_client.get("/admin/accounts/query/", {"shard": shard_for_guid(alice.guid)})

@@ -5,10 +5,9 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, connections, transaction
 
-from accounts.actions.queries import Failure, accept_query, fail_queries, finish_queries, start_queries
+from accounts.actions.queries import Answer, Failure, accept_query, fail_queries, finish_queries, start_queries
 from accounts.actions.users import get_or_create_user
 from accounts import billing
-from accounts.billing import Answer
 from accounts.models import Charge, Query, User
 from rentahal import sharding
 from rentahal.sharding import ShardMoving, close_fence, shard_for_guid
@@ -26,7 +25,7 @@ def started_queries(user: User, count: int) -> list[Query]:
     queries = [
         accept_query(
             user.guid, query_type="chat", prompt=f"question {number}", model_type="worker_node", model_name="",
-            image="", realm="$CHAT", on_accepted=lambda query: None,
+            image="", realm="$CHAT",
         )
         for number in range(count)
     ]
