@@ -3,20 +3,12 @@ distribution, error rate and recovery time, as seed 000's testing strategy asks.
 from __future__ import annotations
 
 import datetime
-import math
 import statistics
 
 from django.utils import timezone
 
 from pools.models import SelectionOutcome
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    """Return the nearest-rank percentile of sorted `values`, None when there are none."""
-    if not values:
-        return None
-    index = min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))
-    return values[index]
+from rentahal.metrics import percentile
 
 
 def recovery_times(rows: list[tuple[str, str, datetime.datetime]]) -> list[float]:
