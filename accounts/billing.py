@@ -1,4 +1,4 @@
-"""What a query costs and the one place that writes a charge (PROTOCOL.md section 4)."""
+"""What a query costs and the one place that writes a charge (docs/protocol.md §4)."""
 import dataclasses
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -37,7 +37,7 @@ def charge(answers: list[Answer], *, using: str) -> list[Query | None]:
     (autocommit makes it atomic): it updates the queries that are not finished yet and,
     for exactly those, inserts the ledger rows, adds to their users' totals (one update
     per user) and to the shard's totals (one update per batch). Processing time counts
-    from acceptance to now (PROTOCOL.md section 4) and `cost_of` prices it. The unique
+    from acceptance to now (docs/protocol.md §4) and `cost_of` prices it. The unique
     constraint on `Charge.query` makes a second charge for a query fail the statement
     instead of counting.
     """

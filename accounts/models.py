@@ -13,7 +13,7 @@ from rentahal.sharding import Sharded, ShardedQuerySet
 
 
 class User(models.Model):
-    """A broker user, known by the `user_guid` cookie (PROTOCOL.md section 1)."""
+    """A broker user, known by the `user_guid` cookie (docs/protocol.md §1)."""
 
     guid = models.CharField(primary_key=True, max_length=36)
     nickname = models.CharField(max_length=64, unique=True)
@@ -31,7 +31,7 @@ class User(models.Model):
         return self.nickname
 
     def as_frame_data(self) -> dict:
-        """Return the `user_info` payload of PROTOCOL.md."""
+        """Return the `user_info` payload of docs/protocol.md §1."""
         return {
             "guid": self.guid,
             "nickname": self.nickname,

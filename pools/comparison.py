@@ -1,5 +1,5 @@
 """A/B comparison of two pool aliases from recorded attempts (SelectionOutcome): latency
-distribution, error rate and recovery time, as seed 000's testing strategy asks."""
+distribution, error rate and recovery time, for choosing between two pool configurations."""
 from __future__ import annotations
 
 import datetime

@@ -18,7 +18,7 @@ realm_name_validator = RegexValidator(
 
 
 class WireFormat(models.TextChoices):
-    """How to talk to a model server (PROTOCOL.md section 2)."""
+    """How to talk to a model server (docs/protocol.md §2)."""
 
     PREDICT = "predict", "Classic RENT-A-HAL /predict"
     A1111 = "a1111", "AUTOMATIC1111 txt2img"

@@ -1,4 +1,4 @@
-"""Probe every worker's health route in parallel and update scores (PROTOCOL.md §3); prune
+"""Probe every worker's health route in parallel and update scores (docs/protocol.md §3); prune
 attempt outcomes past their retention."""
 import logging
 
