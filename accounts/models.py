@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.db import models
 
 from rentahal.query_types import QueryType
-from rentahal.sharding import Sharded, ShardedQuerySet
+from rentahal.sharded_models import Sharded, ShardedQuerySet
 
 
 class User(models.Model):

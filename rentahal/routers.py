@@ -1,12 +1,13 @@
 """The database router: shared tables on `default`, per-user tables on their shard."""
-from rentahal.sharding import is_sharded, shard_aliases, shard_for_guid, shard_key_of
+from rentahal.sharded_models import is_sharded, shard_key_of
+from rentahal.sharding import shard_aliases, shard_for_guid
 
 
 class ShardRouter:
     """Send per-user models to their shard and everything else to `default`.
 
     A per-user queryset that filters on a guid or query id carries it as the `shard_key`
-    hint (`rentahal.sharding.ShardedQuerySet`); actions name their shard outright with
+    hint (`rentahal.sharded_models.ShardedQuerySet`); actions name their shard outright with
     `.using(alias)`. An instance loaded from a shard stays there, so a related lookup never
     crosses into another shard, and a new one goes to the shard of its guid (the field its
     model's `sharding` declaration names as its key). With shards configured, a per-user query with no

@@ -14,7 +14,7 @@ A move is copying → switched → cleaned (or rolled_back), recorded in `ShardM
 3. clean: delete the prefix's rows from the source. No writer resolves to the source any
    more, so this needs no fence.
 
-What a move carries is what the apps declared (`rentahal.sharding.moved_models`): every
+What a move carries is what the apps declared (`rentahal.sharded_models.moved_models`): every
 model whose `sharding` names a key. Per-shard rows (`Sharded(key=None)`, such as counters
 summed over the shards) are left alone, so their sums are the same before and after.
 """
@@ -26,18 +26,15 @@ import uuid
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from rentahal.models import ShardMapEntry, ShardMapVersion, ShardMove
+from rentahal.sharded_models import identity_field, moved_models, prefix_rows, sharded_parents
 from rentahal.sharding import (
     close_fence,
     forget_cached_map,
     has_shards,
-    identity_field,
     is_valid_prefix,
-    moved_models,
-    prefix_rows,
     publish_token,
     shard_aliases,
     shard_for_prefix,
-    sharded_parents,
 )
 
 logger = logging.getLogger(__name__)

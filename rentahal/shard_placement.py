@@ -1,7 +1,7 @@
 """Where per-user rows are: counts per shard and prefix, the verify report, rebalance plans.
 
 The rows counted are those of the models that move with their user
-(`rentahal.sharding.moved_models`), named by their plural (users, queries, charges).
+(`rentahal.sharded_models.moved_models`), named by their plural (users, queries, charges).
 """
 import dataclasses
 
@@ -9,14 +9,8 @@ from django.db.models import Count
 from django.db.models.functions import Substr
 
 from rentahal.models import ShardMapEntry, ShardMove
-from rentahal.sharding import (
-    default_shard_for_prefix,
-    identity_field,
-    moved_models,
-    prefix_rows,
-    shard_aliases,
-    shard_key_field,
-)
+from rentahal.sharded_models import identity_field, moved_models, prefix_rows, shard_key_field
+from rentahal.sharding import default_shard_for_prefix, shard_aliases
 
 
 class Rows(dict):

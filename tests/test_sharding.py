@@ -13,7 +13,8 @@ from accounts.models import Charge, Query, SystemTotals, User
 from rentahal.errors import BrokerError
 from rentahal.models import ShardMapEntry
 from rentahal.routers import ShardRouter
-from rentahal.sharding import moved_models, shard_aliases, shard_for_guid, sharded_models
+from rentahal.sharded_models import moved_models, sharded_models
+from rentahal.sharding import shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
