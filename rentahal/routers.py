@@ -7,12 +7,12 @@ class ShardRouter:
     """Send per-user models to their shard and everything else to `default`.
 
     A per-user queryset that filters on a guid or query id carries it as the `shard_key`
-    hint (`rentahal.sharded_models.ShardedQuerySet`); actions name their shard outright with
-    `.using(alias)`. An instance loaded from a shard stays there, so a related lookup never
-    crosses into another shard, and a new one goes to the shard of its guid (the field its
-    model's `sharding` declaration names as its key). With shards configured, a per-user query with no
-    key falls through to `default`, which has no per-user tables, and fails loudly rather
-    than reading the wrong shard.
+    hint (`rentahal.sharded_models.ShardedQuerySet`); actions name their shard outright
+    with `.using(alias)`. An instance loaded from a shard stays there, so a related lookup
+    never crosses into another shard, and a new one goes to the shard of its guid (the field
+    its model's `sharding` declaration names as its key). With shards configured, a
+    per-user query with no key falls through to `default`, which has no per-user tables,
+    and fails loudly rather than reading the wrong shard.
     """
 
     def db_for_read(self, model, **hints):

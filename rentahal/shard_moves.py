@@ -26,7 +26,7 @@ import uuid
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from rentahal.models import ShardMapEntry, ShardMapVersion, ShardMove
-from rentahal.sharded_models import identity_field, moved_models, prefix_rows, sharded_parents
+from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, sharded_parents
 from rentahal.sharding import (
     close_fence,
     forget_cached_map,
@@ -232,10 +232,6 @@ def set_map_entry(prefix: str, alias: str) -> str:
 
 
 # -- copying rows -------------------------------------------------------------------------
-
-def plural_name(model) -> str:
-    return str(model._meta.verbose_name_plural)
-
 
 def copied_fields(model) -> list:
     """Return the fields a move writes, the identity first; per-database primary keys stay behind."""

@@ -9,7 +9,7 @@ from django.db.models import Count
 from django.db.models.functions import Substr
 
 from rentahal.models import ShardMapEntry, ShardMove
-from rentahal.sharded_models import identity_field, moved_models, prefix_rows, shard_key_field
+from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, shard_key_field
 from rentahal.sharding import default_shard_for_prefix, shard_aliases
 
 
@@ -17,7 +17,7 @@ class Rows(dict):
     """Row counts of each moved model, by its plural name, in the order the models move."""
 
     def __init__(self):
-        super().__init__((str(model._meta.verbose_name_plural), 0) for model in moved_models())
+        super().__init__((plural_name(model), 0) for model in moved_models())
 
     @property
     def total(self) -> int:
@@ -44,7 +44,7 @@ def rows_by_prefix(alias: str) -> dict[str, Rows]:
             .values_list("prefix", "rows")
         )
         for prefix, rows in grouped:
-            found.setdefault(prefix, Rows())[str(model._meta.verbose_name_plural)] = rows
+            found.setdefault(prefix, Rows())[plural_name(model)] = rows
     return found
 
 

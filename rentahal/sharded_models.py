@@ -83,6 +83,11 @@ def identity_field(model):
     return model._meta.get_field(model.sharding.identity) if model.sharding.identity else model._meta.pk
 
 
+def plural_name(model) -> str:
+    """Return how operators see a model's rows counted: users, queries, charges."""
+    return str(model._meta.verbose_name_plural)
+
+
 def prefix_rows(model, alias: str, prefix: str):
     """Return the prefix's rows of one moved model on one shard, by an indexed range on its key.
 
