@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: real Redis flushed per test, personas, a fake model server,
+"""Fixtures shared by every test: real Redis flushed per test, personas, fake model servers,
 a real RQ worker process, and WebSocket clients for /ws."""
 import contextlib
 import os
@@ -117,11 +117,28 @@ def banned_user(db):
 @pytest.fixture
 def fake_server():
     """A fake model server on a loopback port, speaking every wire format."""
-    from pools.fake_server import run_in_thread
+    from pools.testing.fake_server import run_in_thread
 
     handle = run_in_thread()
     yield handle
     handle.stop()
+
+
+@pytest.fixture
+def fake_servers():
+    """Start fake model servers on demand (each on its own loopback port); all stop after the test."""
+    from pools.testing.fake_server import run_in_thread
+
+    started = []
+
+    def start(**knobs):
+        handle = run_in_thread(**knobs)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
 
 
 @pytest.fixture

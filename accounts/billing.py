@@ -1,4 +1,4 @@
-"""What a query costs and the one place that writes a charge (PROTOCOL.md section 4)."""
+"""What a query costs and the one place that writes a charge (docs/protocol.md §4)."""
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings

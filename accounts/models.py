@@ -9,11 +9,11 @@ from decimal import Decimal
 from django.db import models
 
 from rentahal.query_types import QueryType
-from rentahal.sharding import ShardedQuerySet
+from rentahal.sharded_models import Sharded, ShardedQuerySet
 
 
 class User(models.Model):
-    """A broker user, known by the `user_guid` cookie (PROTOCOL.md section 1)."""
+    """A broker user, known by the `user_guid` cookie (docs/protocol.md §1)."""
 
     guid = models.CharField(primary_key=True, max_length=36)
     nickname = models.CharField(max_length=64, unique=True)
@@ -25,13 +25,13 @@ class User(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ShardedQuerySet.as_manager()
-    shard_key_lookups = ("pk", "guid")
+    sharding = Sharded(key="guid", lookups=("pk", "guid"))
 
     def __str__(self):
         return self.nickname
 
     def as_frame_data(self) -> dict:
-        """Return the `user_info` payload of PROTOCOL.md."""
+        """Return the `user_info` payload of docs/protocol.md §1."""
         return {
             "guid": self.guid,
             "nickname": self.nickname,
@@ -94,7 +94,8 @@ class Query(models.Model):
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
 
     objects = ShardedQuerySet.as_manager()
-    shard_key_lookups = ("pk", "id", "user", "user_id")
+    # A move compares what each step of a query's life changes: acceptance, start, finish, charge.
+    sharding = Sharded(key="user", lookups=("pk", "id", "user", "user_id"), compared=("status", "attempts", "cost"))
 
     class Meta:
         verbose_name_plural = "queries"
@@ -133,7 +134,10 @@ class Charge(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ShardedQuerySet.as_manager()
-    shard_key_lookups = ("user", "user_id", "query", "query_id")
+    # Ids are per database, so a charge is known on every shard by its (unique) query.
+    sharding = Sharded(
+        key="user", lookups=("user", "user_id", "query", "query_id"), identity="query", append_only=True
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["query"], name="one_charge_per_query")]
@@ -145,7 +149,8 @@ class Charge(models.Model):
 class SystemTotals(models.Model):
     """The system-wide aggregate, one row per shard so a charge updates it atomically.
 
-    The system's figure is the sum over shards (`accounts.billing.system_totals`).
+    The system's figure is the sum over shards (`accounts.billing.system_totals`), so a
+    move of users between shards leaves these rows where they are.
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
@@ -153,6 +158,8 @@ class SystemTotals(models.Model):
     total_processing_time = models.FloatField(default=0.0)
     total_cost = models.DecimalField(max_digits=16, decimal_places=6, default=Decimal("0"))
     failed_queries = models.PositiveBigIntegerField(default=0)
+
+    sharding = Sharded(key=None)
 
     class Meta:
         verbose_name_plural = "system totals"

@@ -205,21 +205,23 @@ def is_listening(port: int) -> bool:
 
 
 def summarise(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
+    # Imported here: run() puts the project on sys.path before any load is measured.
+    from rentahal.metrics import percentile
+
     ordered = sorted(latencies)
 
-    def percentile(fraction: float) -> float | None:
-        if not ordered:
-            return None
-        return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 3)
+    def milliseconds(fraction: float) -> float | None:
+        value = percentile(ordered, fraction)
+        return None if value is None else round(value * 1000, 3)
 
     return {
         "requests": len(ordered),
         "errors": errors,
         "seconds": round(elapsed, 3),
         "rps": round(len(ordered) / elapsed, 1) if elapsed else None,
-        "p50_ms": percentile(0.50),
-        "p95_ms": percentile(0.95),
-        "p99_ms": percentile(0.99),
+        "p50_ms": milliseconds(0.50),
+        "p95_ms": milliseconds(0.95),
+        "p99_ms": milliseconds(0.99),
     }
 
 

@@ -1,22 +1,14 @@
 """A/B comparison of two pool aliases from recorded attempts (SelectionOutcome): latency
-distribution, error rate and recovery time, as seed 000's testing strategy asks."""
+distribution, error rate and recovery time, for choosing between two pool configurations."""
 from __future__ import annotations
 
 import datetime
-import math
 import statistics
 
 from django.utils import timezone
 
 from pools.models import SelectionOutcome
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    """Return the nearest-rank percentile of sorted `values`, None when there are none."""
-    if not values:
-        return None
-    index = min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))
-    return values[index]
+from rentahal.metrics import percentile
 
 
 def recovery_times(rows: list[tuple[str, str, datetime.datetime]]) -> list[float]:

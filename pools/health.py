@@ -1,5 +1,5 @@
 """Is this worker healthy or cooling down: query outcomes, cooldowns by error class, and the
-periodic probe of every worker (PROTOCOL.md §3). Scores, the health rules' blacklist,
+periodic probe of every worker (docs/protocol.md §3). Scores, the health rules' blacklist,
 cooldowns and EWMAs live in Redis (pools.state) so every process agrees; a probe or an outcome
 writes no database row and leaves the pool-config version alone."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pools.models import Worker
 
 logger = logging.getLogger(__name__)
 
-# Health score rules of the original broker (PROTOCOL.md §3).
+# Health score rules of the original broker (docs/protocol.md §3).
 PROBE_OK_GAIN = 10.0
 PROBE_BAD_STATUS_LOSS = 10.0
 PROBE_UNREACHABLE_LOSS = 5.0

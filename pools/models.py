@@ -19,14 +19,14 @@ ALIAS_PATTERN = r"^\$[A-Z0-9_]+$"
 alias_name_validator = RegexValidator(
     ALIAS_PATTERN, "A pool alias is $ followed by capital letters, digits or underscores, e.g. $CHAT."
 )
-# Realms are named like aliases; pools imports no other app, so it repeats the rule here.
+# Realms are named like aliases. This is the rule's one home: realms imports it (pools imports no other app).
 realm_name_validator = RegexValidator(
     ALIAS_PATTERN, "A realm name is $ followed by capital letters, digits or underscores, e.g. $CHAT."
 )
 
 
 class WireFormat(models.TextChoices):
-    """How to talk to a model server (PROTOCOL.md section 2)."""
+    """How to talk to a model server (docs/protocol.md §2)."""
 
     PREDICT = "predict", "Classic RENT-A-HAL /predict"
     A1111 = "a1111", "AUTOMATIC1111 txt2img"

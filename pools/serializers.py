@@ -1,20 +1,16 @@
 """DRF serializers for pool aliases and workers: validation of input only; the actions do the writes."""
 from rest_framework import serializers
 
-from pools.models import ALIAS_PATTERN, Strategy
+from pools.models import Strategy, alias_name_validator, realm_name_validator
 from rentahal.query_types import QueryType
 
 
 class PoolAliasSerializer(serializers.Serializer):
     """A pool alias as the API takes it; members are worker names, weights optional."""
 
-    name = serializers.RegexField(
-        ALIAS_PATTERN, max_length=64,
-        error_messages={"invalid": "A pool alias is $ followed by capital letters, digits or underscores, e.g. $CHAT."},
-    )
-    realm = serializers.RegexField(
-        ALIAS_PATTERN, max_length=64, required=False, allow_blank=True, default="",
-        error_messages={"invalid": "A realm name is $ followed by capital letters, digits or underscores, e.g. $CHAT."},
+    name = serializers.CharField(max_length=64, validators=[alias_name_validator])
+    realm = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, default="", validators=[realm_name_validator]
     )
     query_type = serializers.ChoiceField(choices=QueryType.choices)
     strategy = serializers.ChoiceField(

@@ -8,8 +8,7 @@ import logging
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from realms.models import Realm, RealmBackup
-from realms.routing import find_backup_loop
+from realms.models import Realm, RealmBackup, find_backup_loop
 from rentahal.actors import describe_actor
 from rentahal.errors import BrokerError, Invalid
 from rentahal.pushes import REALM_EVENTS, send_event_on_commit

@@ -1,4 +1,4 @@
-"""Reassembly of images sent in `vision_chunk` frames (PROTOCOL.md section 1).
+"""Reassembly of images sent in `vision_chunk` frames (docs/protocol.md §1).
 
 Chunks wait in Redis, not in the consumer, so a reconnecting tab can finish an upload and
 an abandoned one expires on its own.

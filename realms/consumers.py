@@ -1,4 +1,4 @@
-"""The classic RENT-A-HAL WebSocket on /ws (PROTOCOL.md section 1)."""
+"""The classic RENT-A-HAL WebSocket on /ws (docs/protocol.md §1)."""
 import logging
 import uuid
 
@@ -72,7 +72,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             self.home_realm = None
 
     async def join_home_realm(self, guid: str) -> None:
-        """Count this socket in the user's home realm and join its broadcast group (seed 002)."""
+        """Count this socket in the user's home realm and join its broadcast group, so a sysop can message one realm's users."""
         try:
             realm = await on_db_thread(home_realm_of)(guid)
         except BrokerError:

@@ -1,4 +1,4 @@
-"""The realms every installation starts with: one per query type (seed 002)."""
+"""The realms every installation starts with: one per query type."""
 
 DEFAULT_REALMS = [("$CHAT", "chat"), ("$VISION", "vision"), ("$IMAGINE", "imagine"), ("$SPEECH", "speech")]
 

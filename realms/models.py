@@ -1,14 +1,18 @@
 """Realms: the service that owns one primary query type, its queue, its backups, and the
 scaling advice recorded for it."""
+from collections import defaultdict
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
 from django.db import models
 
+from pools.models import realm_name_validator
 from rentahal.query_types import QueryType
 
-realm_name_validator = RegexValidator(
-    r"^\$[A-Z0-9_]+$", "A realm name is $ followed by capital letters, digits or underscores."
-)
+
+def default_queue_limit() -> int:
+    """Return the queue limit a new realm starts with: QUEUE_LIMIT in the environment."""
+    return settings.RENTAHAL_QUEUE_LIMIT
 
 
 class Realm(models.Model):
@@ -21,7 +25,7 @@ class Realm(models.Model):
     min_workers = models.PositiveIntegerField(default=1, help_text="Scaling advice never goes below this.")
     max_workers = models.PositiveIntegerField(default=10, help_text="Scaling advice never goes above this.")
     queue_limit = models.PositiveIntegerField(
-        default=1000, help_text="Queries waiting in this realm's queue before new ones are refused."
+        default=default_queue_limit, help_text="Queries waiting in this realm's queue before new ones are refused."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -90,8 +94,6 @@ class RealmBackup(models.Model):
         return f"{self.realm} → {self.backup} ({self.query_type})"
 
     def clean(self):
-        from realms.routing import find_backup_loop
-
         if self.realm_id is None or self.backup_id is None:
             return
         loop = find_backup_loop(self.realm, self.query_type, [self.backup], exclude=self.pk)
@@ -134,3 +136,44 @@ class ScalingAdvice(models.Model):
             "queries": self.queries,
             "created_at": self.created_at.isoformat(),
         }
+
+
+# -- the backup rule RealmBackup.clean enforces ---------------------------------------------
+
+def backup_edges(query_type: str, *, exclude_realm: Realm | None = None, exclude_pk=None) -> dict[int, list[Realm]]:
+    """Return each realm's ordered backups for the query type, as realm id → backups."""
+    rows = RealmBackup.objects.filter(query_type=query_type).select_related("backup").order_by("position", "id")
+    if exclude_realm is not None:
+        rows = rows.exclude(realm=exclude_realm)
+    if exclude_pk is not None:
+        rows = rows.exclude(pk=exclude_pk)
+    edges: dict[int, list[Realm]] = defaultdict(list)
+    for row in rows:
+        edges[row.realm_id].append(row.backup)
+    return edges
+
+
+def find_backup_loop(realm: Realm, query_type: str, backups: list[Realm], *, replace: bool = False, exclude=None) -> list[str]:
+    """Return the realm names of a loop that giving `realm` these backups would make, else [].
+
+    With `replace`, the backups replace the realm's current ones for the type; otherwise
+    they are added (one new row, as the admin saves them).
+    """
+    edges = backup_edges(query_type, exclude_realm=realm if replace else None, exclude_pk=exclude)
+    edges[realm.pk] = [*edges.get(realm.pk, []), *backups]
+    names = {realm.pk: realm.name}
+    for targets in edges.values():
+        names.update((target.pk, target.name) for target in targets)
+
+    def walk(current_id: int, path: list[int]) -> list[int]:
+        for target in edges.get(current_id, []):
+            if target.pk == realm.pk:
+                return [*path, target.pk]
+            if target.pk not in path:
+                found = walk(target.pk, [*path, target.pk])
+                if found:
+                    return found
+        return []
+
+    loop = walk(realm.pk, [realm.pk])
+    return [names[pk] for pk in loop]

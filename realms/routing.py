@@ -1,9 +1,10 @@
 """Which realm serves a query type: its primary realm, else the first backup with room;
 and which realm is a user's home."""
 import hashlib
-from collections import defaultdict
 
-from realms.models import Realm, RealmBackup
+# Re-exported: whoever changes backups (realms.actions) finds the loop check beside the rest of
+# backup routing; it lives with RealmBackup, whose clean() enforces it without importing routing.
+from realms.models import Realm
 from realms.registry import Registry, registry_cache
 from rentahal.errors import BrokerError, Unavailable
 from rentahal.queues import get_queue
@@ -57,19 +58,6 @@ def route_query(query_type: str) -> tuple[Realm, int]:
     )
 
 
-def backup_edges(query_type: str, *, exclude_realm: Realm | None = None, exclude_pk=None) -> dict[int, list[Realm]]:
-    """Return each realm's ordered backups for the query type, as realm id → backups."""
-    rows = RealmBackup.objects.filter(query_type=query_type).select_related("backup").order_by("position", "id")
-    if exclude_realm is not None:
-        rows = rows.exclude(realm=exclude_realm)
-    if exclude_pk is not None:
-        rows = rows.exclude(pk=exclude_pk)
-    edges: dict[int, list[Realm]] = defaultdict(list)
-    for row in rows:
-        edges[row.realm_id].append(row.backup)
-    return edges
-
-
 def backup_chain(realm: Realm, query_type: str, registry: Registry | None = None) -> list[Realm]:
     """Return the realms to try after `realm` for this type: depth first, each once."""
     registry = registry or registry_cache.current()
@@ -85,32 +73,6 @@ def backup_chain(realm: Realm, query_type: str, registry: Registry | None = None
 
     visit(realm)
     return chain
-
-
-def find_backup_loop(realm: Realm, query_type: str, backups: list[Realm], *, replace: bool = False, exclude=None) -> list[str]:
-    """Return the realm names of a loop that giving `realm` these backups would make, else [].
-
-    With `replace`, the backups replace the realm's current ones for the type; otherwise
-    they are added (one new row, as the admin saves them).
-    """
-    edges = backup_edges(query_type, exclude_realm=realm if replace else None, exclude_pk=exclude)
-    edges[realm.pk] = [*edges.get(realm.pk, []), *backups]
-    names = {realm.pk: realm.name}
-    for targets in edges.values():
-        names.update((target.pk, target.name) for target in targets)
-
-    def walk(current_id: int, path: list[int]) -> list[int]:
-        for target in edges.get(current_id, []):
-            if target.pk == realm.pk:
-                return [*path, target.pk]
-            if target.pk not in path:
-                found = walk(target.pk, [*path, target.pk])
-                if found:
-                    return found
-        return []
-
-    loop = walk(realm.pk, [realm.pk])
-    return [names[pk] for pk in loop]
 
 
 def home_realm(guid: str, realms: list[Realm]) -> Realm:

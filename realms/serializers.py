@@ -1,7 +1,8 @@
 """Validation of realm admin API input; writes go through realms.actions."""
 from rest_framework import serializers
 
-from realms.models import Realm, realm_name_validator
+from pools.models import realm_name_validator
+from realms.models import Realm
 from rentahal.query_types import QueryType
 
 

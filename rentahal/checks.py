@@ -6,7 +6,8 @@ from django.core.checks import Error, Warning, register
 
 @register()
 def check_channel_layer(app_configs, **kwargs):
-    """Catch the two redis-py 8 pitfalls in MEASURED.md before users meet them."""
+    """Catch two channel-layer pitfalls before users meet them: redis-py 8 timing out idle
+    reads (closing idle WebSockets), and a Redis pool too small for a burst of connects."""
     problems = []
     layer = settings.CHANNEL_LAYERS.get("default", {})
     if not layer:

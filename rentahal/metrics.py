@@ -128,11 +128,13 @@ def record_connection(realm: str, delta: int) -> int:
         return 0
 
 
-def percentile(sorted_values: list[float], pct: float) -> float | None:
-    """Return the nearest-rank percentile of already sorted values (None when empty)."""
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """Return the nearest-rank percentile (`fraction` 0.95 for p95) of already sorted values,
+    None when there are none. The one definition: realm metrics, pool comparisons and the
+    benchmarks all report percentiles through it."""
     if not sorted_values:
         return None
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    rank = min(len(sorted_values), max(1, math.ceil(fraction * len(sorted_values))))
     return sorted_values[rank - 1]
 
 
@@ -160,7 +162,7 @@ def summarise(samples: list[tuple[bool, float, float, str]], workers: int) -> di
         "window_queries": len(samples),
         "window_errors": errors,
         "error_rate": errors / len(samples) if samples else 0.0,
-        "processing_time": {f"p{pct}": percentile(times, pct) for pct in PERCENTILES},
+        "processing_time": {f"p{pct}": percentile(times, pct / 100) for pct in PERCENTILES},
         "utilisation": busy_total / (window * workers) if workers else (1.0 if busy_total else 0.0),
         "worker_utilisation": {worker: busy / window for worker, busy in sorted(busy_by_worker.items())},
     }

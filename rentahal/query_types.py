@@ -1,4 +1,4 @@
-"""The query types every app speaks of (PROTOCOL.md section 1)."""
+"""The query types every app speaks of (docs/protocol.md §1)."""
 from django.db import models
 
 

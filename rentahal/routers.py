@@ -1,17 +1,18 @@
 """The database router: shared tables on `default`, per-user tables on their shard."""
-from rentahal.sharding import is_sharded, shard_aliases, shard_for_guid
+from rentahal.sharded_models import is_sharded, shard_key_of
+from rentahal.sharding import shard_aliases, shard_for_guid
 
 
 class ShardRouter:
     """Send per-user models to their shard and everything else to `default`.
 
     A per-user queryset that filters on a guid or query id carries it as the `shard_key`
-    hint (`rentahal.sharding.ShardedQuerySet`); actions name their shard outright with
-    `.using(alias)`. An instance loaded from a shard stays there, so a related lookup never
-    crosses into another shard, and a new one goes to the shard of its guid (`User.guid`,
-    or `user_id` on queries and charges). With shards configured, a per-user query with no
-    key falls through to `default`, which has no per-user tables, and fails loudly rather
-    than reading the wrong shard.
+    hint (`rentahal.sharded_models.ShardedQuerySet`); actions name their shard outright
+    with `.using(alias)`. An instance loaded from a shard stays there, so a related lookup
+    never crosses into another shard, and a new one goes to the shard of its guid (the field
+    its model's `sharding` declaration names as its key). With shards configured, a
+    per-user query with no key falls through to `default`, which has no per-user tables,
+    and fails loudly rather than reading the wrong shard.
     """
 
     def db_for_read(self, model, **hints):
@@ -27,7 +28,7 @@ class ShardRouter:
             return None
         if instance._state.db:
             return instance._state.db
-        guid = getattr(instance, "user_id", None) or getattr(instance, "guid", None)
+        guid = shard_key_of(instance)
         return shard_for_guid(guid) if guid else None
 
     db_for_write = db_for_read

@@ -14,8 +14,9 @@ A move is copying → switched → cleaned (or rolled_back), recorded in `ShardM
 3. clean: delete the prefix's rows from the source. No writer resolves to the source any
    more, so this needs no fence.
 
-`SystemTotals` rows are per-shard counters summed by `accounts.billing.system_totals`;
-a move leaves them alone, so the system totals are the same before and after.
+What a move carries is what the apps declared (`rentahal.sharded_models.moved_models`): every
+model whose `sharding` names a key. Per-shard rows (`Sharded(key=None)`, such as counters
+summed over the shards) are left alone, so their sums are the same before and after.
 """
 import contextlib
 import logging
@@ -24,8 +25,8 @@ import uuid
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
-from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMapVersion, ShardMove
+from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, sharded_parents
 from rentahal.sharding import (
     close_fence,
     forget_cached_map,
@@ -232,63 +233,83 @@ def set_map_entry(prefix: str, alias: str) -> str:
 
 # -- copying rows -------------------------------------------------------------------------
 
-def prefix_rows(model, alias: str, prefix: str):
-    """Return the prefix's rows of one model on one shard, by an indexed range on the guid.
+def copied_fields(model) -> list:
+    """Return the fields a move writes, the identity first; per-database primary keys stay behind."""
+    identity = identity_field(model)
+    rest = [field for field in model._meta.concrete_fields if field is not identity]
+    if identity is not model._meta.pk:
+        rest = [field for field in rest if not field.primary_key]
+    return [identity, *rest]
 
-    Guids are lowercase hex, so every guid starting with `ab` sorts in [`ab`, `abg`).
-    """
-    field = "guid" if model is User else "user"
-    return model.objects.using(alias).filter(**{f"{field}__gte": prefix, f"{field}__lt": f"{prefix}g"})
+
+def compared_fields(model) -> list:
+    """Return the fields a move compares: the identity, what the model says changes, its parents."""
+    declared = model.sharding.compared
+    if declared is None and not model.sharding.append_only:
+        return copied_fields(model)
+    names = declared or ()
+    fields = [identity_field(model), *(model._meta.get_field(name) for name in names)]
+    parents = sharded_parents(model)
+    fields += [field for field in model._meta.concrete_fields if field.many_to_one and field.related_model in parents]
+    return list(dict.fromkeys(fields))
 
 
 def sync_prefix(prefix: str, source: str, target: str) -> dict[str, int]:
     """Make the target's rows of the prefix equal the source's; return what was written.
 
-    Users are compared on every field, queries on what each step of their life changes,
-    charges (never updated) by query id; a charge gets a new id on the target, since ids
-    are per database, and its unique query id keeps it single.
+    Each moved model is synced after the models its rows point at (users, then their
+    queries, then charges), comparing the fields its declaration names. Rows on the target
+    that the source does not have are leftovers of an earlier attempt and are deleted.
     """
-    counts = {"users": 0, "queries": 0, "charges": 0, "stale": 0}
-    user_columns = [field.column for field in User._meta.concrete_fields]
-    source_users = {row[0]: row for row in prefix_rows(User, source, prefix).values_list(*user_columns)}
-    target_users = {row[0]: row for row in prefix_rows(User, target, prefix).values_list(*user_columns)}
-    changed = [row for guid, row in source_users.items() if target_users.get(guid) != row]
-    upsert(target, User, user_columns, changed, conflict="guid")
-    counts["users"] = len(changed)
+    counts: dict[str, int] = {}
+    source_rows: dict = {}
+    target_rows: dict = {}
+    models = moved_models()
+    for model in models:
+        compared = compared_fields(model)
+        names = [field.attname for field in compared]
+        source_rows[model] = {row[0]: row for row in prefix_rows(model, source, prefix).values_list(*names)}
+        target_rows[model] = {row[0]: row for row in prefix_rows(model, target, prefix).values_list(*names)}
+        # Outside the fence the source keeps changing between these reads: a row is copied
+        # only if the rows it points at were read too; the fenced pass gets the rest.
+        parents = [
+            (position, field.related_model)
+            for position, field in enumerate(compared)
+            if field.many_to_one and field.related_model in source_rows
+        ]
+        changed = [
+            identity
+            for identity, row in source_rows[model].items()
+            if target_rows[model].get(identity) != row
+            and all(row[position] in source_rows[parent] for position, parent in parents)
+        ]
+        copy_rows_of(model, changed, source, target, source_rows[model])
+        counts[plural_name(model)] = len(changed)
 
-    # Outside the fence the source keeps changing between these reads: a query is copied
-    # only if its user was, a charge only if its query was; the fenced pass gets the rest.
-    state = ("id", "status", "attempts", "cost", "user_id")
-    source_queries = {row[0]: row for row in prefix_rows(Query, source, prefix).values_list(*state)}
-    target_queries = {row[0]: row for row in prefix_rows(Query, target, prefix).values_list(*state)}
-    changed_ids = [
-        query_id
-        for query_id, row in source_queries.items()
-        if target_queries.get(query_id) != row and row[-1] in source_users
-    ]
-    query_columns = [field.column for field in Query._meta.concrete_fields]
-    for start in range(0, len(changed_ids), BATCH):
-        batch = changed_ids[start:start + BATCH]
-        rows = Query.objects.using(source).filter(pk__in=batch).values_list(*query_columns)
-        upsert(target, Query, query_columns, list(rows), conflict="id")
-    counts["queries"] = len(changed_ids)
-
-    source_charges = set(prefix_rows(Charge, source, prefix).values_list("query_id", flat=True))
-    target_charges = set(prefix_rows(Charge, target, prefix).values_list("query_id", flat=True))
-    missing = [query_id for query_id in source_charges - target_charges if query_id in source_queries]
-    charge_columns = [field.column for field in Charge._meta.concrete_fields if not field.primary_key]
-    for start in range(0, len(missing), BATCH):
-        rows = Charge.objects.using(source).filter(query_id__in=missing[start:start + BATCH]).values_list(*charge_columns)
-        upsert(target, Charge, charge_columns, list(rows), conflict="query_id", update=False)
-    counts["charges"] = len(missing)
-
-    # Rows on the target that the source does not have are leftovers of an earlier attempt.
+    counts["stale"] = 0
     with transaction.atomic(using=target):
-        counts["stale"] += prefix_rows(Charge, target, prefix).filter(query_id__in=target_charges - source_charges).delete()[0]
-        stale_queries = set(target_queries) - set(source_queries)
-        counts["stale"] += prefix_rows(Query, target, prefix).filter(pk__in=stale_queries).delete()[0]
-        counts["stale"] += prefix_rows(User, target, prefix).filter(pk__in=set(target_users) - set(source_users)).delete()[0]
+        for model in reversed(models):
+            stale = set(target_rows[model]) - set(source_rows[model])
+            identity = identity_field(model).attname
+            counts["stale"] += prefix_rows(model, target, prefix).filter(**{f"{identity}__in": stale}).delete()[0]
     return counts
+
+
+def copy_rows_of(model, identities: list, source: str, target: str, compared_rows: dict) -> None:
+    """Write these rows of one model from source to target, in batches."""
+    fields = copied_fields(model)
+    columns = [field.column for field in fields]
+    conflict = identity_field(model).column
+    update = not model.sharding.append_only
+    if compared_fields(model) == fields:
+        rows = [compared_rows[identity] for identity in identities]
+        upsert(target, model, columns, rows, conflict=conflict, update=update)
+        return
+    identity = identity_field(model).attname
+    names = [field.attname for field in fields]
+    for start in range(0, len(identities), BATCH):
+        batch = model.objects.using(source).filter(**{f"{identity}__in": identities[start:start + BATCH]})
+        upsert(target, model, columns, list(batch.values_list(*names)), conflict=conflict, update=update)
 
 
 def upsert(alias: str, model, columns: list[str], rows: list[tuple], *, conflict: str, update: bool = True) -> None:
@@ -310,12 +331,12 @@ def upsert(alias: str, model, columns: list[str], rows: list[tuple], *, conflict
 
 
 def delete_prefix(prefix: str, alias: str) -> dict[str, int]:
-    """Delete every row of the prefix from one shard, ledger first (it protects its queries)."""
+    """Delete every row of the prefix from one shard, rows before the rows they point at."""
     removed = {}
     with transaction.atomic(using=alias):
-        for name, model in (("charges", Charge), ("queries", Query), ("users", User)):
-            removed[name] = prefix_rows(model, alias, prefix).delete()[0]
-    return removed
+        for model in reversed(moved_models()):
+            removed[plural_name(model)] = prefix_rows(model, alias, prefix).delete()[0]
+    return dict(reversed(removed.items()))
 
 
 def describe(counts: dict[str, int]) -> str:

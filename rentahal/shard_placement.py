@@ -1,48 +1,50 @@
-"""Where per-user rows are: counts per shard and prefix, the verify report, rebalance plans."""
+"""Where per-user rows are: counts per shard and prefix, the verify report, rebalance plans.
+
+The rows counted are those of the models that move with their user
+(`rentahal.sharded_models.moved_models`), named by their plural (users, queries, charges).
+"""
 import dataclasses
 
 from django.db.models import Count
 from django.db.models.functions import Substr
 
-from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
+from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, shard_key_field
 from rentahal.sharding import default_shard_for_prefix, shard_aliases
 
-MODELS = (("users", User, "guid"), ("queries", Query, "user_id"), ("charges", Charge, "user_id"))
 
+class Rows(dict):
+    """Row counts of each moved model, by its plural name, in the order the models move."""
 
-@dataclasses.dataclass
-class Rows:
-    users: int = 0
-    queries: int = 0
-    charges: int = 0
+    def __init__(self):
+        super().__init__((plural_name(model), 0) for model in moved_models())
 
     @property
     def total(self) -> int:
-        return self.users + self.queries + self.charges
+        return sum(self.values())
 
     def add(self, other: "Rows") -> None:
-        self.users += other.users
-        self.queries += other.queries
-        self.charges += other.charges
+        for name, number in other.items():
+            self[name] += number
 
     def __str__(self):
-        return f"{self.users} users, {self.queries} queries, {self.charges} charges"
+        return ", ".join(f"{number} {name}" for name, number in self.items())
 
 
 def rows_by_prefix(alias: str) -> dict[str, Rows]:
-    """Return the row counts of one shard per guid prefix, three GROUP BY queries."""
+    """Return the row counts of one shard per guid prefix, one GROUP BY query per model."""
     found: dict[str, Rows] = {}
-    for name, model, field in MODELS:
+    for model in moved_models():
+        key = shard_key_field(model).attname
         grouped = (
             model.objects.using(alias)
-            .annotate(prefix=Substr(field, 1, 2))
+            .annotate(prefix=Substr(key, 1, 2))
             .values("prefix")
             .annotate(rows=Count("pk"))
             .values_list("prefix", "rows")
         )
         for prefix, rows in grouped:
-            setattr(found.setdefault(prefix, Rows()), name, rows)
+            found.setdefault(prefix, Rows())[plural_name(model)] = rows
     return found
 
 
@@ -104,12 +106,20 @@ def verify(progress=lambda message: None) -> Report:
 
 
 def duplicates(prefix: str, by_alias: dict[str, Rows]) -> list[str]:
-    """Name users of the prefix that have rows on more than one shard."""
-    seen: dict[str, list[str]] = {}
-    for alias in by_alias:
-        for guid in User.objects.using(alias).filter(guid__startswith=prefix).values_list("guid", flat=True):
-            seen.setdefault(guid, []).append(alias)
-    return [f"user {guid}: duplicated on {', '.join(aliases)}" for guid, aliases in sorted(seen.items()) if len(aliases) > 1]
+    """Name the rows of the prefix that are on more than one shard, model by model."""
+    found = []
+    for model in moved_models():
+        identity = identity_field(model).attname
+        seen: dict[object, list[str]] = {}
+        for alias in by_alias:
+            for value in prefix_rows(model, alias, prefix).values_list(identity, flat=True):
+                seen.setdefault(value, []).append(alias)
+        found += [
+            f"{model._meta.verbose_name} {value}: duplicated on {', '.join(aliases)}"
+            for value, aliases in sorted(seen.items())
+            if len(aliases) > 1
+        ]
+    return found
 
 
 # -- rebalance ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Which database holds a user's rows, and the fence that keeps writes off a moving prefix.
 
-Per-user rows (users, queries, charges) live on the shard that the shard map names for
-the first two hex characters of the user's guid. Query ids carry the same two characters,
+Per-user rows (of the models that declare it, see `rentahal.sharded_models`) live on the
+shard that the shard map names for the first two hex characters of the user's guid. Query ids carry the same two characters,
 so a job that holds only a query id finds the right shard without a lookup of the query.
 
 The map lives on `default` (`rentahal.models.ShardMapEntry`). Each process caches it and
@@ -16,13 +16,12 @@ import uuid
 
 import redis
 from django.conf import settings
-from django.db import OperationalError, connections, models, transaction
+from django.db import OperationalError, connections, transaction
 
 from rentahal.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
-SHARDED_MODELS = frozenset({"accounts.user", "accounts.query", "accounts.charge", "accounts.systemtotals"})
 PREFIXES = [f"{number:02x}" for number in range(256)]
 
 # Advisory lock keys on `default`: (class, prefix number) fences one prefix; (class, hash)
@@ -40,10 +39,6 @@ class ShardMoving(Unavailable):
 
 class UnknownShard(Exception):
     """The shard map names a database alias that is not configured."""
-
-
-def is_sharded(model) -> bool:
-    return model._meta.label_lower in SHARDED_MODELS
 
 
 def shard_aliases() -> list[str]:
@@ -307,54 +302,3 @@ def serialised_across_shards(key: str):
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [SPAN_LOCK_CLASS, key])
         yield
-
-
-# -- querysets that know their shard ------------------------------------------------------
-
-class ShardedQuerySet(models.QuerySet):
-    """A queryset of a per-user model that routes itself by the guid or query id it filters on.
-
-    `Query.objects.get(pk=query_id)` or `Charge.objects.filter(user=user)` carry the shard
-    key as a router hint (`shard_key`), so `ShardRouter` sends them to the right shard
-    without the caller naming it. The model lists which lookups are shard keys
-    (`shard_key_lookups`). A query with no key has no shard: it must say `.using(alias)`
-    or loop over `shard_aliases()`, except `count()`, which then sums every shard (rows
-    of a prefix caught mid-move are counted on both shards, as `manage.py shards` shows).
-    """
-
-    def _has_shard(self) -> bool:
-        return self._db is not None or "shard_key" in self._hints or "instance" in self._hints
-
-    def count(self):
-        if not self._has_shard() and has_shards():
-            return sum(self.using(alias).count() for alias in shard_aliases())
-        return super().count()
-
-    def _filter_or_exclude(self, negate, args, kwargs):
-        clone = super()._filter_or_exclude(negate, args, kwargs)
-        if not negate and not self._has_shard():
-            key = _shard_key(self.model, kwargs)
-            if key is not None:
-                # _clone() shares the hints dict with its parent, so replace it, never mutate.
-                clone._hints = {**clone._hints, "shard_key": key}
-        return clone
-
-    def create(self, **kwargs):
-        if self._db is None:
-            key = _shard_key(self.model, kwargs)
-            if key is not None:
-                return self.using(shard_for_guid(key)).create(**kwargs)
-        return super().create(**kwargs)
-
-
-def _shard_key(model, lookups: dict) -> str | None:
-    for name in getattr(model, "shard_key_lookups", ()):
-        value = lookups.get(name)
-        if value is None:
-            continue
-        if isinstance(value, models.Model):
-            value = value.pk
-        key = str(value)
-        if is_valid_prefix(guid_prefix(key)):
-            return key
-    return None

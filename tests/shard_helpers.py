@@ -45,7 +45,7 @@ def rows_on(prefix: str) -> dict[str, tuple[int, int, int]]:
     for alias in shard_aliases():
         rows = rows_by_prefix(alias).get(prefix)
         if rows is not None and rows.total:
-            found[alias] = (rows.users, rows.queries, rows.charges)
+            found[alias] = (rows["users"], rows["queries"], rows["charges"])
     return found
 
 

@@ -90,7 +90,7 @@ def test_page_and_admin_are_served_with_their_static_files(broker_without_model)
 
 
 async def test_idle_socket_outlives_redis_socket_timeouts(broker_without_model):
-    """redis-py 8 killed idle Channels sockets after 5 s (MEASURED.md); this one idles 7 s."""
+    """redis-py 8 killed idle Channels sockets after 5 s (rentahal.W001); this one idles 7 s."""
     async with websockets.connect(f"ws://127.0.0.1:{broker_without_model}/ws") as ws:
         await read_until(ws, "huggingface_update")
         await asyncio.sleep(7)
@@ -100,7 +100,7 @@ async def test_idle_socket_outlives_redis_socket_timeouts(broker_without_model):
 
 
 async def test_three_hundred_sockets_connecting_at_once_all_get_in(broker_without_model):
-    """A reconnect storm must not exhaust the channel layer's Redis pool (MEASURED.md)."""
+    """A reconnect storm must not exhaust the channel layer's Redis pool (rentahal.W002)."""
     url = f"ws://127.0.0.1:{broker_without_model}/ws"
 
     async def visit():

@@ -13,6 +13,7 @@ from accounts.models import Charge, Query, SystemTotals, User
 from rentahal.errors import BrokerError
 from rentahal.models import ShardMapEntry
 from rentahal.routers import ShardRouter
+from rentahal.sharded_models import moved_models, sharded_models
 from rentahal.sharding import shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
@@ -53,6 +54,14 @@ def test_shared_tables_live_on_default_and_per_user_tables_only_on_shards():
     assert not {"accounts_user", "accounts_query", "accounts_charge"} & set(default_tables)
     assert {"accounts_user", "accounts_query", "accounts_charge", "accounts_systemtotals"} <= set(shard_tables)
     assert not {"realms_realm", "pools_worker", "rentahal_shardmapentry"} & set(shard_tables)
+
+
+def test_per_user_models_are_those_the_apps_declare_and_moves_carry_parents_first():
+    assert {model._meta.label for model in sharded_models()} == {
+        "accounts.User", "accounts.Query", "accounts.Charge", "accounts.SystemTotals"
+    }
+    # Per-shard totals stay where they are; a query is copied after its user, a charge after its query.
+    assert [model._meta.label for model in moved_models()] == ["accounts.User", "accounts.Query", "accounts.Charge"]
 
 
 def test_new_instance_is_saved_on_the_shard_of_its_guid_without_naming_it():

@@ -1,4 +1,4 @@
-"""Model-server clients, one per wire format (PROTOCOL.md §2), chosen by client_for()."""
+"""Model-server clients, one per wire format (docs/protocol.md §2), chosen by client_for()."""
 from .a1111 import A1111Client
 from .base import CallLimits, ChunkCallback, ModelAnswer, ModelClient, ModelRequest, ModelServerError
 from .ollama import OllamaClient

@@ -5,7 +5,7 @@ import aiohttp
 
 from .base import CallLimits, ChunkCallback, ModelAnswer, ModelClient, ModelRequest, malformed, post_for_answer
 
-# The settings the original broker sent with every imagine query (PROTOCOL.md §2).
+# The settings the original broker sent with every imagine query (docs/protocol.md §2).
 TXT2IMG_SETTINGS = {
     "negative_prompt": "",
     "steps": 50,

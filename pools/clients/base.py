@@ -105,7 +105,7 @@ class ModelClient:
         """Return the HTTP status of the format's natural health route, None if it has none.
 
         An unreachable server raises ModelServerError ("timeout" or "server"), because the
-        health score treats "no answer" differently from "answered non-200" (PROTOCOL.md §3).
+        health score treats "no answer" differently from "answered non-200" (docs/protocol.md §3).
         """
         raise NotImplementedError
 

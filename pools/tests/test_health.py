@@ -1,4 +1,4 @@
-"""The periodic health check (PROTOCOL.md §3): each wire format's natural probe, score rules,
+"""The periodic health check (docs/protocol.md §3): each wire format's natural probe, score rules,
 blacklisting and restoring, all in the shared Redis state and none in the pool configuration;
 and `manage.py check_worker_health`, which also prunes old attempt outcomes."""
 import datetime

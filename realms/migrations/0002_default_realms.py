@@ -1,4 +1,4 @@
-"""Create the four default realms, one per query type (seed 002)."""
+"""Create the four default realms, one per query type."""
 from django.db import migrations, router
 
 from realms.defaults import ensure_default_realms

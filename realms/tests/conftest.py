@@ -15,7 +15,7 @@ def metrics_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def slow_server():
     """A second fake model server that waits before every answer."""
-    from pools.fake_server import run_in_thread
+    from pools.testing.fake_server import run_in_thread
 
     handle = run_in_thread(delay=1.5)
     yield handle

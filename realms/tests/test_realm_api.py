@@ -79,6 +79,14 @@ def test_creating_a_realm_for_a_type_routes_that_type_to_it(as_sysop):
     assert Realm.objects.get(name="$CHAT_EU").queue_limit == 50
 
 
+def test_a_new_realm_given_no_queue_limit_takes_the_queue_limit_setting(as_sysop, settings):
+    settings.RENTAHAL_QUEUE_LIMIT = 25
+
+    as_sysop.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat"}, format="json")
+
+    assert Realm.objects.get(name="$CHAT_EU").queue_limit == 25
+
+
 def test_update_changes_limits_and_backups(as_sysop):
     as_sysop.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
     as_sysop.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")

@@ -4,7 +4,7 @@ import dataclasses
 
 from django.core.management.base import BaseCommand, CommandError
 
-from pools.fake_server import FakeConfig, FakeModelServer
+from pools.testing.fake_server import FakeConfig, FakeModelServer
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""A fake model server speaking every wire format of PROTOCOL.md §2 on one port, with knobs for
+"""A fake model server speaking every wire format of docs/protocol.md §2 on one port, with knobs for
 delay and failure: the one seam tests and benchmarks put between rentahal and real models."""
 from __future__ import annotations
 

@@ -13,6 +13,12 @@ from pools.selection import MAX_HEALTH
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture
+def two_rq_workers(start_worker):
+    """Two real RQ worker processes, each running one job at a time, serving every realm."""
+    return [start_worker("--name", f"pools-test-{count}", "--concurrency", "1") for count in (1, 2)]
+
+
 def chat(prompt: str, model_name: str = "") -> dict:
     return {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat", "model_type": "worker_node", "model_name": model_name}}
 
