@@ -137,9 +137,10 @@ class Command(BaseCommand):
                 url = f"http://127.0.0.1:{options['model_port']}"
                 wait_for_http(f"{url}/v1/models", timeout=60, child=model)
                 pools.add_worker(
-                    name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME
+                    name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME,
+                    acting_user=None,
                 )
-                pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME])
+                pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME], acting_user=None)
                 self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
             every = str(options["housekeeping_every"])
             for child in [
