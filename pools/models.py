@@ -90,14 +90,10 @@ class Worker(models.Model):
         address = self.address.rstrip("/")
         return address if "://" in address else f"http://{address}"
 
-    def as_frame_data(self, health: Health | None = None) -> dict:
+    def as_frame_data(self, health: Health) -> dict:
         """Return the worker as a `worker_update` frame lists it, with its runtime health
-        (read from Redis unless given); blacklisted means by an operator or by the health rules."""
-        if health is None:
-            # Imported here: pools.state builds on pools.selection, which imports this module.
-            from pools.state import health_of
-
-            health = health_of([self.name])[self.name]
+        (`pools.status.worker_frames` reads it from Redis for a whole list at once);
+        blacklisted means by an operator or by the health rules."""
         return {
             "name": self.name,
             "address": self.address,

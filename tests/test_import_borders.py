@@ -29,11 +29,29 @@ def project_modules() -> dict[str, Path]:
     return modules
 
 
+def is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+    )
+
+
+def runtime_nodes(tree: ast.AST):
+    """Yield every node except those under `if TYPE_CHECKING:`, which never runs: names
+    imported there serve annotations only, so they make no import, and no circle."""
+    for child in ast.iter_child_nodes(tree):
+        if is_type_checking_block(child):
+            yield from (runtime for orelse in child.orelse for runtime in [orelse, *runtime_nodes(orelse)])
+            continue
+        yield child
+        yield from runtime_nodes(child)
+
+
 def imports_of(name: str, path: Path) -> set[str]:
-    """Return the dotted names a module imports, wherever the import statement sits."""
+    """Return the dotted names a module imports when it runs, wherever the import statement sits."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
