@@ -59,7 +59,7 @@ def test_jobs_that_finish_together_are_all_finished_in_rq_with_their_results(que
     successes, working_time = worker_counters(worker)
     assert successes == 20
     assert working_time > 0
-    assert list(clean_redis.scan_iter("rq:execution:*")) == []
+    assert [fetched.get_executions() for fetched in Job.fetch_many([job.id for job in jobs], clean_redis)] == [[]] * 20
 
 
 def test_a_finished_job_still_enqueues_and_runs_its_dependent(queue, clean_redis):
