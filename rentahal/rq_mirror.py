@@ -21,8 +21,8 @@ Private names used, all here: `BaseWorker._ordered_queues`, `_start_scheduler`,
 `_finalize_success`, `_finalize_failure`, `_stopped_job_id`, `_shutdown_requested_date`;
 `Job._result`, `Job._status`, `Job._handle_success`; `Queue._enqueue_job`.
 """
-import dataclasses
 import asyncio
+import dataclasses
 from typing import Any
 
 import redis
