@@ -16,6 +16,9 @@ Logic repeated from rq 3.0.0 (rq/queue.py, rq/worker/base.py, rq/executions.py):
   success callback, `Retry` result, repeats or dependents: `record_successes` and
   `stage_success`, for a batch in one MULTI/EXEC.
 - `Queue.enqueue_job` after its dependency check: `requeue_job` puts a job back at the front.
+- `rq.command.handle_stop_job_command`: `handle_payload` stops the execution running the job,
+  whichever of the jobs in flight it is (RQ's compares it with one execution, then kills the
+  work horse, which this worker does not have).
 
 Private names used, all here: `BaseWorker._ordered_queues`, `_start_scheduler`,
 `_finalize_success`, `_finalize_failure`, `_stopped_job_id`, `_shutdown_requested_date`;
@@ -26,14 +29,14 @@ import dataclasses
 from typing import Any
 
 import redis
-from rq import Worker
+from rq.command import parse_payload
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
 from rq.utils import now
-from rq.worker import WorkerStatus
+from rq.worker import BaseWorker, WorkerStatus
 
 MIRRORED_RQ_VERSION = "3.0.0"
 
@@ -74,8 +77,13 @@ class Finished:
     recorded: asyncio.Future
 
 
-class BatchedBookkeeping(Worker):
-    """RQ's Worker, with its per-job Redis bookkeeping also available for batches of jobs."""
+class BatchedBookkeeping(BaseWorker):
+    """RQ's Worker, with its per-job Redis bookkeeping also available for batches of jobs.
+
+    It derives from RQ's BaseWorker, as RQ's SimpleWorker does: jobs run in this process, and
+    `rq.Worker`'s work-horse handling (`kill_horse` signals the process group of the horse's
+    pid, 0 here, so this worker's own group) must never be reached.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -83,6 +91,18 @@ class BatchedBookkeeping(Worker):
 
     def start_scheduler(self, burst: bool, logging_level: str) -> None:
         self._start_scheduler(burst, logging_level)
+
+    def handle_payload(self, message) -> None:
+        """Take RQ's worker commands; `stop-job` stops that job's execution (see the header)."""
+        payload = parse_payload(message)
+        if payload.get("command") != "stop-job":
+            super().handle_payload(message)
+            return
+        executions = [execution for execution in list(self.executions.values()) if execution.job_id == payload.get("job_id")]
+        if not executions:
+            self.log.warning("Worker %s: not running job %s, command ignored", self.name, payload.get("job_id"))
+        for execution in executions:
+            self.request_stop_execution(execution.id)
 
     def note_shutdown_requested(self) -> None:
         """Record the warm shutdown's date where RQ's own `request_stop` does."""

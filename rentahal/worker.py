@@ -38,7 +38,7 @@ SUSPENSION_POLL_SECONDS = 1.0
 
 
 class JobStoppedOnRequest(Exception):
-    """The job was stopped through RQ's `stop-job` command."""
+    """The job was stopped through RQ's `stop-job` or `stop-execution` command."""
 
 
 class ConcurrentWorker(BatchedBookkeeping):
@@ -362,7 +362,8 @@ class ConcurrentWorker(BatchedBookkeeping):
             self.log.info("Worker %s: %d job(s) put back on their queues", self.name, len(leftover))
 
     def request_stop_execution(self, execution_id: str) -> None:
-        """RQ's `stop-job` command (from the pubsub thread): cancel that job alone."""
+        """RQ's `stop-execution` and `stop-job` commands (from the pubsub thread): cancel that
+        job alone; it ends STOPPED."""
         entry = self.in_flight.get(execution_id)
         if entry is None or self._loop is None:
             self.log.warning("Not running execution %s, command ignored.", execution_id)
