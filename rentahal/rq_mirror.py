@@ -1,9 +1,11 @@
 """Every place rentahal reaches into RQ's internals, fenced in one module, for rq==3.0.0.
 
 `ConcurrentWorker` (rentahal/worker.py) runs many jobs on one event loop; RQ's Worker runs one
-at a time and does its bookkeeping per job. This class gives the concurrent worker that
-bookkeeping a batch at a time, and is the only module of the project that uses RQ's private
-names or repeats RQ's logic. `rentahal.checks.check_rq_version` refuses any other rq: after
+at a time and does its bookkeeping per job. `BatchedBookkeeping` gives the concurrent worker
+that bookkeeping a batch at a time; this is the only module of the project that uses RQ's
+private names or repeats RQ's logic. It stays because RQ's own per-job path, measured in its
+place, cost more CPU per query (bench/README.md, "RQ's own per-job bookkeeping vs the batched
+mirror"). `rentahal.checks.check_rq_version` refuses any other rq: after
 an upgrade, compare each item below with the new source before raising MIRRORED_RQ_VERSION.
 
 Logic repeated from rq 3.0.0 (rq/queue.py, rq/worker/base.py, rq/executions.py):
@@ -78,7 +80,7 @@ class Finished:
 
 
 class BatchedBookkeeping(BaseWorker):
-    """RQ's Worker, with its per-job Redis bookkeeping also available for batches of jobs.
+    """RQ's BaseWorker, with its per-job Redis bookkeeping also available for batches of jobs.
 
     It derives from RQ's BaseWorker, as RQ's SimpleWorker does: jobs run in this process, and
     `rq.Worker`'s work-horse handling (`kill_horse` signals the process group of the horse's
