@@ -3,13 +3,10 @@ fail over to another member when the server was at fault."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import dataclasses
 import logging
 import time
 
-import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
@@ -17,14 +14,10 @@ from pools import actions, config, state
 from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
 from pools.models import Strategy
 from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
+from rentahal.http_session import model_session
 
 logger = logging.getLogger(__name__)
 
-# A long-lived process (the concurrent worker) installs one session so connections to
-# model servers are reused across queries; a one-off job opens its own.
-shared_session: contextvars.ContextVar[aiohttp.ClientSession | None] = contextvars.ContextVar(
-    "shared_session", default=None
-)
 # How long a query waits between looks when every candidate is at its concurrency cap.
 BUSY_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5)
 
@@ -52,16 +45,6 @@ def call_limits() -> CallLimits:
         read_timeout=settings.RENTAHAL_READ_TIMEOUT,
         max_answer_bytes=settings.RENTAHAL_MAX_ANSWER_BYTES,
     )
-
-
-@contextlib.asynccontextmanager
-async def model_session():
-    session = shared_session.get()
-    if session is not None:
-        yield session
-        return
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def current_plan(request: ModelRequest, realm: str) -> Plan:

@@ -1,7 +1,10 @@
 """System checks for the plumbing: configurations known to break the broker on this stack."""
 import redis
+import rq
 from django.conf import settings
 from django.core.checks import Error, Warning, register
+
+from rentahal.rq_mirror import MIRRORED_RQ_VERSION
 
 
 @register()
@@ -31,3 +34,21 @@ def check_channel_layer(app_configs, **kwargs):
                 hint="Set max_connections to 1000 or more in the channel layer's host config.",
             ))
     return problems
+
+
+@register()
+def check_rq_version(app_configs, **kwargs):
+    """Refuse an rq other than the one `rentahal.rq_mirror` was written against.
+
+    The concurrent worker calls RQ's private methods and repeats parts of RQ's Worker there;
+    another release may rename them or change what they write, and the worker would then
+    corrupt RQ's registries quietly rather than fail.
+    """
+    if rq.__version__ == MIRRORED_RQ_VERSION:
+        return []
+    return [Error(
+        f"rq {rq.__version__} is installed, but rentahal.rq_mirror mirrors rq {MIRRORED_RQ_VERSION}.",
+        id="rentahal.E002",
+        hint=(f"Install rq=={MIRRORED_RQ_VERSION} as pyproject.toml pins it, or compare every item that "
+              "rentahal/rq_mirror.py's docstring lists with the new rq's source, then raise MIRRORED_RQ_VERSION."),
+    )]

@@ -1,13 +1,19 @@
 """The concurrent RQ worker: many queries in flight in one process, RQ's registries kept,
-warm shutdown that loses nothing, and a job over its timeout failing alone.
+warm shutdown that loses nothing, a job over its timeout failing alone, and `rq suspend` /
+`rq resume` pausing and resuming it.
 
 The end-to-end query path tests in test_query_path.py run against this worker too
 (conftest's `rq_worker` fixture is parametrized over worker kinds)."""
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from rq import Callback
+from rq import Worker as RQWorker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
@@ -59,6 +65,20 @@ def statuses(queries) -> list[str]:
 
 def started_count() -> int:
     return StartedJobRegistry(chat_realm().queue_name, connection=get_queue("default").connection).count
+
+
+def rq_command(*arguments: str) -> None:
+    """Run RQ's own command line (`rq suspend`, `rq resume`) against the tests' Redis."""
+    rq = Path(sys.executable).parent / "rq"
+    subprocess.run([str(rq), *arguments, "--url", settings.REDIS_URL], check=True, capture_output=True, timeout=30)
+
+
+def worker_states(connection) -> list[str]:
+    return [worker.get_state() for worker in RQWorker.all(connection=connection)]
+
+
+def waiting_count() -> int:
+    return get_queue(chat_realm().queue_name).count
 
 
 @pytest.fixture
@@ -145,3 +165,43 @@ def test_job_over_its_timeout_fails_alone_while_its_siblings_finish(
     failed = FailedJobRegistry(queue.name, connection=queue.connection)
     assert failed.get_job_ids() == [str(doomed.id)]
     assert "JobTimeoutException" in Job.fetch(str(doomed.id), connection=queue.connection).latest_result().exc_string
+
+
+def test_a_query_sent_while_rq_is_suspended_waits_in_its_queue_until_rq_resume(
+    fake_server, register_worker, default_realms, alice, clean_redis
+):
+    register_worker(fake_server, "openai")
+    worker = start_rq_worker(clean_redis, "--concurrency", "16")
+    try:
+        rq_command("suspend")
+        wait_until(lambda: worker_states(clean_redis) == ["suspended"], message="the worker to report suspended")
+        query = accept_chat(alice, "sent while suspended")
+
+        time.sleep(3)
+        assert (statuses([query]), waiting_count()) == ([Query.Status.ACCEPTED], 1)
+
+        rq_command("resume")
+        wait_until(lambda: statuses([query]) == [Query.Status.DONE], message="the query done after resume")
+    finally:
+        stop_rq_worker(worker)
+
+    assert waiting_count() == 0
+    assert Charge.objects.filter(query_id=query.pk).count() == 1
+
+
+def test_a_query_in_flight_when_rq_is_suspended_still_finishes(
+    slow_fake_server, default_realms, alice, clean_redis
+):
+    worker = start_rq_worker(clean_redis, "--concurrency", "16")
+    try:
+        in_flight = accept_chat(alice, "already running")
+        wait_until(lambda: started_count() == 1, message="the query in flight")
+
+        rq_command("suspend")
+        wait_until(lambda: worker_states(clean_redis) == ["suspended"], message="the worker to report suspended")
+        wait_until(lambda: statuses([in_flight]) == [Query.Status.DONE], message="the query in flight done")
+    finally:
+        rq_command("resume")
+        stop_rq_worker(worker)
+
+    assert Charge.objects.filter(query_id=in_flight.pk).count() == 1

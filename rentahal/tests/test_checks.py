@@ -42,3 +42,22 @@ def test_redis_py_8_with_socket_timeout_disabled_passes(settings, monkeypatch):
     settings.CHANNEL_LAYERS = layer_with(max_connections=1000, socket_timeout=None)
 
     assert check_ids() == set()
+
+
+def test_an_rq_other_than_the_mirrored_one_is_refused(monkeypatch):
+    import rq
+
+    monkeypatch.setattr(rq, "__version__", "3.0.1")
+
+    assert "rentahal.E002" in check_ids()
+
+
+def test_the_refusal_names_the_installed_and_the_mirrored_rq(monkeypatch):
+    import rq
+
+    from rentahal.checks import check_rq_version
+
+    monkeypatch.setattr(rq, "__version__", "3.1.0")
+    [error] = check_rq_version(None)
+
+    assert "rq 3.1.0 is installed" in error.msg and "mirrors rq 3.0.0" in error.msg

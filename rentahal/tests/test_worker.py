@@ -4,10 +4,14 @@ dependents, callbacks and the worker's counters, in a number of round trips that
 grow with the batch.
 
 Each test runs a `ConcurrentWorker` in burst mode in this process on a queue of its own."""
+import asyncio
+import threading
+import time
 from collections import Counter
 
 import pytest
 from rq import Callback, Queue
+from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.worker import Worker
@@ -59,7 +63,7 @@ def test_jobs_that_finish_together_are_all_finished_in_rq_with_their_results(que
     successes, working_time = worker_counters(worker)
     assert successes == 20
     assert working_time > 0
-    assert list(clean_redis.scan_iter("rq:execution:*")) == []
+    assert [fetched.get_executions() for fetched in Job.fetch_many([job.id for job in jobs], clean_redis)] == [[]] * 20
 
 
 def test_a_finished_job_still_enqueues_and_runs_its_dependent(queue, clean_redis):
@@ -129,3 +133,21 @@ def test_twenty_waiting_jobs_take_as_many_transactions_as_one(queue, redis_comma
         return Counter(command for command in commands if command in ("MULTI", "WATCH"))
 
     assert run(20) == run(1)
+
+
+def test_rqs_stop_job_command_stops_that_job_alone_whichever_of_the_jobs_in_flight_it_is(queue, clean_redis):
+    sibling = queue.enqueue(asyncio.sleep, 1, "slept")
+    doomed = queue.enqueue(asyncio.sleep, 30)
+
+    def stop_when_started():
+        while Job.fetch(doomed.id, connection=clean_redis).get_status() != JobStatus.STARTED:
+            time.sleep(0.05)
+        send_stop_job_command(clean_redis, doomed.id)
+
+    stopper = threading.Thread(target=stop_when_started)
+    stopper.start()
+    run_burst_worker(queue)
+    stopper.join()
+
+    assert Job.fetch(doomed.id, connection=clean_redis).get_status() == JobStatus.STOPPED
+    assert Job.fetch(sibling.id, connection=clean_redis).return_value() == "slept"
