@@ -1,5 +1,6 @@
 """Fixtures shared by every test: real Redis flushed per test, personas, fake model servers,
 a real RQ worker process, and WebSocket clients for /ws."""
+import asyncio
 import contextlib
 import os
 import signal
@@ -301,3 +302,27 @@ async def connect():
     yield open_socket
     for client in opened:
         await client.close()
+
+
+@pytest.fixture
+async def subscribe():
+    """Join a channel to an event group (as a dashboard or agent tool would); return a
+    function that waits for the channel's next event. Every channel leaves its group after."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    joined: list[tuple[str, str]] = []
+
+    async def join(group: str):
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        joined.append((group, channel))
+
+        async def next_event() -> dict:
+            return await asyncio.wait_for(layer.receive(channel), timeout=5)
+
+        return next_event
+
+    yield join
+    for group, channel in joined:
+        await layer.group_discard(group, channel)

@@ -4,7 +4,6 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 
 from pools import actions
 from rentahal.errors import Invalid
@@ -14,17 +13,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-async def subscriber():
-    """A channel joined to `events.pools`; returns the next event it gets."""
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(POOL_EVENTS, channel)
-
-    async def next_event() -> dict:
-        return await asyncio.wait_for(layer.receive(channel), timeout=5)
-
-    yield next_event
-    await layer.group_discard(POOL_EVENTS, channel)
+async def subscriber(subscribe):
+    return await subscribe(POOL_EVENTS)
 
 
 async def test_a_worker_saved_and_removed_is_published(subscriber):

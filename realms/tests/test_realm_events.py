@@ -1,10 +1,8 @@
 """Changes to realms are published on the `events.realms` group once committed, for
 dashboards and agent tools that subscribe (rentahal.pushes)."""
-import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 
 from realms import actions
 from realms.models import Realm
@@ -14,17 +12,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-async def subscriber():
-    """A channel joined to `events.realms`; returns the next event it gets."""
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    await layer.group_add(REALM_EVENTS, channel)
-
-    async def next_event() -> dict:
-        return await asyncio.wait_for(layer.receive(channel), timeout=5)
-
-    yield next_event
-    await layer.group_discard(REALM_EVENTS, channel)
+async def subscriber(subscribe):
+    return await subscribe(REALM_EVENTS)
 
 
 def event(name: str, op: str = "saved", by: str = "system") -> dict:
