@@ -33,6 +33,7 @@ from rentahal.sharding import (
     has_shards,
     is_valid_prefix,
     publish_token,
+    read_token,
     shard_aliases,
     shard_for_prefix,
 )
@@ -142,9 +143,24 @@ def copy_rows(move: ShardMove, *, progress=no_progress) -> None:
     progress(f"move {move.prefix}: copied {describe(counts)}")
 
 
-def switch_map(move: ShardMove, *, progress=no_progress) -> None:
-    """Fence the prefix, copy what changed since `copy_rows`, and point the map at the target."""
+def switch_map(move: ShardMove, *, progress=no_progress) -> dict[str, int]:
+    """Fence the prefix, copy what changed since `copy_rows`, point the map at the target
+    and tell every process; return what the fenced step copied."""
     started = time.monotonic()
+    counts = commit_switch(move)
+    held = (time.monotonic() - started) * 1000
+    publish_map()
+    progress(f"move {move.prefix}: switched to {move.target} (fence held {held:.0f} ms, delta {describe(counts)})")
+    return counts
+
+
+def commit_switch(move: ShardMove) -> dict[str, int]:
+    """Under the prefix's fence, copy what changed since `copy_rows` and point the map at the
+    target, in one `default` transaction; return what was copied.
+
+    Writers see the switch at once (they read the map token in Postgres); readers only once
+    the token is published (`publish_map`).
+    """
     with transaction.atomic(using="default"):
         try:
             close_fence(move.prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
@@ -154,13 +170,17 @@ def switch_map(move: ShardMove, *, progress=no_progress) -> None:
         if move.state != ShardMove.State.COPYING:
             raise MoveError(f"Move of {move.prefix} is {move.state}, not copying; nothing to switch.")
         counts = sync_prefix(move.prefix, move.source, move.target)
-        token = set_map_entry(move.prefix, move.target)
+        set_map_entry(move.prefix, move.target)
         move.state = ShardMove.State.SWITCHED
         move.save(update_fields=["state", "updated_at"])
-    publish_token(token)
+    return counts
+
+
+def publish_map() -> None:
+    """Publish the map token recorded in Postgres, so every process's next read sees the map
+    as committed (a mover killed before this left readers on the map it replaced)."""
+    publish_token(read_token())
     forget_cached_map()
-    held = (time.monotonic() - started) * 1000
-    progress(f"move {move.prefix}: switched to {move.target} (fence held {held:.0f} ms, delta {describe(counts)})")
 
 
 def clean_source(move: ShardMove, *, progress=no_progress) -> None:
@@ -180,6 +200,7 @@ def resume_move(prefix: str, target: str | None = None, *, progress=no_progress)
         check_reachable(move.source)
         check_reachable(move.target)
         progress(f"move {prefix}: resuming {move.source} → {move.target} from {move.state}")
+        publish_map()
         if move.state == ShardMove.State.COPYING:
             copy_rows(move, progress=progress)
             switch_map(move, progress=progress)
@@ -195,6 +216,7 @@ def rollback_move(prefix: str, target: str | None = None, *, progress=no_progres
         check_reachable(move.source)
         check_reachable(move.target)
         progress(f"move {prefix}: rolling back {move.source} → {move.target} from {move.state}")
+        publish_map()
         if move.state == ShardMove.State.SWITCHED:
             # Writes since the switch went to the target: bring them back the way they came.
             counts = sync_prefix(prefix, move.target, move.source)
@@ -202,9 +224,8 @@ def rollback_move(prefix: str, target: str | None = None, *, progress=no_progres
             with transaction.atomic(using="default"):
                 close_fence(prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
                 sync_prefix(prefix, move.target, move.source)
-                token = set_map_entry(prefix, move.source)
-            publish_token(token)
-            forget_cached_map()
+                set_map_entry(prefix, move.source)
+            publish_map()
             progress(f"move {prefix}: map points at {move.source} again")
             time.sleep(CLEAN_GRACE_SECONDS)
         removed = delete_prefix(prefix, move.target)

@@ -1,5 +1,7 @@
 """Moving a guid prefix between shards: live, under load, interrupted, and rebalanced."""
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,9 @@ from accounts.actions.users import find_user
 from accounts.billing import system_totals
 from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
-from rentahal.shard_moves import begin_move, copy_rows, switch_map
+from conftest import PROJECT_DIR, worker_environment
+from rentahal import sharding
+from rentahal.shard_moves import begin_move, commit_switch, copy_rows, switch_map
 from rentahal.shard_placement import shard_loads
 from rentahal.sharding import FENCE_LOCK_CLASS, close_fence, shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
@@ -160,6 +164,44 @@ def test_move_killed_after_the_switch_is_resumed_by_removing_the_old_rows():
 
     assert rows_on("00") == {"shard1": (1, 3, 3)}
     assert "ok" in output_of("verify_shards")
+
+
+def kill_mover_between_switch_and_publish(guid: str) -> None:
+    """Switch prefix 00 to shard1 and die before publishing the new map token, while this
+    process reads through the map it cached before the move."""
+    make_history(guid, queries=2)
+    assert shard_for_guid(guid) == "shard0"
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    commit_switch(move)
+
+
+def test_move_killed_before_publishing_its_switch_is_read_right_after_resume():
+    guid = guid_with_prefix("00")
+    kill_mover_between_switch_and_publish(guid)
+    assert shard_for_guid(guid) == "shard0"  # the map says shard1; this process reads shard0
+
+    resumed = subprocess.run(
+        [sys.executable, "manage.py", "move_shard_prefix", "00", "--resume"],
+        cwd=PROJECT_DIR, env=worker_environment(), capture_output=True, text=True, timeout=120,
+    )
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert rows_on("00") == {"shard1": (1, 2, 2)}
+    assert shard_for_guid(guid) == "shard1"
+    assert len(previous_queries(find_user(guid))) == 2
+
+
+def test_unpublished_switch_reaches_readers_within_the_token_lifetime_without_resume(monkeypatch):
+    monkeypatch.setattr(sharding, "TOKEN_TTL_SECONDS", 1)
+    guid = guid_with_prefix("00")
+    kill_mover_between_switch_and_publish(guid)
+
+    deadline = time.monotonic() + 10
+    while shard_for_guid(guid) != "shard1" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    assert shard_for_guid(guid) == "shard1"
 
 
 @pytest.mark.parametrize("killed_after", ["copy", "switch"])
