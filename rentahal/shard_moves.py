@@ -3,14 +3,18 @@
 A move is copying → switched → cleaned (or rolled_back), recorded in `ShardMove` on
 `default` before each step begins, so a move killed anywhere can be resumed or rolled back:
 
-1. copying: sync the prefix's rows from source to target while writers keep writing to
-   the source (the map still names it). Sync makes the target's rows of the prefix equal
-   to the source's, so rerunning it after a kill is harmless.
+1. copying: note the source's change numbers under the prefix's fence (held just long
+   enough for writers in flight to commit, see `rentahal.change_numbers`), then sync the
+   prefix's rows from source to target while writers keep writing to the source (the map
+   still names it). Sync makes the target's rows of the prefix equal to the source's, so
+   rerunning it after a kill is harmless.
 2. switch: take the prefix's fence exclusively (writers wait, see
-   `rentahal.sharding.writing_for`), sync again (only what changed since step 1: queries
-   accepted, finished or charged meanwhile, user totals), point the map at the target and
-   change the version token, all in one `default` transaction. The fence is held for that
-   delta sync only; writers resume on the target the moment it commits.
+   `rentahal.sharding.writing_for`), copy the rows stamped since step 1 noted the change
+   numbers (queries accepted, finished or charged meanwhile, user totals), point the map
+   at the target and change the version token, all in one `default` transaction. The
+   fence is held for that delta only, read through an index, so its length follows the
+   writes made during the move, not the prefix's size; writers resume on the target the
+   moment it commits. Then the token is published to every process.
 3. clean: delete the prefix's rows from the source. No writer resolves to the source any
    more, so this needs no fence.
 
@@ -25,6 +29,7 @@ import uuid
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
+from rentahal.change_numbers import change_field, last_change_number, rows_changed_since
 from rentahal.models import ShardMapEntry, ShardMapVersion, ShardMove
 from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, sharded_parents
 from rentahal.sharding import (
@@ -138,7 +143,10 @@ def begin_move(prefix: str, target: str, *, progress=no_progress) -> ShardMove:
 
 
 def copy_rows(move: ShardMove, *, progress=no_progress) -> None:
-    """Copy the prefix's rows to the target while writers carry on against the source."""
+    """Note where the source's change numbers stand, then copy the prefix's rows to the
+    target while writers carry on against the source."""
+    move.watermarks = mark_changes(move.prefix, move.source)
+    ShardMove.objects.using("default").filter(pk=move.pk).update(watermarks=move.watermarks)
     counts = sync_prefix(move.prefix, move.source, move.target)
     progress(f"move {move.prefix}: copied {describe(counts)}")
 
@@ -155,21 +163,19 @@ def switch_map(move: ShardMove, *, progress=no_progress) -> dict[str, int]:
 
 
 def commit_switch(move: ShardMove) -> dict[str, int]:
-    """Under the prefix's fence, copy what changed since `copy_rows` and point the map at the
-    target, in one `default` transaction; return what was copied.
+    """Under the prefix's fence, copy the rows written since `copy_rows` noted the change
+    numbers and point the map at the target, in one `default` transaction; return how many
+    rows of each model were copied.
 
     Writers see the switch at once (they read the map token in Postgres); readers only once
     the token is published (`publish_map`).
     """
     with transaction.atomic(using="default"):
-        try:
-            close_fence(move.prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
-        except DatabaseError as exc:
-            raise MoveError(f"Writers of {move.prefix} did not drain within {MOVER_FENCE_TIMEOUT_MS} ms: {exc}") from None
+        fence_writers(move.prefix)
         move = ShardMove.objects.using("default").select_for_update().get(pk=move.pk)
         if move.state != ShardMove.State.COPYING:
             raise MoveError(f"Move of {move.prefix} is {move.state}, not copying; nothing to switch.")
-        counts = sync_prefix(move.prefix, move.source, move.target)
+        counts = copy_changes(move.prefix, move.source, move.target, move.watermarks)
         set_map_entry(move.prefix, move.target)
         move.state = ShardMove.State.SWITCHED
         move.save(update_fields=["state", "updated_at"])
@@ -219,11 +225,12 @@ def rollback_move(prefix: str, target: str | None = None, *, progress=no_progres
         publish_map()
         if move.state == ShardMove.State.SWITCHED:
             # Writes since the switch went to the target: bring them back the way they came.
+            watermarks = mark_changes(prefix, move.target)
             counts = sync_prefix(prefix, move.target, move.source)
             progress(f"move {prefix}: copied {describe(counts)} back to {move.source}")
             with transaction.atomic(using="default"):
-                close_fence(prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
-                sync_prefix(prefix, move.target, move.source)
+                fence_writers(prefix)
+                copy_changes(prefix, move.target, move.source, watermarks)
                 set_map_entry(prefix, move.source)
             publish_map()
             progress(f"move {prefix}: map points at {move.source} again")
@@ -244,6 +251,27 @@ def interrupted_move(prefix: str, target: str | None) -> ShardMove:
     return move
 
 
+def fence_writers(prefix: str) -> None:
+    """Close the prefix's fence until the enclosing `default` transaction ends."""
+    try:
+        close_fence(prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
+    except DatabaseError as exc:
+        raise MoveError(f"Writers of {prefix} did not drain within {MOVER_FENCE_TIMEOUT_MS} ms: {exc}") from None
+
+
+def mark_changes(prefix: str, alias: str) -> dict[str, int]:
+    """Return, per moved model, the last change number handed out on `alias`, read under
+    the prefix's fence.
+
+    Writers hold the fence for their whole transaction, so once it is granted every row of
+    the prefix stamped at or below these numbers is committed, and every write after it is
+    released is stamped above them: rows a later read misses are all above the mark.
+    """
+    with transaction.atomic(using="default"):
+        fence_writers(prefix)
+        return {model._meta.label: last_change_number(model, alias) for model in moved_models()}
+
+
 def set_map_entry(prefix: str, alias: str) -> str:
     """Point the prefix at `alias` and change the map token; return the new token."""
     ShardMapEntry.objects.using("default").update_or_create(prefix=prefix, defaults={"shard": alias})
@@ -255,9 +283,11 @@ def set_map_entry(prefix: str, alias: str) -> str:
 # -- copying rows -------------------------------------------------------------------------
 
 def copied_fields(model) -> list:
-    """Return the fields a move writes, the identity first; per-database primary keys stay behind."""
+    """Return the fields a move writes, the identity first; per-database primary keys and
+    change numbers stay behind (the target stamps its own)."""
     identity = identity_field(model)
-    rest = [field for field in model._meta.concrete_fields if field is not identity]
+    changes = change_field(model)
+    rest = [field for field in model._meta.concrete_fields if field is not identity and field is not changes]
     if identity is not model._meta.pk:
         rest = [field for field in rest if not field.primary_key]
     return [identity, *rest]
@@ -313,6 +343,25 @@ def sync_prefix(prefix: str, source: str, target: str) -> dict[str, int]:
             stale = set(target_rows[model]) - set(source_rows[model])
             identity = identity_field(model).attname
             counts["stale"] += prefix_rows(model, target, prefix).filter(**{f"{identity}__in": stale}).delete()[0]
+    return counts
+
+
+def copy_changes(prefix: str, source: str, target: str, watermarks: dict[str, int]) -> dict[str, int]:
+    """Copy the prefix's rows stamped on the source after `watermarks` (`mark_changes`),
+    parents first; return how many rows of each model were copied.
+
+    Writers never delete per-user rows, so nothing the source lost needs deleting here.
+    """
+    counts = {}
+    for model in moved_models():
+        fields = copied_fields(model)
+        changed = rows_changed_since(model, source, prefix, watermarks[model._meta.label])
+        rows = list(changed.values_list(*(field.attname for field in fields)))
+        upsert(
+            target, model, [field.column for field in fields], rows,
+            conflict=identity_field(model).column, update=not model.sharding.append_only,
+        )
+        counts[plural_name(model)] = len(rows)
     return counts
 
 

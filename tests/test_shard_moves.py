@@ -12,7 +12,7 @@ from django.core.management.base import CommandError
 from django.db import connections, transaction
 
 from accounts.actions.queries import previous_queries
-from accounts.actions.users import find_user
+from accounts.actions.users import find_user, set_nickname
 from accounts.billing import system_totals
 from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
@@ -202,6 +202,72 @@ def test_unpublished_switch_reaches_readers_within_the_token_lifetime_without_re
         time.sleep(0.1)
 
     assert shard_for_guid(guid) == "shard1"
+
+
+def fill_prefix_00_on_shard0(users: int) -> None:
+    """Give prefix 00 on shard0 `users` users with two answered, charged queries each, in
+    three statements (the actions would take minutes for thousands of rows)."""
+    with connections["shard0"].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO accounts_user (guid, nickname, is_sysop, is_banned, total_query_time, total_cost, query_count, created_at)"
+            " SELECT overlay(gen_random_uuid()::text PLACING '00' FROM 1 FOR 2), 'bulk ' || n, false, false, 1.0, 0.021, 2, now()"
+            " FROM generate_series(1, %s) AS n",
+            [users],
+        )
+        cursor.execute(
+            "INSERT INTO accounts_query (id, user_id, query_type, model_type, model_name, realm, prompt, image, status, result,"
+            " result_type, error, worker, attempts, accepted_at, started_at, finished_at, processing_time, cost)"
+            " SELECT overlay(gen_random_uuid()::text PLACING '00' FROM 1 FOR 2)::uuid, guid, 'chat', 'worker_node', '',"
+            " '$CHAT', 'question', '', 'done', 'answer', 'text', '', 'fake', 1, now(), now(), now(), 0.5, 0.0105"
+            " FROM accounts_user, generate_series(1, 2) WHERE guid LIKE '00%%'"
+        )
+        cursor.execute(
+            "INSERT INTO accounts_charge (query_id, user_id, amount, processing_time, created_at)"
+            " SELECT id, user_id, cost, processing_time, finished_at FROM accounts_query WHERE user_id LIKE '00%%'"
+        )
+
+
+def prefix_00_on(alias: str) -> dict[str, list[dict]]:
+    """Every row of prefix 00 on one shard as users see it: without per-database ids and change numbers."""
+    def rows(queryset, *hidden):
+        return [{name: value for name, value in row.items() if name not in hidden} for row in queryset.values()]
+
+    return {
+        "users": rows(User.objects.using(alias).filter(guid__startswith="00").order_by("guid"), "change_number"),
+        "queries": rows(Query.objects.using(alias).filter(user__guid__startswith="00").order_by("id"), "change_number"),
+        "charges": rows(Charge.objects.using(alias).filter(user__guid__startswith="00").order_by("query_id"), "id", "change_number"),
+    }
+
+
+def rows_read_on(alias: str) -> int:
+    """Return how many rows of its tables this shard has handed out so far (its statistics)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, once it goes idle
+        cursor.execute("SELECT sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)) FROM pg_stat_user_tables")
+        return cursor.fetchone()[0]
+
+
+def test_switch_copies_only_the_rows_written_since_the_bulk_copy():
+    map_prefix("00", "shard0")
+    fill_prefix_00_on_shard0(users=1500)
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    askers = list(User.objects.using("shard0").filter(guid__startswith="00").values_list("guid", flat=True)[:4])
+    for guid in askers[:3]:
+        make_history(guid, queries=1)
+    set_nickname(find_user(askers[3]), "renamed during the move")
+
+    read_before = rows_read_on("shard0")
+
+    copied = switch_map(move)
+
+    assert copied == {"users": 4, "queries": 3, "charges": 3}
+    assert rows_read_on("shard0") - read_before == 10  # the fence never waits on a scan of the prefix
+    assert prefix_00_on("shard1") == prefix_00_on("shard0")
+    assert find_user(askers[3]).nickname == "renamed during the move"
+    call_command("move_shard_prefix", "00", "--resume")
+    assert rows_on("00") == {"shard1": (1500, 3003, 3003)}
+    assert "ok" in output_of("verify_shards")
 
 
 @pytest.mark.parametrize("killed_after", ["copy", "switch"])
