@@ -19,7 +19,7 @@ from rentahal.models import ShardMapEntry, ShardMove
 from conftest import PROJECT_DIR, worker_environment
 from rentahal import sharding
 from rentahal.shard_moves import begin_move, commit_switch, copy_rows, switch_map
-from rentahal.shard_placement import shard_loads
+from rentahal.shard_placement import plan_moves, shard_loads
 from rentahal.sharding import FENCE_LOCK_CLASS, close_fence, shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
@@ -333,6 +333,65 @@ def test_rebalance_apply_narrows_the_gap_and_loses_nothing():
     assert ledger() == before
     assert "ok" in output_of("verify_shards")
     assert "balanced: no move would narrow the gap" in output_of("rebalance_shards")
+
+
+def weights(first: int, count: int, *, start: int = 0) -> dict[str, int]:
+    """`count` prefixes from hex `start` on, weighing first, first + 1, ... rows."""
+    return {f"{start + number:02x}": first + number for number in range(count)}
+
+
+def after(plan, placement: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Return the rows per prefix per shard once the planned moves are made."""
+    placed = {alias: dict(by_prefix) for alias, by_prefix in placement.items()}
+    for move in plan:
+        placed[move.target][move.prefix] = placed[move.source].pop(move.prefix)
+    return placed
+
+
+SKEWED = {
+    "all on one shard": {"shard0": weights(3, 24), "shard1": {}, "shard2": {}},
+    "heaviest shard holds one big prefix": {"shard0": {"a0": 31}, "shard1": weights(5, 6), "shard2": {}},
+    "two heavy, one light": {"shard0": weights(2, 15), "shard1": weights(4, 10, start=0x20), "shard2": {"f0": 1}},
+}
+
+
+@pytest.mark.parametrize("placement", SKEWED.values(), ids=SKEWED.keys())
+def test_rebalance_plan_brings_every_shard_within_one_prefix_of_the_mean(placement):
+    plan = plan_moves(placement)
+
+    placed = after(plan, placement)
+    loads = {alias: sum(by_prefix.values()) for alias, by_prefix in placed.items()}
+    mean = sum(loads.values()) / len(loads)
+    heaviest = max(loads, key=loads.get)
+    lightest_prefix_of_heaviest = min(placed[heaviest].values())
+    assert all(abs(load - mean) <= lightest_prefix_of_heaviest for load in loads.values()), loads
+    # No single further move would level any two shards: no prefix is lighter than its shard's lead.
+    assert all(
+        weight >= loads[alias] - loads[other]
+        for alias, by_prefix in placed.items() for weight in by_prefix.values() for other in loads
+    ), placed
+    assert len({move.prefix for move in plan}) == len(plan)
+
+
+def test_balanced_shards_get_no_moves():
+    balanced = {"shard0": {"00": 10, "03": 10}, "shard1": {"01": 20}, "shard2": {"02": 7, "05": 7, "08": 5}}
+
+    assert plan_moves(balanced) == []
+
+
+def test_rebalance_moves_between_lighter_shards_when_the_heaviest_cannot_give():
+    for prefix, users, alias in (("10", 6, "shard0"), ("11", 2, "shard1"), ("12", 2, "shard1"), ("13", 1, "shard1")):
+        map_prefix(prefix, alias)
+        for _ in range(users):
+            make_history(guid_with_prefix(prefix), queries=1)
+    before = ledger()
+
+    output = output_of("rebalance_shards", "--apply")
+
+    assert "move 11 shard1 → shard2 (6 rows)" in output
+    assert shard_loads()[0] == {"shard0": 18, "shard1": 9, "shard2": 6}
+    assert ledger() == before
+    assert "ok" in output_of("verify_shards")
 
 
 def wait_for_writer_at_fence(prefix: str) -> None:
