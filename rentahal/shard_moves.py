@@ -199,7 +199,8 @@ def clean_source(move: ShardMove, *, progress=no_progress) -> None:
 
 
 def resume_move(prefix: str, target: str | None = None, *, progress=no_progress) -> ShardMove:
-    """Finish an interrupted move from the step it stopped at."""
+    """Finish an interrupted move from the step it stopped at, publishing the map token first
+    (the mover may have died after committing its switch and before publishing it)."""
     prefix = check_prefix(prefix)
     with moving(prefix):
         move = interrupted_move(prefix, target)
@@ -215,7 +216,11 @@ def resume_move(prefix: str, target: str | None = None, *, progress=no_progress)
 
 
 def rollback_move(prefix: str, target: str | None = None, *, progress=no_progress) -> ShardMove:
-    """Undo an interrupted move: the prefix ends on its source shard, its rows intact."""
+    """Undo an interrupted move: the prefix ends on its source shard, its rows intact.
+
+    The map token is published first, so readers follow the map while the move is undone
+    even if the mover died before publishing its switch.
+    """
     prefix = check_prefix(prefix)
     with moving(prefix):
         move = interrupted_move(prefix, target)
