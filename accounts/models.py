@@ -11,6 +11,9 @@ from django.db import models
 from rentahal.query_types import QueryType
 from rentahal.sharded_models import Sharded, ShardedQuerySet
 
+# A shard move's fenced step copies only rows stamped after its bulk copy.
+CHANGE_NUMBER_HELP = "Stamped by a database trigger on every insert and update (rentahal.change_numbers)."
+
 
 class User(models.Model):
     """A broker user, known by the `user_guid` cookie (docs/protocol.md §1)."""
@@ -23,9 +26,10 @@ class User(models.Model):
     total_cost = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
     query_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    change_number = models.BigIntegerField(default=0, editable=False, help_text=CHANGE_NUMBER_HELP)
 
     objects = ShardedQuerySet.as_manager()
-    sharding = Sharded(key="guid", lookups=("pk", "guid"))
+    sharding = Sharded(key="guid", lookups=("pk", "guid"), changes="change_number")
 
     def __str__(self):
         return self.nickname
@@ -92,10 +96,13 @@ class Query(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     processing_time = models.FloatField(null=True, blank=True)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    change_number = models.BigIntegerField(default=0, editable=False, help_text=CHANGE_NUMBER_HELP)
 
     objects = ShardedQuerySet.as_manager()
     # A move compares what each step of a query's life changes: acceptance, start, finish, charge.
-    sharding = Sharded(key="user", lookups=("pk", "id", "user", "user_id"), compared=("status", "attempts", "cost"))
+    sharding = Sharded(
+        key="user", lookups=("pk", "id", "user", "user_id"), compared=("status", "attempts", "cost"), changes="change_number"
+    )
 
     class Meta:
         verbose_name_plural = "queries"
@@ -132,11 +139,13 @@ class Charge(models.Model):
     amount = models.DecimalField(max_digits=12, decimal_places=6)
     processing_time = models.FloatField()
     created_at = models.DateTimeField(auto_now_add=True)
+    change_number = models.BigIntegerField(default=0, editable=False, help_text=CHANGE_NUMBER_HELP)
 
     objects = ShardedQuerySet.as_manager()
     # Ids are per database, so a charge is known on every shard by its (unique) query.
     sharding = Sharded(
-        key="user", lookups=("user", "user_id", "query", "query_id"), identity="query", append_only=True
+        key="user", lookups=("user", "user_id", "query", "query_id"), identity="query", append_only=True,
+        changes="change_number",
     )
 
     class Meta:

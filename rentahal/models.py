@@ -50,6 +50,9 @@ class ShardMove(models.Model):
     source = models.CharField(max_length=64)
     target = models.CharField(max_length=64)
     state = models.CharField(max_length=16, choices=State.choices, default=State.COPYING)
+    # Per moved model (by label), the source's last change number when the bulk copy began:
+    # the switch copies only rows stamped after it (rentahal.change_numbers).
+    watermarks = models.JSONField(default=dict)
     started_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -3,14 +3,18 @@
 A move is copying → switched → cleaned (or rolled_back), recorded in `ShardMove` on
 `default` before each step begins, so a move killed anywhere can be resumed or rolled back:
 
-1. copying: sync the prefix's rows from source to target while writers keep writing to
-   the source (the map still names it). Sync makes the target's rows of the prefix equal
-   to the source's, so rerunning it after a kill is harmless.
+1. copying: note the source's change numbers under the prefix's fence (held just long
+   enough for writers in flight to commit, see `rentahal.change_numbers`), then sync the
+   prefix's rows from source to target while writers keep writing to the source (the map
+   still names it). Sync makes the target's rows of the prefix equal to the source's, so
+   rerunning it after a kill is harmless.
 2. switch: take the prefix's fence exclusively (writers wait, see
-   `rentahal.sharding.writing_for`), sync again (only what changed since step 1: queries
-   accepted, finished or charged meanwhile, user totals), point the map at the target and
-   change the version token, all in one `default` transaction. The fence is held for that
-   delta sync only; writers resume on the target the moment it commits.
+   `rentahal.sharding.writing_for`), copy the rows stamped since step 1 noted the change
+   numbers (queries accepted, finished or charged meanwhile, user totals), point the map
+   at the target and change the version token, all in one `default` transaction. The
+   fence is held for that delta only, read through an index, so its length follows the
+   writes made during the move, not the prefix's size; writers resume on the target the
+   moment it commits. Then the token is published to every process.
 3. clean: delete the prefix's rows from the source. No writer resolves to the source any
    more, so this needs no fence.
 
@@ -25,14 +29,17 @@ import uuid
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
+from rentahal.change_numbers import last_change_number
 from rentahal.models import ShardMapEntry, ShardMapVersion, ShardMove
-from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, sharded_parents
+from rentahal.prefix_copies import copy_changes, delete_prefix, describe, sync_prefix
+from rentahal.sharded_models import moved_models
 from rentahal.sharding import (
     close_fence,
     forget_cached_map,
     has_shards,
     is_valid_prefix,
     publish_token,
+    read_token,
     shard_aliases,
     shard_for_prefix,
 )
@@ -44,7 +51,6 @@ MOVER_FENCE_TIMEOUT_MS = 30_000
 # Between the switch and deleting the old rows, readers whose cached map predates the
 # switch finish reading from the source.
 CLEAN_GRACE_SECONDS = 0.5
-BATCH = 200
 MOVER_LOCK_CLASS = 0x5248_0003
 
 
@@ -137,30 +143,50 @@ def begin_move(prefix: str, target: str, *, progress=no_progress) -> ShardMove:
 
 
 def copy_rows(move: ShardMove, *, progress=no_progress) -> None:
-    """Copy the prefix's rows to the target while writers carry on against the source."""
+    """Note where the source's change numbers stand, then copy the prefix's rows to the
+    target while writers carry on against the source."""
+    move.watermarks = mark_changes(move.prefix, move.source)
+    ShardMove.objects.using("default").filter(pk=move.pk).update(watermarks=move.watermarks)
     counts = sync_prefix(move.prefix, move.source, move.target)
     progress(f"move {move.prefix}: copied {describe(counts)}")
 
 
-def switch_map(move: ShardMove, *, progress=no_progress) -> None:
-    """Fence the prefix, copy what changed since `copy_rows`, and point the map at the target."""
+def switch_map(move: ShardMove, *, progress=no_progress) -> dict[str, int]:
+    """Fence the prefix, copy what changed since `copy_rows`, point the map at the target
+    and tell every process; return what the fenced step copied."""
     started = time.monotonic()
+    counts = commit_switch(move)
+    held = (time.monotonic() - started) * 1000
+    publish_map()
+    progress(f"move {move.prefix}: switched to {move.target} (fence held {held:.0f} ms, delta {describe(counts)})")
+    return counts
+
+
+def commit_switch(move: ShardMove) -> dict[str, int]:
+    """Under the prefix's fence, copy the rows written since `copy_rows` noted the change
+    numbers and point the map at the target, in one `default` transaction; return how many
+    rows of each model were copied.
+
+    Writers see the switch at once (they read the map token in Postgres); readers only once
+    the token is published (`publish_map`).
+    """
     with transaction.atomic(using="default"):
-        try:
-            close_fence(move.prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
-        except DatabaseError as exc:
-            raise MoveError(f"Writers of {move.prefix} did not drain within {MOVER_FENCE_TIMEOUT_MS} ms: {exc}") from None
+        fence_writers(move.prefix)
         move = ShardMove.objects.using("default").select_for_update().get(pk=move.pk)
         if move.state != ShardMove.State.COPYING:
             raise MoveError(f"Move of {move.prefix} is {move.state}, not copying; nothing to switch.")
-        counts = sync_prefix(move.prefix, move.source, move.target)
-        token = set_map_entry(move.prefix, move.target)
+        counts = copy_changes(move.prefix, move.source, move.target, move.watermarks)
+        set_map_entry(move.prefix, move.target)
         move.state = ShardMove.State.SWITCHED
         move.save(update_fields=["state", "updated_at"])
-    publish_token(token)
+    return counts
+
+
+def publish_map() -> None:
+    """Publish the map token recorded in Postgres, so every process's next read sees the map
+    as committed (a mover killed before this left readers on the map it replaced)."""
+    publish_token(read_token())
     forget_cached_map()
-    held = (time.monotonic() - started) * 1000
-    progress(f"move {move.prefix}: switched to {move.target} (fence held {held:.0f} ms, delta {describe(counts)})")
 
 
 def clean_source(move: ShardMove, *, progress=no_progress) -> None:
@@ -173,13 +199,15 @@ def clean_source(move: ShardMove, *, progress=no_progress) -> None:
 
 
 def resume_move(prefix: str, target: str | None = None, *, progress=no_progress) -> ShardMove:
-    """Finish an interrupted move from the step it stopped at."""
+    """Finish an interrupted move from the step it stopped at, publishing the map token first
+    (the mover may have died after committing its switch and before publishing it)."""
     prefix = check_prefix(prefix)
     with moving(prefix):
         move = interrupted_move(prefix, target)
         check_reachable(move.source)
         check_reachable(move.target)
         progress(f"move {prefix}: resuming {move.source} → {move.target} from {move.state}")
+        publish_map()
         if move.state == ShardMove.State.COPYING:
             copy_rows(move, progress=progress)
             switch_map(move, progress=progress)
@@ -188,23 +216,28 @@ def resume_move(prefix: str, target: str | None = None, *, progress=no_progress)
 
 
 def rollback_move(prefix: str, target: str | None = None, *, progress=no_progress) -> ShardMove:
-    """Undo an interrupted move: the prefix ends on its source shard, its rows intact."""
+    """Undo an interrupted move: the prefix ends on its source shard, its rows intact.
+
+    The map token is published first, so readers follow the map while the move is undone
+    even if the mover died before publishing its switch.
+    """
     prefix = check_prefix(prefix)
     with moving(prefix):
         move = interrupted_move(prefix, target)
         check_reachable(move.source)
         check_reachable(move.target)
         progress(f"move {prefix}: rolling back {move.source} → {move.target} from {move.state}")
+        publish_map()
         if move.state == ShardMove.State.SWITCHED:
             # Writes since the switch went to the target: bring them back the way they came.
+            watermarks = mark_changes(prefix, move.target)
             counts = sync_prefix(prefix, move.target, move.source)
             progress(f"move {prefix}: copied {describe(counts)} back to {move.source}")
             with transaction.atomic(using="default"):
-                close_fence(prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
-                sync_prefix(prefix, move.target, move.source)
-                token = set_map_entry(prefix, move.source)
-            publish_token(token)
-            forget_cached_map()
+                fence_writers(prefix)
+                copy_changes(prefix, move.target, move.source, watermarks)
+                set_map_entry(prefix, move.source)
+            publish_map()
             progress(f"move {prefix}: map points at {move.source} again")
             time.sleep(CLEAN_GRACE_SECONDS)
         removed = delete_prefix(prefix, move.target)
@@ -223,121 +256,30 @@ def interrupted_move(prefix: str, target: str | None) -> ShardMove:
     return move
 
 
+def fence_writers(prefix: str) -> None:
+    """Close the prefix's fence until the enclosing `default` transaction ends."""
+    try:
+        close_fence(prefix, timeout_ms=MOVER_FENCE_TIMEOUT_MS)
+    except DatabaseError as exc:
+        raise MoveError(f"Writers of {prefix} did not drain within {MOVER_FENCE_TIMEOUT_MS} ms: {exc}") from None
+
+
+def mark_changes(prefix: str, alias: str) -> dict[str, int]:
+    """Return, per moved model, the last change number handed out on `alias`, read under
+    the prefix's fence.
+
+    Writers hold the fence for their whole transaction, so once it is granted every row of
+    the prefix stamped at or below these numbers is committed, and every write after it is
+    released is stamped above them: rows a later read misses are all above the mark.
+    """
+    with transaction.atomic(using="default"):
+        fence_writers(prefix)
+        return {model._meta.label: last_change_number(model, alias) for model in moved_models()}
+
+
 def set_map_entry(prefix: str, alias: str) -> str:
     """Point the prefix at `alias` and change the map token; return the new token."""
     ShardMapEntry.objects.using("default").update_or_create(prefix=prefix, defaults={"shard": alias})
     token = uuid.uuid4().hex
     ShardMapVersion.objects.using("default").update_or_create(pk=1, defaults={"token": token})
     return token
-
-
-# -- copying rows -------------------------------------------------------------------------
-
-def copied_fields(model) -> list:
-    """Return the fields a move writes, the identity first; per-database primary keys stay behind."""
-    identity = identity_field(model)
-    rest = [field for field in model._meta.concrete_fields if field is not identity]
-    if identity is not model._meta.pk:
-        rest = [field for field in rest if not field.primary_key]
-    return [identity, *rest]
-
-
-def compared_fields(model) -> list:
-    """Return the fields a move compares: the identity, what the model says changes, its parents."""
-    declared = model.sharding.compared
-    if declared is None and not model.sharding.append_only:
-        return copied_fields(model)
-    names = declared or ()
-    fields = [identity_field(model), *(model._meta.get_field(name) for name in names)]
-    parents = sharded_parents(model)
-    fields += [field for field in model._meta.concrete_fields if field.many_to_one and field.related_model in parents]
-    return list(dict.fromkeys(fields))
-
-
-def sync_prefix(prefix: str, source: str, target: str) -> dict[str, int]:
-    """Make the target's rows of the prefix equal the source's; return what was written.
-
-    Each moved model is synced after the models its rows point at (users, then their
-    queries, then charges), comparing the fields its declaration names. Rows on the target
-    that the source does not have are leftovers of an earlier attempt and are deleted.
-    """
-    counts: dict[str, int] = {}
-    source_rows: dict = {}
-    target_rows: dict = {}
-    models = moved_models()
-    for model in models:
-        compared = compared_fields(model)
-        names = [field.attname for field in compared]
-        source_rows[model] = {row[0]: row for row in prefix_rows(model, source, prefix).values_list(*names)}
-        target_rows[model] = {row[0]: row for row in prefix_rows(model, target, prefix).values_list(*names)}
-        # Outside the fence the source keeps changing between these reads: a row is copied
-        # only if the rows it points at were read too; the fenced pass gets the rest.
-        parents = [
-            (position, field.related_model)
-            for position, field in enumerate(compared)
-            if field.many_to_one and field.related_model in source_rows
-        ]
-        changed = [
-            identity
-            for identity, row in source_rows[model].items()
-            if target_rows[model].get(identity) != row
-            and all(row[position] in source_rows[parent] for position, parent in parents)
-        ]
-        copy_rows_of(model, changed, source, target, source_rows[model])
-        counts[plural_name(model)] = len(changed)
-
-    counts["stale"] = 0
-    with transaction.atomic(using=target):
-        for model in reversed(models):
-            stale = set(target_rows[model]) - set(source_rows[model])
-            identity = identity_field(model).attname
-            counts["stale"] += prefix_rows(model, target, prefix).filter(**{f"{identity}__in": stale}).delete()[0]
-    return counts
-
-
-def copy_rows_of(model, identities: list, source: str, target: str, compared_rows: dict) -> None:
-    """Write these rows of one model from source to target, in batches."""
-    fields = copied_fields(model)
-    columns = [field.column for field in fields]
-    conflict = identity_field(model).column
-    update = not model.sharding.append_only
-    if compared_fields(model) == fields:
-        rows = [compared_rows[identity] for identity in identities]
-        upsert(target, model, columns, rows, conflict=conflict, update=update)
-        return
-    identity = identity_field(model).attname
-    names = [field.attname for field in fields]
-    for start in range(0, len(identities), BATCH):
-        batch = model.objects.using(source).filter(**{f"{identity}__in": identities[start:start + BATCH]})
-        upsert(target, model, columns, list(batch.values_list(*names)), conflict=conflict, update=update)
-
-
-def upsert(alias: str, model, columns: list[str], rows: list[tuple], *, conflict: str, update: bool = True) -> None:
-    """Insert rows as they are (no auto_now rewriting), updating or keeping ones already there."""
-    if not rows:
-        return
-    table = model._meta.db_table
-    names = ", ".join(f'"{column}"' for column in columns)
-    placeholders = ", ".join(["%s"] * len(columns))
-    if update:
-        assignments = ", ".join(f'"{column}" = EXCLUDED."{column}"' for column in columns if column != conflict)
-        on_conflict = f"DO UPDATE SET {assignments}"
-    else:
-        on_conflict = "DO NOTHING"
-    sql = f'INSERT INTO "{table}" ({names}) VALUES ({placeholders}) ON CONFLICT ("{conflict}") {on_conflict}'
-    with transaction.atomic(using=alias):
-        with connections[alias].cursor() as cursor:
-            cursor.executemany(sql, rows)
-
-
-def delete_prefix(prefix: str, alias: str) -> dict[str, int]:
-    """Delete every row of the prefix from one shard, rows before the rows they point at."""
-    removed = {}
-    with transaction.atomic(using=alias):
-        for model in reversed(moved_models()):
-            removed[plural_name(model)] = prefix_rows(model, alias, prefix).delete()[0]
-    return dict(reversed(removed.items()))
-
-
-def describe(counts: dict[str, int]) -> str:
-    return ", ".join(f"{number} {name}" for name, number in counts.items())

@@ -149,28 +149,44 @@ def shard_loads() -> tuple[dict[str, int], dict[str, dict[str, int]]]:
 
 
 def plan_rebalance() -> list[PlannedMove]:
-    """Plan prefix moves that even out rows per shard, greedily, heaviest shard first.
+    """Plan prefix moves that even out rows over all shards (`plan_moves`)."""
+    _, placement = shard_loads()
+    return plan_moves(placement)
 
-    Each step moves the prefix of the heaviest shard that brings it and the lightest shard
-    closest to level, and only if that narrows the gap; prefixes are the unit of a move,
-    so shards end level to within one prefix's rows.
+
+def plan_moves(placement: dict[str, dict[str, int]]) -> list[PlannedMove]:
+    """Plan prefix moves that even out rows over all shards, given rows per prefix per shard.
+
+    Each step makes the one prefix move, between any heavier and any lighter shard, that
+    most lowers the sum of the squared shard loads (w rows moved across a gap of g lower it
+    by 2w(g - w): only a prefix lighter than the gap helps), until no move helps. The plan
+    then leaves no prefix lighter than the gap between its shard and any lighter one, so
+    the heaviest shard ends within its lightest prefix's rows of the lightest shard, and
+    every shard within that of the mean. A prefix the search moves twice is planned once,
+    straight to where it ended; each step lowers that sum, so the search ends.
     """
-    loads, prefixes = shard_loads()
-    plan: list[PlannedMove] = []
-    for _ in range(256):
-        heavy = max(loads, key=lambda alias: loads[alias])
-        light = min(loads, key=lambda alias: loads[alias])
-        gap = loads[heavy] - loads[light]
-        planned = {move.prefix for move in plan}
-        candidates = [
-            (prefix, rows) for prefix, rows in prefixes[heavy].items() if 0 < rows < gap and prefix not in planned
-        ]
-        if not candidates:
+    loads = {alias: sum(rows.values()) for alias, rows in placement.items()}
+    weight = {prefix: rows for by_prefix in placement.values() for prefix, rows in by_prefix.items()}
+    home = {prefix: alias for alias, by_prefix in placement.items() for prefix in by_prefix}
+    where = dict(home)
+    first_moved: list[str] = []
+
+    def gain(prefix: str, target: str) -> int:
+        return weight[prefix] * (loads[where[prefix]] - loads[target] - weight[prefix])
+
+    while True:
+        # The largest gain first, then the lowest prefix and shard, so a plan is repeatable.
+        loss, prefix, target = min(((-gain(prefix, target), prefix, target) for prefix in weight for target in loads),
+                                   default=(0, "", ""))
+        if loss >= 0:
             break
-        prefix, rows = min(candidates, key=lambda item: (abs(gap - 2 * item[1]), item[0]))
-        plan.append(PlannedMove(prefix, heavy, light, rows))
-        del prefixes[heavy][prefix]
-        prefixes[light][prefix] = rows
-        loads[heavy] -= rows
-        loads[light] += rows
-    return plan
+        loads[where[prefix]] -= weight[prefix]
+        loads[target] += weight[prefix]
+        where[prefix] = target
+        if prefix not in first_moved:
+            first_moved.append(prefix)
+    return [
+        PlannedMove(prefix, home[prefix], where[prefix], weight[prefix])
+        for prefix in first_moved
+        if where[prefix] != home[prefix]
+    ]

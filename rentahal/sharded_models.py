@@ -9,6 +9,7 @@ import dataclasses
 import graphlib
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 from rentahal.sharding import guid_prefix, has_shards, is_valid_prefix, shard_aliases, shard_for_guid
@@ -31,6 +32,9 @@ class Sharded:
     identity: a unique field naming a row on every shard; None means the primary key.
         Name another one when primary keys are per database (auto-increment).
     append_only: rows are written once and never updated, so a move only adds missing ones.
+    changes: the BigIntegerField a trigger stamps on every write (`rentahal.change_numbers`,
+        set up by its `TrackChanges` migration operation); required with a key, because a
+        move's fenced step copies only the rows stamped since its bulk copy.
     """
 
     key: str | None
@@ -38,6 +42,14 @@ class Sharded:
     compared: tuple[str, ...] | None = None
     identity: str | None = None
     append_only: bool = False
+    changes: str | None = None
+
+    def __post_init__(self):
+        if self.key is not None and self.changes is None:
+            raise ImproperlyConfigured(
+                f"Sharded(key={self.key!r}) must name its change-number field (changes=...): a move copies "
+                f"rows by it; add the field and a rentahal.change_numbers.TrackChanges migration operation."
+            )
 
     @property
     def moves_with_user(self) -> bool:

@@ -31,6 +31,10 @@ SPAN_LOCK_CLASS = 0x5248_0002
 # How long a writer waits at a closed fence before giving up with a retryable error.
 WRITER_FENCE_TIMEOUT_MS = 10_000
 TOKEN_KEY = "rentahal:shard-map:token"
+# The token in Redis expires and readers then seed it again from Postgres, so a switch whose
+# token was never published (its mover killed between commit and publish, or Redis
+# unreachable then) reaches every process within this time even if nobody resumes the move.
+TOKEN_TTL_SECONDS = 10
 
 
 class ShardMoving(Unavailable):
@@ -116,14 +120,16 @@ def _shared_token() -> str:
     """Return the token from Redis, seeding it from Postgres when Redis has none.
 
     Readers seed with SET NX and the mover sets unconditionally after its commit, so a
-    reader that read an old token can never overwrite a newer one.
+    reader that read an old token can never overwrite a newer one; both set it to expire
+    (TOKEN_TTL_SECONDS), so an old token seeded just before a switch whose publish was lost
+    lives no longer than that.
     """
     try:
         token = _redis().get(TOKEN_KEY)
         if token is not None:
             return token.decode()
         token = read_token()
-        _redis().set(TOKEN_KEY, token, nx=True)
+        _redis().set(TOKEN_KEY, token, nx=True, ex=TOKEN_TTL_SECONDS)
         return token
     except redis.RedisError:
         logger.warning("Redis unreachable; reading the shard map token from Postgres")
@@ -133,7 +139,7 @@ def _shared_token() -> str:
 def publish_token(token: str) -> None:
     """Tell every process the map changed (called by the mover after its commit)."""
     try:
-        _redis().set(TOKEN_KEY, token)
+        _redis().set(TOKEN_KEY, token, ex=TOKEN_TTL_SECONDS)
     except redis.RedisError:
         logger.warning("could not publish shard map token to Redis; processes see it on their next write")
 

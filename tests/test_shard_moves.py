@@ -1,5 +1,7 @@
 """Moving a guid prefix between shards: live, under load, interrupted, and rebalanced."""
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,12 +12,14 @@ from django.core.management.base import CommandError
 from django.db import connections, transaction
 
 from accounts.actions.queries import previous_queries
-from accounts.actions.users import find_user
+from accounts.actions.users import find_user, set_nickname
 from accounts.billing import system_totals
 from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
-from rentahal.shard_moves import begin_move, copy_rows, switch_map
-from rentahal.shard_placement import shard_loads
+from conftest import PROJECT_DIR, worker_environment
+from rentahal import sharding
+from rentahal.shard_moves import begin_move, commit_switch, copy_rows, switch_map
+from rentahal.shard_placement import plan_moves, shard_loads
 from rentahal.sharding import FENCE_LOCK_CLASS, close_fence, shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
@@ -162,6 +166,110 @@ def test_move_killed_after_the_switch_is_resumed_by_removing_the_old_rows():
     assert "ok" in output_of("verify_shards")
 
 
+def kill_mover_between_switch_and_publish(guid: str) -> None:
+    """Switch prefix 00 to shard1 and die before publishing the new map token, while this
+    process reads through the map it cached before the move."""
+    make_history(guid, queries=2)
+    assert shard_for_guid(guid) == "shard0"
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    commit_switch(move)
+
+
+def test_move_killed_before_publishing_its_switch_is_read_right_after_resume():
+    guid = guid_with_prefix("00")
+    kill_mover_between_switch_and_publish(guid)
+    assert shard_for_guid(guid) == "shard0"  # the map says shard1; this process reads shard0
+
+    resumed = subprocess.run(
+        [sys.executable, "manage.py", "move_shard_prefix", "00", "--resume"],
+        cwd=PROJECT_DIR, env=worker_environment(), capture_output=True, text=True, timeout=120,
+    )
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert rows_on("00") == {"shard1": (1, 2, 2)}
+    assert shard_for_guid(guid) == "shard1"
+    assert len(previous_queries(find_user(guid))) == 2
+
+
+def test_unpublished_switch_reaches_readers_within_the_token_lifetime_without_resume(monkeypatch):
+    monkeypatch.setattr(sharding, "TOKEN_TTL_SECONDS", 1)
+    guid = guid_with_prefix("00")
+    kill_mover_between_switch_and_publish(guid)
+
+    deadline = time.monotonic() + 10
+    while shard_for_guid(guid) != "shard1" and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    assert shard_for_guid(guid) == "shard1"
+
+
+def fill_prefix_00_on_shard0(users: int) -> None:
+    """Give prefix 00 on shard0 `users` users with two answered, charged queries each, in
+    three statements (the actions would take minutes for thousands of rows)."""
+    with connections["shard0"].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO accounts_user (guid, nickname, is_sysop, is_banned, total_query_time, total_cost, query_count, created_at)"
+            " SELECT overlay(gen_random_uuid()::text PLACING '00' FROM 1 FOR 2), 'bulk ' || n, false, false, 1.0, 0.021, 2, now()"
+            " FROM generate_series(1, %s) AS n",
+            [users],
+        )
+        cursor.execute(
+            "INSERT INTO accounts_query (id, user_id, query_type, model_type, model_name, realm, prompt, image, status, result,"
+            " result_type, error, worker, attempts, accepted_at, started_at, finished_at, processing_time, cost)"
+            " SELECT overlay(gen_random_uuid()::text PLACING '00' FROM 1 FOR 2)::uuid, guid, 'chat', 'worker_node', '',"
+            " '$CHAT', 'question', '', 'done', 'answer', 'text', '', 'fake', 1, now(), now(), now(), 0.5, 0.0105"
+            " FROM accounts_user, generate_series(1, 2) WHERE guid LIKE '00%%'"
+        )
+        cursor.execute(
+            "INSERT INTO accounts_charge (query_id, user_id, amount, processing_time, created_at)"
+            " SELECT id, user_id, cost, processing_time, finished_at FROM accounts_query WHERE user_id LIKE '00%%'"
+        )
+
+
+def prefix_00_on(alias: str) -> dict[str, list[dict]]:
+    """Every row of prefix 00 on one shard as users see it: without per-database ids and change numbers."""
+    def rows(queryset, *hidden):
+        return [{name: value for name, value in row.items() if name not in hidden} for row in queryset.values()]
+
+    return {
+        "users": rows(User.objects.using(alias).filter(guid__startswith="00").order_by("guid"), "change_number"),
+        "queries": rows(Query.objects.using(alias).filter(user__guid__startswith="00").order_by("id"), "change_number"),
+        "charges": rows(Charge.objects.using(alias).filter(user__guid__startswith="00").order_by("query_id"), "id", "change_number"),
+    }
+
+
+def rows_read_on(alias: str) -> int:
+    """Return how many rows of its tables this shard has handed out so far (its statistics)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # this session's counts, once it goes idle
+        cursor.execute("SELECT sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)) FROM pg_stat_user_tables")
+        return cursor.fetchone()[0]
+
+
+def test_switch_copies_only_the_rows_written_since_the_bulk_copy():
+    map_prefix("00", "shard0")
+    fill_prefix_00_on_shard0(users=1500)
+    move = begin_move("00", "shard1")
+    copy_rows(move)
+    askers = list(User.objects.using("shard0").filter(guid__startswith="00").values_list("guid", flat=True)[:4])
+    for guid in askers[:3]:
+        make_history(guid, queries=1)
+    set_nickname(find_user(askers[3]), "renamed during the move")
+
+    read_before = rows_read_on("shard0")
+
+    copied = switch_map(move)
+
+    assert copied == {"users": 4, "queries": 3, "charges": 3}
+    assert rows_read_on("shard0") - read_before == 10  # the fence never waits on a scan of the prefix
+    assert prefix_00_on("shard1") == prefix_00_on("shard0")
+    assert find_user(askers[3]).nickname == "renamed during the move"
+    call_command("move_shard_prefix", "00", "--resume")
+    assert rows_on("00") == {"shard1": (1500, 3003, 3003)}
+    assert "ok" in output_of("verify_shards")
+
+
 @pytest.mark.parametrize("killed_after", ["copy", "switch"])
 def test_interrupted_move_rolled_back_leaves_every_row_on_the_source(killed_after):
     guid = guid_with_prefix("00")
@@ -225,6 +333,65 @@ def test_rebalance_apply_narrows_the_gap_and_loses_nothing():
     assert ledger() == before
     assert "ok" in output_of("verify_shards")
     assert "balanced: no move would narrow the gap" in output_of("rebalance_shards")
+
+
+def weights(first: int, count: int, *, start: int = 0) -> dict[str, int]:
+    """`count` prefixes from hex `start` on, weighing first, first + 1, ... rows."""
+    return {f"{start + number:02x}": first + number for number in range(count)}
+
+
+def after(plan, placement: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """Return the rows per prefix per shard once the planned moves are made."""
+    placed = {alias: dict(by_prefix) for alias, by_prefix in placement.items()}
+    for move in plan:
+        placed[move.target][move.prefix] = placed[move.source].pop(move.prefix)
+    return placed
+
+
+SKEWED = {
+    "all on one shard": {"shard0": weights(3, 24), "shard1": {}, "shard2": {}},
+    "heaviest shard holds one big prefix": {"shard0": {"a0": 31}, "shard1": weights(5, 6), "shard2": {}},
+    "two heavy, one light": {"shard0": weights(2, 15), "shard1": weights(4, 10, start=0x20), "shard2": {"f0": 1}},
+}
+
+
+@pytest.mark.parametrize("placement", SKEWED.values(), ids=SKEWED.keys())
+def test_rebalance_plan_brings_every_shard_within_one_prefix_of_the_mean(placement):
+    plan = plan_moves(placement)
+
+    placed = after(plan, placement)
+    loads = {alias: sum(by_prefix.values()) for alias, by_prefix in placed.items()}
+    mean = sum(loads.values()) / len(loads)
+    heaviest = max(loads, key=loads.get)
+    lightest_prefix_of_heaviest = min(placed[heaviest].values())
+    assert all(abs(load - mean) <= lightest_prefix_of_heaviest for load in loads.values()), loads
+    # No single further move would level any two shards: no prefix is lighter than its shard's lead.
+    assert all(
+        weight >= loads[alias] - loads[other]
+        for alias, by_prefix in placed.items() for weight in by_prefix.values() for other in loads
+    ), placed
+    assert len({move.prefix for move in plan}) == len(plan)
+
+
+def test_balanced_shards_get_no_moves():
+    balanced = {"shard0": {"00": 10, "03": 10}, "shard1": {"01": 20}, "shard2": {"02": 7, "05": 7, "08": 5}}
+
+    assert plan_moves(balanced) == []
+
+
+def test_rebalance_moves_between_lighter_shards_when_the_heaviest_cannot_give():
+    for prefix, users, alias in (("10", 6, "shard0"), ("11", 2, "shard1"), ("12", 2, "shard1"), ("13", 1, "shard1")):
+        map_prefix(prefix, alias)
+        for _ in range(users):
+            make_history(guid_with_prefix(prefix), queries=1)
+    before = ledger()
+
+    output = output_of("rebalance_shards", "--apply")
+
+    assert "move 11 shard1 → shard2 (6 rows)" in output
+    assert shard_loads()[0] == {"shard0": 18, "shard1": 9, "shard2": 6}
+    assert ledger() == before
+    assert "ok" in output_of("verify_shards")
 
 
 def wait_for_writer_at_fence(prefix: str) -> None:

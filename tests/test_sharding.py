@@ -2,6 +2,7 @@
 import uuid
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
@@ -13,7 +14,7 @@ from accounts.models import Charge, Query, SystemTotals, User
 from rentahal.errors import BrokerError
 from rentahal.models import ShardMapEntry
 from rentahal.routers import ShardRouter
-from rentahal.sharded_models import moved_models, sharded_models
+from rentahal.sharded_models import Sharded, moved_models, sharded_models
 from rentahal.sharding import shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
@@ -62,6 +63,11 @@ def test_per_user_models_are_those_the_apps_declare_and_moves_carry_parents_firs
     }
     # Per-shard totals stay where they are; a query is copied after its user, a charge after its query.
     assert [model._meta.label for model in moved_models()] == ["accounts.User", "accounts.Query", "accounts.Charge"]
+
+
+def test_per_user_declaration_without_change_numbers_is_refused():
+    with pytest.raises(ImproperlyConfigured, match="must name its change-number field"):
+        Sharded(key="user", lookups=("user",))
 
 
 def test_new_instance_is_saved_on_the_shard_of_its_guid_without_naming_it():
