@@ -1,7 +1,8 @@
-"""System checks for the plumbing: configurations known to break the broker on this stack."""
+"""System checks for the plumbing: configurations known to break the broker on this stack,
+and (`check --deploy`) doors a deployment must not leave open."""
 import redis
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 
 
 @register()
@@ -30,4 +31,30 @@ def check_channel_layer(app_configs, **kwargs):
                 id="rentahal.W002",
                 hint="Set max_connections to 1000 or more in the channel layer's host config.",
             ))
+    return problems
+
+
+@register(Tags.security, deploy=True)
+def check_deployment_doors(app_configs, **kwargs):
+    """Refuse a deployment signing sessions with the published development key, and warn of
+    settings only the local run should have."""
+    problems = []
+    if settings.SECRET_KEY == settings.RENTAHAL_DEVELOPMENT_SECRET_KEY:
+        problems.append(Error(
+            "SECRET_KEY is the development key in rentahal/settings.py: anyone can forge sessions and admin logins.",
+            id="rentahal.E101",
+            hint="Set the SECRET_KEY environment variable to a long random value.",
+        ))
+    if "*" in settings.ALLOWED_HOSTS:
+        problems.append(Warning(
+            "ALLOWED_HOSTS contains '*': any page may open /ws with its users' cookies.",
+            id="rentahal.W101",
+            hint="List the host names the broker is served as in ALLOWED_HOSTS.",
+        ))
+    if settings.RENTAHAL_FIRST_VISITOR_IS_SYSOP:
+        problems.append(Warning(
+            "FIRST_VISITOR_IS_SYSOP is on: whoever opens /ws first on an empty system becomes sysop.",
+            id="rentahal.W102",
+            hint="Turn it off and name the sysop with `manage.py make_sysop`.",
+        ))
     return problems
