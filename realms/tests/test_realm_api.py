@@ -1,5 +1,5 @@
 """The realm admin API: staff with realm permissions manage realms, a sysop's cookie reads
-them; bad input changes nothing. (Who may do what: rentahal/tests/test_doors.py.)"""
+them; bad input changes nothing. (Who may do what: tests/test_doors.py.)"""
 import pytest
 from django.contrib.auth.models import User as StaffUser
 from rest_framework.test import APIClient
