@@ -115,6 +115,32 @@ def banned_user(db):
     return make_user("mallory", is_banned=True)
 
 
+def make_staff(username: str, *permissions: str, **fields):
+    """Return a Django staff login holding the named permissions ("realms.add_realm")."""
+    from django.contrib.auth.models import Permission
+    from django.contrib.auth.models import User as StaffUser
+
+    staff = StaffUser.objects.create_user(username, password="pw", is_staff=True, **fields)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        staff.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return staff
+
+
+# What an operator who runs pools and realms (but is no superuser) is granted.
+OPERATOR_PERMISSIONS = tuple(
+    f"{app}.{verb}_{model}"
+    for app, model in (("pools", "poolalias"), ("pools", "worker"), ("realms", "realm"))
+    for verb in ("view", "add", "change", "delete")
+)
+
+
+@pytest.fixture
+def operator(db):
+    """A staff login with the model permissions of pools, workers and realms, and nothing else."""
+    return make_staff("operator", *OPERATOR_PERMISSIONS)
+
+
 @pytest.fixture
 def fake_server():
     """A fake model server on a loopback port, speaking every wire format."""

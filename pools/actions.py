@@ -81,15 +81,28 @@ def remove_worker(name: str, *, acting_user=None) -> None:
     logger.info("worker %s removed by %s", name, describe_actor(acting_user))
 
 
-def list_workers() -> list[dict]:
+def list_workers(*, with_addresses: bool = False) -> list[dict]:
+    """Return every worker as `worker_update` lists it; addresses only for sysops (pools.status.worker_frames)."""
     from pools.status import worker_frames
 
-    return worker_frames(list(Worker.objects.all()))
+    return worker_frames(list(Worker.objects.all()), with_addresses=with_addresses)
+
+
+def worker_update_event() -> dict:
+    """Return the broadcast `worker_update`: names and health for every socket, and the same
+    list with addresses for sysops' sockets."""
+    from pools.status import without_address
+
+    workers = list_workers(with_addresses=True)
+    return frame_event(
+        {"type": "worker_update", "workers": [without_address(worker) for worker in workers]},
+        sysop_frame={"type": "worker_update", "workers": workers},
+    )
 
 
 def publish_worker_change(name: str, op: str, acting_user) -> None:
     """Once committed, show every open socket the new worker list and tell pool subscribers."""
-    send_event_on_commit(BROADCAST_GROUP, lambda: frame_event({"type": "worker_update", "workers": list_workers()}), using="default")
+    send_event_on_commit(BROADCAST_GROUP, worker_update_event, using="default")
     send_event_on_commit(
         POOL_EVENTS, {"type": "worker.changed", "op": op, "name": name, "by": describe_actor(acting_user)}, using="default"
     )

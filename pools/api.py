@@ -1,5 +1,6 @@
 """DRF views for pool aliases and workers: parse, call an action (the acting user is the
-staff login), respond with live state."""
+staff login), respond with live state. Each view names its model (`queryset`): the staff
+login needs that model's permissions (rentahal.permissions.StaffModelPermissions)."""
 from django.shortcuts import get_object_or_404
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -8,12 +9,14 @@ from rest_framework.views import APIView
 
 from pools import actions, status as pool_status
 from pools.comparison import compare_pools
-from pools.models import PoolAlias
+from pools.models import PoolAlias, Worker
 from pools.serializers import PoolAliasSerializer, PoolAliasUpdateSerializer, WorkerSerializer
 
 
 class PoolList(APIView):
     """GET: every pool with its members' live state. POST: create a pool alias."""
+
+    queryset = PoolAlias.objects.all()
 
     def get(self, request):
         return Response(pool_status.describe_pools())
@@ -27,6 +30,8 @@ class PoolList(APIView):
 
 class PoolDetail(APIView):
     """GET, PATCH (strategy, type, members, weights) or DELETE one pool alias."""
+
+    queryset = PoolAlias.objects.all()
 
     def get(self, request, pk):
         return Response(pool_status.describe_pool(get_object_or_404(PoolAlias, pk=pk)))
@@ -54,6 +59,8 @@ class WorkerList(APIView):
     """GET: every worker with its live state. POST: register a worker (or update the one of
     that name), which every open socket then sees as `worker_update`."""
 
+    queryset = Worker.objects.all()
+
     def get(self, request):
         return Response(pool_status.describe_workers())
 
@@ -67,6 +74,8 @@ class WorkerList(APIView):
 class WorkerDetail(APIView):
     """DELETE one worker by name."""
 
+    queryset = Worker.objects.all()
+
     def delete(self, request, name):
         actions.remove_worker(name, acting_user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -74,6 +83,8 @@ class WorkerDetail(APIView):
 
 class PoolComparison(APIView):
     """GET ?a=$X&b=$Y[&realm=$R][&hours=N]: the A/B report of two aliases."""
+
+    queryset = PoolAlias.objects.all()
 
     def get(self, request):
         a, b = request.query_params.get("a", ""), request.query_params.get("b", "")

@@ -46,10 +46,20 @@ def member_rows(pool: PoolAlias | None, workers: list[Worker], weights: dict[str
     return rows
 
 
-def worker_frames(workers: list[Worker]) -> list[dict]:
-    """Return the workers as `worker_update` frames list them, their runtime health read in one round trip."""
+def worker_frames(workers: list[Worker], *, with_addresses: bool = False) -> list[dict]:
+    """Return the workers as `worker_update` frames list them, their runtime health read in one round trip.
+
+    Addresses only `with_addresses`, for sysops and staff: a worker's internal address tells
+    anyone else where the model servers are and where to aim.
+    """
     health = state.health_of([worker.name for worker in workers])
-    return [worker.as_frame_data(health[worker.name]) for worker in workers]
+    frames = [worker.as_frame_data(health[worker.name]) for worker in workers]
+    return frames if with_addresses else [without_address(frame) for frame in frames]
+
+
+def without_address(frame: dict) -> dict:
+    """Return a worker's frame as anyone may see it: its name, type and health, not its address."""
+    return {field: value for field, value in frame.items() if field != "address"}
 
 
 def describe_pool(pool: PoolAlias) -> dict:

@@ -1,12 +1,13 @@
 """The realm admin API under /api/realms/: list, create, update and delete realms, with their
-workers, pools, metrics and scaling advice. Sysops and staff only."""
+workers, pools, metrics and scaling advice. Staff with realm permissions write (and are the
+acting user); a sysop's cookie may read (realms.permissions)."""
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from realms import actions, status as realm_status
 from realms.models import Realm, ScalingAdvice
-from realms.permissions import IsSysopOrStaff, acting_user_of
+from realms.permissions import StaffOrSysopReading
 from realms.serializers import RealmSerializer
 from rentahal.errors import NotFound
 
@@ -14,7 +15,8 @@ RECENT_ADVICE_SHOWN = 50
 
 
 class RealmViewSet(viewsets.ViewSet):
-    permission_classes = [IsSysopOrStaff]
+    permission_classes = [StaffOrSysopReading]
+    queryset = Realm.objects.all()
     lookup_field = "name"
     lookup_value_regex = r"[^/]+"
 
@@ -34,7 +36,7 @@ class RealmViewSet(viewsets.ViewSet):
     def create(self, request):
         serializer = RealmSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        realm = actions.create_realm(**serializer.action_fields(), acting_user=acting_user_of(request))
+        realm = actions.create_realm(**serializer.action_fields(), acting_user=request.user)
         return Response(realm_status.realm_status(realm), status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, name=None):
@@ -43,13 +45,13 @@ class RealmViewSet(viewsets.ViewSet):
         serializer.is_valid(raise_exception=True)
         fields = serializer.action_fields()
         fields.pop("name", None)
-        realm = actions.update_realm(realm, **fields, acting_user=acting_user_of(request))
+        realm = actions.update_realm(realm, **fields, acting_user=request.user)
         return Response(realm_status.realm_status(realm))
 
     update = partial_update
 
     def destroy(self, request, name=None):
-        actions.delete_realm(self.get_realm(name), acting_user=acting_user_of(request))
+        actions.delete_realm(self.get_realm(name), acting_user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @action(detail=False)

@@ -111,7 +111,13 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     # -- pushes from jobs and other sockets -------------------------------------------
 
     async def send_frame(self, event):
-        await self.send_json(event["frame"])
+        """Send the pushed frame, or its sysop variant to a sysop (rentahal.pushes.frame_event)."""
+        is_sysop = self.user is not None and self.user.is_sysop
+        await self.send_json(event["sysop_frame"] if is_sysop and "sysop_frame" in event else event["frame"])
+
+    async def user_changed(self, event):
+        """Re-read the user (made or unmade sysop by an operator) so sysop-only frames follow at once."""
+        await self.send_user_info()
 
     async def user_banned(self, event):
         """Close this socket when its user is banned (the original left it registered)."""
@@ -129,7 +135,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "previous_queries", "data": data})
 
     async def send_worker_update(self, content=None):
-        await self.send_json({"type": "worker_update", "workers": await on_db_thread(pools.list_workers)()})
+        workers = await on_db_thread(pools.list_workers)(with_addresses=self.user.is_sysop)
+        await self.send_json({"type": "worker_update", "workers": workers})
 
     async def submit_query(self, content):
         submission = parse_submission(content.get("query"))
@@ -232,11 +239,12 @@ def decode_frame(raw: str | bytes) -> object:
 
 
 def gather_system_stats() -> dict:
+    """Return the `system_stats` of a sysop's `get_stats`: totals, and the workers with their addresses."""
     totals = system_totals()
     return {
         "total_queries": totals["total_queries"],
         "failed_queries": totals["failed_queries"],
         "total_processing_time": totals["total_processing_time"],
         "total_cost": float(totals["total_cost"]),
-        "workers": pools.list_workers(),
+        "workers": pools.list_workers(with_addresses=True),
     }

@@ -1,8 +1,17 @@
-"""Who may use the realm admin API: Django staff, or a broker sysop known by the guid cookie."""
-from rest_framework.permissions import BasePermission
+"""Who may use the realm admin API: staff with the Realm model's permissions
+(rentahal.permissions.StaffModelPermissions) for everything, and a broker sysop known only
+by the guid cookie for reads.
+
+The cookie is a bare bearer value that a browser attaches to any site's request, so it never
+authorises a write over HTTP: a sysop writes realms through a staff login (whose session
+writes need a CSRF token) or acts over /ws, whose handshake checks the Origin
+(rentahal.origins).
+"""
+from rest_framework.permissions import SAFE_METHODS
 
 from accounts.actions.users import GUID_COOKIE, find_user
 from rentahal.errors import NotFound
+from rentahal.permissions import StaffModelPermissions
 
 
 def sysop_of(request):
@@ -17,16 +26,10 @@ def sysop_of(request):
     return user if user.is_sysop else None
 
 
-def acting_user_of(request):
-    """Return who is acting (`rentahal.actors`): the staff login, else the cookie's sysop, else None."""
-    user = request.user
-    if user is not None and user.is_authenticated and user.is_staff:
-        return user
-    return sysop_of(request)
-
-
-class IsSysopOrStaff(BasePermission):
-    message = "Only a sysop or a staff member may manage realms."
+class StaffOrSysopReading(StaffModelPermissions):
+    message = "Only staff with realm permissions may change realms; a sysop's cookie may only read them."
 
     def has_permission(self, request, view):
-        return acting_user_of(request) is not None
+        if super().has_permission(request, view):
+            return True
+        return request.method in SAFE_METHODS and sysop_of(request) is not None

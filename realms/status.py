@@ -22,7 +22,7 @@ def available_workers(realm: Realm, query_type: str | None = None) -> list[str]:
 def realm_workers(realm: Realm) -> list[dict]:
     """Return the workers registered in the realm or seated in its pools."""
     workers = Worker.objects.filter(Q(realm=realm.name) | Q(pools__realm=realm.name)).distinct()
-    return worker_frames(list(workers))
+    return worker_frames(list(workers), with_addresses=True)
 
 
 def backups_of(realm: Realm) -> dict[str, list[str]]:

@@ -2,8 +2,8 @@
 
 It is one of:
 - a Django auth user (`django.contrib.auth`), for the admin and the DRF APIs (staff);
-- a broker user (`accounts.models.User`), for a sysop's frame on /ws or a sysop's cookie on
-  the realm API;
+- a broker user (`accounts.models.User`), for a sysop's frame on /ws (a sysop's cookie
+  never authorises an HTTP write: realms.permissions);
 - None, for the system: management commands, startup, tests' fixtures.
 
 Entry points decide who may act: the consumer's sysop-only frames, the APIs' permission

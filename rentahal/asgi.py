@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP goes to Django, /ws to the realms consumer."""
+"""ASGI entry point: HTTP goes to Django, /ws to the realms consumer once its Origin passes
+(rentahal.origins)."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -11,10 +12,11 @@ from channels.sessions import CookieMiddleware  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from realms.consumers import QueryConsumer  # noqa: E402
+from rentahal.origins import ConfiguredHostsOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": CookieMiddleware(URLRouter([path("ws", QueryConsumer.as_asgi())])),
+        "websocket": ConfiguredHostsOriginValidator(CookieMiddleware(URLRouter([path("ws", QueryConsumer.as_asgi())]))),
     }
 )

@@ -1,8 +1,9 @@
-"""System checks for the plumbing: configurations known to break the broker on this stack."""
+"""System checks for the plumbing: configurations known to break the broker on this stack,
+and (`check --deploy`) doors a deployment must not leave open."""
 import redis
 import rq
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 
 from rentahal.rq_mirror import MIRRORED_RQ_VERSION
 
@@ -52,3 +53,29 @@ def check_rq_version(app_configs, **kwargs):
         hint=(f"Install rq=={MIRRORED_RQ_VERSION} as pyproject.toml pins it, or compare every item that "
               "rentahal/rq_mirror.py's docstring lists with the new rq's source, then raise MIRRORED_RQ_VERSION."),
     )]
+
+
+@register(Tags.security, deploy=True)
+def check_deployment_doors(app_configs, **kwargs):
+    """Refuse a deployment signing sessions with the published development key, and warn of
+    settings only the local run should have."""
+    problems = []
+    if settings.SECRET_KEY == settings.RENTAHAL_DEVELOPMENT_SECRET_KEY:
+        problems.append(Error(
+            "SECRET_KEY is the development key in rentahal/settings.py: anyone can forge sessions and admin logins.",
+            id="rentahal.E101",
+            hint="Set the SECRET_KEY environment variable to a long random value.",
+        ))
+    if "*" in settings.ALLOWED_HOSTS:
+        problems.append(Warning(
+            "ALLOWED_HOSTS contains '*': any page may open /ws with its users' cookies.",
+            id="rentahal.W101",
+            hint="List the host names the broker is served as in ALLOWED_HOSTS.",
+        ))
+    if settings.RENTAHAL_FIRST_VISITOR_IS_SYSOP:
+        problems.append(Warning(
+            "FIRST_VISITOR_IS_SYSOP is on: whoever opens /ws first on an empty system becomes sysop.",
+            id="rentahal.W102",
+            hint="Turn it off and name the sysop with `manage.py make_sysop`.",
+        ))
+    return problems

@@ -17,7 +17,9 @@ from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from rest_framework.views import APIView
 
+from rentahal.metrics_access import AnyAccept, IsMetricsScraper, MetricsTokenAuthentication
 from rentahal.queues import client_for_url, redis_connection
 
 logger = logging.getLogger(__name__)
@@ -277,12 +279,22 @@ def register_collector(collector) -> None:
     extra_collectors.append(collector)
 
 
-def metrics_view(request):
-    """Serve every process's counters in the Prometheus text format."""
-    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if multiproc_dir:
-        counters = CollectorRegistry()
-        MultiProcessCollector(counters, path=multiproc_dir)
-    else:
-        counters = REGISTRY
-    return HttpResponse(generate_latest(Exposition(counters, *extra_collectors)), content_type=CONTENT_TYPE_LATEST)
+class MetricsView(APIView):
+    """Serve every process's counters in the Prometheus text format to scrapers
+    (rentahal.metrics_access says who they are)."""
+
+    authentication_classes = [MetricsTokenAuthentication]
+    permission_classes = [IsMetricsScraper]
+    content_negotiation_class = AnyAccept
+
+    def get(self, request):
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc_dir:
+            counters = CollectorRegistry()
+            MultiProcessCollector(counters, path=multiproc_dir)
+        else:
+            counters = REGISTRY
+        return HttpResponse(generate_latest(Exposition(counters, *extra_collectors)), content_type=CONTENT_TYPE_LATEST)
+
+
+metrics_view = MetricsView.as_view()

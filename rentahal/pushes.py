@@ -14,6 +14,8 @@ dots becoming underscores):
 | `user.<guid>` (`user_group`) | `send.frame` `{"frame": {...}}` | a job pushes a frame to every tab of the user |
 | `user.<guid>` | `user.banned` | the user was banned: each socket says so and closes |
 | `broadcast` (`BROADCAST_GROUP`) | `send.frame` `{"frame": {...}}` | every open /ws socket: `worker_update`, `sysop_message` |
+| | `send.frame` `{"frame": {...}, "sysop_frame": {...}}` | as above, sysops' sockets sending `sysop_frame` instead (`worker_update` with addresses) |
+| `user.<guid>` | `user.changed` | the user's sysop flag changed: each socket re-reads the user and sends `user_info` |
 | `events.pools` (`POOL_EVENTS`) | `worker.changed`, `pool.changed` | a worker or a pool alias was saved or deleted |
 | `events.realms` (`REALM_EVENTS`) | `realm.changed` | a realm or its backups were saved, or it was deleted |
 
@@ -45,9 +47,13 @@ async def push_frame(guid: str, frame: dict) -> None:
     await get_channel_layer().group_send(user_group(guid), {"type": "send.frame", "frame": frame})
 
 
-def frame_event(frame: dict) -> dict:
-    """Return the event that has every socket of a group send `frame` as it is."""
-    return {"type": "send.frame", "frame": frame}
+def frame_event(frame: dict, *, sysop_frame: dict | None = None) -> dict:
+    """Return the event that has every socket of a group send `frame` as it is, or, on a
+    sysop's socket, `sysop_frame` when given (what only sysops may see)."""
+    event = {"type": "send.frame", "frame": frame}
+    if sysop_frame is not None:
+        event["sysop_frame"] = sysop_frame
+    return event
 
 
 def send_event_on_commit(group: str, event: dict | Callable[[], dict], *, using: str) -> None:

@@ -12,9 +12,16 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-SECRET_KEY = env("SECRET_KEY", default="rentahal-dev-only-secret-key-change-me-in-production")
+# The development key lets `manage.py` run unconfigured; `check --deploy` refuses it
+# (rentahal.checks, rentahal.E101).
+RENTAHAL_DEVELOPMENT_SECRET_KEY = "rentahal-dev-only-secret-key-change-me-in-production"
+SECRET_KEY = env("SECRET_KEY", default=RENTAHAL_DEVELOPMENT_SECRET_KEY)
 DEBUG = env.bool("DEBUG", default=False)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+# Hosts the broker answers as, over HTTP and as the Origin of a /ws handshake
+# (rentahal.origins); only this machine unless the operator names more.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# Same-origin form and API writes pass CSRF on their own; list origins (with scheme) only
+# for a TLS-terminating proxy or another site that must write.
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -121,10 +128,11 @@ WHITENOISE_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Session logins only (with CSRF on every write): no HTTP Basic, which would take a
+        # staff password on every request and invite guessing it.
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["rentahal.permissions.StaffModelPermissions"],
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
 }
 
@@ -185,3 +193,10 @@ RENTAHAL_SCALE_UP_UTILISATION = env.float("SCALE_UP_UTILISATION", default=0.8)
 RENTAHAL_SCALE_UP_ERROR_RATE = env.float("SCALE_UP_ERROR_RATE", default=0.05)
 RENTAHAL_SCALE_DOWN_UTILISATION = env.float("SCALE_DOWN_UTILISATION", default=0.2)
 RENTAHAL_SCALING_HOOK = env("SCALING_HOOK", default="realms.scaling.log_advice")
+# Doors (rentahal.metrics_access, accounts.actions.users): /metrics answers a bearer token
+# or a client address in the allow-list (addresses or networks; empty refuses everyone but
+# token holders); the first visitor of an empty system becomes sysop only when asked
+# (`run_broker` asks for its local run), otherwise `manage.py make_sysop` names one.
+RENTAHAL_METRICS_TOKEN = env("METRICS_TOKEN", default="")
+RENTAHAL_METRICS_ALLOWED_ADDRESSES = env.list("METRICS_ALLOWED_ADDRESSES", default=[])
+RENTAHAL_FIRST_VISITOR_IS_SYSOP = env.bool("FIRST_VISITOR_IS_SYSOP", default=False)

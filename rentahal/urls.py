@@ -1,4 +1,5 @@
-"""URL wiring: the users' page, the operators' admin, django-rq's dashboard, the APIs."""
+"""URL wiring: the users' page, the operators' admin, django-rq's dashboard (behind its own
+permission, rentahal.rq_dashboard), the APIs."""
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import TemplateView
@@ -7,7 +8,7 @@ from rentahal.metrics import metrics_view
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
-    path("admin/rq/", include("django_rq.urls")),
+    path("admin/rq/", include("rentahal.rq_dashboard")),
     path("admin/", admin.site.urls),
     path("api/realms/", include("realms.urls")),
     path("metrics", metrics_view, name="metrics"),

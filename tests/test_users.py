@@ -24,7 +24,16 @@ async def test_new_visitor_gets_a_cookie_then_the_greeting_frames(connect):
     assert frames[2]["data"] == []
 
 
-async def test_first_user_of_an_empty_system_is_sysop_and_the_second_is_not(connect):
+async def test_first_visitor_of_an_empty_system_is_not_sysop_by_default(connect):
+    first = await connect(greeting=False)
+
+    info = (await first.receive_until("user_info"))[-1]
+
+    assert info["data"]["is_sysop"] is False
+
+
+async def test_with_first_visitor_is_sysop_the_first_user_is_sysop_and_the_second_is_not(connect, settings):
+    settings.RENTAHAL_FIRST_VISITOR_IS_SYSOP = True
     first = await connect(greeting=False)
     first_info = (await first.receive_until("user_info"))[-1]
     second = await connect(greeting=False)

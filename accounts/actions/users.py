@@ -1,5 +1,6 @@
-"""Every write to users: creation (the first user is sysop), nicknames and bans; the actor
-of a ban is the keyword-only `acting_user` of `rentahal.actors`.
+"""Every write to users: creation (the first visitor is sysop only with FIRST_VISITOR_IS_SYSOP),
+making a sysop, nicknames and bans; the actor of a ban or of a new sysop is the keyword-only
+`acting_user` of `rentahal.actors`.
 
 Each write runs inside `rentahal.sharding.writing_for`, which resolves the user's shard
 under the prefix's fence, so a shard move never loses a write or lets one land on the old
@@ -8,6 +9,7 @@ shard.
 import logging
 import uuid
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from accounts.models import FoundingUser, User
@@ -36,15 +38,22 @@ def normalise_guid(raw: str | None) -> str | None:
 
 
 def get_or_create_user(guid: str) -> User:
-    """Return the user with this guid, creating it; the first user of the system is sysop."""
+    """Return the user with this guid, creating it.
+
+    With FIRST_VISITOR_IS_SYSOP (the local run's classic behaviour) the first user of the
+    system becomes sysop; otherwise nobody does by arriving, and an operator names the
+    sysop with `manage.py make_sysop`: on a public deployment the first visitor may be anyone.
+    """
     alias = shard_for_guid(guid)
     user = User.objects.using(alias).filter(pk=guid).first()
     if user is not None:
         return user
-    # The FoundingUser row is the race-free answer to "is this the first user?": only one
-    # insert of its fixed primary key can succeed.
-    with transaction.atomic(using="default"):
-        _, is_first = FoundingUser.objects.using("default").get_or_create(pk=1, defaults={"guid": guid})
+    is_first = False
+    if settings.RENTAHAL_FIRST_VISITOR_IS_SYSOP:
+        # The FoundingUser row is the race-free answer to "is this the first user?": only one
+        # insert of its fixed primary key can succeed.
+        with transaction.atomic(using="default"):
+            _, is_first = FoundingUser.objects.using("default").get_or_create(pk=1, defaults={"guid": guid})
     try:
         with writing_for(guid) as alias:
             # Checked again under the fence: the read above may have used a map that a
@@ -65,6 +74,34 @@ def find_user(guid: str) -> User:
     user = User.objects.using(shard_for_guid(normalised)).filter(pk=normalised).first() if normalised else None
     if user is None:
         raise NotFound(f"No user with guid {guid}.")
+    return user
+
+
+def find_user_by_guid_or_nickname(name: str) -> User:
+    """Return the user whose guid, else whose nickname, is `name` (nicknames are unique across shards)."""
+    try:
+        return find_user(name)
+    except NotFound:
+        pass
+    for alias in shard_aliases():
+        user = User.objects.using(alias).filter(nickname=name).first()
+        if user is not None and shard_for_guid(user.guid) == alias:
+            return user
+    raise NotFound(f"No user with guid or nickname '{name[:64]}'.", code="unknown_user")
+
+
+def set_sysop(guid: str, is_sysop: bool, *, acting_user) -> User:
+    """Make a user sysop, or take it away; once committed, their open sockets re-read them.
+
+    The operator's way to name a fresh deployment's first sysop (`manage.py make_sysop`),
+    where nobody becomes sysop by arriving first.
+    """
+    user = find_user(guid)
+    with writing_for(user.guid) as alias:
+        User.objects.using(alias).filter(pk=user.pk).update(is_sysop=is_sysop)
+        send_event_on_commit(user_group(user.guid), {"type": "user.changed"}, using=alias)
+    user.is_sysop = is_sysop
+    logger.info("user %s %s sysop by %s", user.guid, "made" if is_sysop else "no longer", describe_actor(acting_user))
     return user
 
 

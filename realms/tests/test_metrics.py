@@ -98,9 +98,13 @@ def test_a_metrics_outage_never_fails_the_query_being_counted(settings):
     assert metrics.record_connection("$CHAT", 1) == 0
 
 
+SCRAPER_TOKEN = "scraper-token"
+
+
 def scrape() -> dict:
-    """Return {(name, labels): value} of every sample /metrics serves, via Prometheus's parser."""
-    response = HttpClient().get("/metrics")
+    """Return {(name, labels): value} of every sample /metrics serves to a scraper (holding
+    the metrics token), via Prometheus's parser."""
+    response = HttpClient().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {SCRAPER_TOKEN}")
     assert response.status_code == 200
     samples = {}
     for family in text_string_to_metric_families(response.content.decode()):
@@ -111,8 +115,9 @@ def scrape() -> dict:
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 async def test_metrics_endpoint_reports_what_the_worker_processes_recorded(
-    metrics_dir, start_worker, fake_server, register_worker, alice, connect
+    metrics_dir, start_worker, fake_server, register_worker, alice, connect, settings
 ):
+    settings.RENTAHAL_METRICS_TOKEN = SCRAPER_TOKEN
     await sync_to_async(register_worker)(fake_server, "openai", query_type="chat", name="chat-1", realm="$CHAT")
     await sync_to_async(start_worker)("$CHAT", "$VISION")
     client = await connect(alice.guid)

@@ -1,4 +1,5 @@
-"""The realm admin API: sysops and staff manage realms; bad input changes nothing."""
+"""The realm admin API: staff with realm permissions manage realms, a sysop's cookie reads
+them; bad input changes nothing. (Who may do what: tests/test_doors.py.)"""
 import pytest
 from django.contrib.auth.models import User as StaffUser
 from rest_framework.test import APIClient
@@ -12,6 +13,13 @@ pytestmark = pytest.mark.django_db(databases="__all__")
 def as_sysop(sysop, default_realms):
     client = APIClient()
     client.cookies["user_guid"] = sysop.guid
+    return client
+
+
+@pytest.fixture
+def as_operator(operator, default_realms):
+    client = APIClient()
+    client.force_authenticate(operator)
     return client
 
 
@@ -47,12 +55,8 @@ def test_a_realm_shows_its_workers_runtime_health_and_counts_only_the_healthy(as
     assert chat["metrics"]["workers"] == 1
 
 
-def test_staff_member_may_use_the_api(default_realms):
-    staff = StaffUser.objects.create_user("operator", password="pw", is_staff=True)
-    client = APIClient()
-    client.force_authenticate(staff)
-
-    assert client.get("/api/realms/").status_code == 200
+def test_staff_member_with_realm_permissions_may_use_the_api(as_operator):
+    assert as_operator.get("/api/realms/").status_code == 200
 
 
 @pytest.mark.parametrize("who", ["anonymous", "plain user", "staffless login"])
@@ -69,8 +73,8 @@ def test_others_are_refused(who, alice, default_realms):
     assert "$NEW" not in realm_names()
 
 
-def test_creating_a_realm_for_a_type_routes_that_type_to_it(as_sysop):
-    response = as_sysop.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat", "queue_limit": 50}, format="json")
+def test_creating_a_realm_for_a_type_routes_that_type_to_it(as_operator):
+    response = as_operator.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat", "queue_limit": 50}, format="json")
 
     assert response.status_code == 201
     assert response.json()["primary_query_type"] == "chat"
@@ -79,19 +83,19 @@ def test_creating_a_realm_for_a_type_routes_that_type_to_it(as_sysop):
     assert Realm.objects.get(name="$CHAT_EU").queue_limit == 50
 
 
-def test_a_new_realm_given_no_queue_limit_takes_the_queue_limit_setting(as_sysop, settings):
+def test_a_new_realm_given_no_queue_limit_takes_the_queue_limit_setting(as_operator, settings):
     settings.RENTAHAL_QUEUE_LIMIT = 25
 
-    as_sysop.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat"}, format="json")
+    as_operator.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat"}, format="json")
 
     assert Realm.objects.get(name="$CHAT_EU").queue_limit == 25
 
 
-def test_update_changes_limits_and_backups(as_sysop):
-    as_sysop.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
-    as_sysop.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")
+def test_update_changes_limits_and_backups(as_operator):
+    as_operator.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
+    as_operator.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")
 
-    response = as_sysop.patch(
+    response = as_operator.patch(
         "/api/realms/$IMAGINE/", {"max_workers": 3, "backups": {"imagine": ["$IMAGINE_2"]}}, format="json"
     )
 
@@ -100,27 +104,27 @@ def test_update_changes_limits_and_backups(as_sysop):
     assert Realm.objects.get(name="$IMAGINE").max_workers == 3
 
 
-def test_a_backup_only_realm_given_a_type_takes_its_routing(as_sysop):
-    as_sysop.post("/api/realms/", {"name": "$SPEECH_2", "primary_query_type": "speech"}, format="json")
+def test_a_backup_only_realm_given_a_type_takes_its_routing(as_operator):
+    as_operator.post("/api/realms/", {"name": "$SPEECH_2", "primary_query_type": "speech"}, format="json")
 
-    response = as_sysop.patch("/api/realms/$SPEECH/", {"primary_query_type": "speech"}, format="json")
+    response = as_operator.patch("/api/realms/$SPEECH/", {"primary_query_type": "speech"}, format="json")
 
     assert response.status_code == 200
     assert Realm.objects.get(query_type="speech").name == "$SPEECH"
     assert Realm.objects.get(name="$SPEECH_2").query_type is None
 
 
-def test_deleting_a_backup_only_realm_works(as_sysop):
-    as_sysop.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat"}, format="json")
+def test_deleting_a_backup_only_realm_works(as_operator):
+    as_operator.post("/api/realms/", {"name": "$CHAT_EU", "primary_query_type": "chat"}, format="json")
 
-    response = as_sysop.delete("/api/realms/$CHAT/")
+    response = as_operator.delete("/api/realms/$CHAT/")
 
     assert response.status_code == 204
     assert "$CHAT" not in realm_names()
 
 
-def test_deleting_a_primary_realm_is_refused_and_changes_nothing(as_sysop):
-    response = as_sysop.delete("/api/realms/$CHAT/")
+def test_deleting_a_primary_realm_is_refused_and_changes_nothing(as_operator):
+    response = as_operator.delete("/api/realms/$CHAT/")
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "realm_is_primary"
@@ -128,12 +132,12 @@ def test_deleting_a_primary_realm_is_refused_and_changes_nothing(as_sysop):
     assert Realm.objects.get(name="$CHAT").query_type == "chat"
 
 
-def test_a_backup_chain_that_loops_is_refused_and_changes_nothing(as_sysop):
-    as_sysop.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
-    as_sysop.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")
-    as_sysop.patch("/api/realms/$IMAGINE/", {"backups": {"imagine": ["$IMAGINE_2"]}}, format="json")
+def test_a_backup_chain_that_loops_is_refused_and_changes_nothing(as_operator):
+    as_operator.post("/api/realms/", {"name": "$IMAGINE_2", "primary_query_type": "imagine"}, format="json")
+    as_operator.post("/api/realms/", {"name": "$IMAGINE", "primary_query_type": "imagine"}, format="json")
+    as_operator.patch("/api/realms/$IMAGINE/", {"backups": {"imagine": ["$IMAGINE_2"]}}, format="json")
 
-    response = as_sysop.patch("/api/realms/$IMAGINE_2/", {"backups": {"imagine": ["$IMAGINE"]}}, format="json")
+    response = as_operator.patch("/api/realms/$IMAGINE_2/", {"backups": {"imagine": ["$IMAGINE"]}}, format="json")
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "backup_loop"
@@ -153,10 +157,10 @@ def test_a_backup_chain_that_loops_is_refused_and_changes_nothing(as_sysop):
         ({"name": "$NEW", "primary_query_type": "chat", "min_workers": 5, "max_workers": 2}, "min_workers", "must not exceed"),
     ],
 )
-def test_bad_realm_input_is_refused_and_changes_nothing(as_sysop, payload, field, message):
+def test_bad_realm_input_is_refused_and_changes_nothing(as_operator, payload, field, message):
     before = list(Realm.objects.values_list("name", "query_type"))
 
-    response = as_sysop.post("/api/realms/", payload, format="json")
+    response = as_operator.post("/api/realms/", payload, format="json")
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid"
@@ -164,8 +168,8 @@ def test_bad_realm_input_is_refused_and_changes_nothing(as_sysop, payload, field
     assert list(Realm.objects.values_list("name", "query_type")) == before
 
 
-def test_a_primary_realm_cannot_drop_its_type(as_sysop):
-    response = as_sysop.patch("/api/realms/$CHAT/", {"primary_query_type": "imagine"}, format="json")
+def test_a_primary_realm_cannot_drop_its_type(as_operator):
+    response = as_operator.patch("/api/realms/$CHAT/", {"primary_query_type": "imagine"}, format="json")
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid"
@@ -174,8 +178,8 @@ def test_a_primary_realm_cannot_drop_its_type(as_sysop):
     assert Realm.objects.get(name="$IMAGINE").query_type == "imagine"
 
 
-def test_unknown_realm_is_not_found(as_sysop):
-    response = as_sysop.get("/api/realms/$NOPE/")
+def test_unknown_realm_is_not_found(as_operator):
+    response = as_operator.get("/api/realms/$NOPE/")
 
     assert response.status_code == 404
     assert response.json() == {"error": {"code": "unknown_realm", "message": "Unknown realm '$NOPE'."}}

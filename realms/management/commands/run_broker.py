@@ -121,7 +121,14 @@ class Command(BaseCommand):
         self.stdout.write("databases migrated")
         children: list[Child] = []
         stopping = False
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir())}
+        env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir()),
+            # The local run keeps the classic doors unless the operator says otherwise: the
+            # first visitor becomes sysop, and this machine may scrape /metrics.
+            "FIRST_VISITOR_IS_SYSOP": os.environ.get("FIRST_VISITOR_IS_SYSOP", "true"),
+            "METRICS_ALLOWED_ADDRESSES": os.environ.get("METRICS_ALLOWED_ADDRESSES", "127.0.0.1,::1"),
+        }
 
         def stop(signum, frame):
             nonlocal stopping
