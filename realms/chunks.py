@@ -135,20 +135,20 @@ async def store_vision_chunk(guid: str, content: dict) -> ChunkProgress:
     """Keep one chunk; when the last arrives, return the whole image and the query fields."""
     chunk_id, total, image_id, data = read_chunk_frame(content)
     client = redis_client()
-    outcome, received, *image = await client.register_script(STORE_CHUNK)(
+    outcome, detail, *image = await client.register_script(STORE_CHUNK)(
         keys=[f"rentahal:vision:{guid}:{image_id}", f"rentahal:vision:{guid}"],
         args=[chunk_id, total, data, image_id, max_image_chars(), settings.RENTAHAL_MAX_UPLOADS_PER_USER,
               settings.RENTAHAL_UPLOAD_TTL_SECONDS],
     )
     outcome = outcome.decode()
     if outcome == "stored":
-        return ChunkProgress(received=received, total=total)
+        return ChunkProgress(received=detail, total=total)
     if outcome != "complete":
-        raise refusal(outcome, received, total)
+        raise refusal(outcome, detail, total)
     query = {
         "prompt": content.get("prompt", ""),
         "query_type": content.get("query_type", "vision"),
         "model_type": content.get("model_type", "worker_node"),
         "model_name": content.get("model_name", ""),
     }
-    return ChunkProgress(received=received, total=total, image=image[0].decode(), query=query)
+    return ChunkProgress(received=detail, total=total, image=image[0].decode(), query=query)
