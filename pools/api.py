@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 from pools import actions, status as pool_status
 from pools.comparison import compare_pools
 from pools.models import PoolAlias, Worker
-from pools.serializers import PoolAliasSerializer, PoolAliasUpdateSerializer, WorkerSerializer
+from pools.serializers import PoolAliasSerializer, PoolAliasUpdateSerializer, PoolComparisonSerializer, WorkerSerializer
 
 
 class PoolList(APIView):
@@ -87,14 +87,11 @@ class PoolComparison(APIView):
     queryset = PoolAlias.objects.all()
 
     def get(self, request):
-        a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
-        if not a or not b:
-            raise ValidationError({"a": "Name two aliases: ?a=$X&b=$Y."})
+        serializer = PoolComparisonSerializer(data=request.query_params)
+        serializer.is_valid(raise_exception=True)
+        query = serializer.validated_data
+        a, b = query["a"], query["b"]
         unknown = [name for name in (a, b) if not PoolAlias.objects.filter(name=name).exists()]
         if unknown:
             raise ValidationError({"a" if a in unknown else "b": f"No pool alias named {', '.join(unknown)}."})
-        try:
-            hours = float(request.query_params["hours"]) if "hours" in request.query_params else None
-        except ValueError:
-            raise ValidationError({"hours": "hours must be a number."}) from None
-        return Response(compare_pools(a, b, realm=request.query_params.get("realm"), hours=hours))
+        return Response(compare_pools(a, b, realm=query.get("realm"), hours=query.get("hours")))

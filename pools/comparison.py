@@ -3,12 +3,18 @@ distribution, error rate and recovery time, for choosing between two pool config
 from __future__ import annotations
 
 import datetime
+import math
 import statistics
 
 from django.utils import timezone
 
 from pools.models import SelectionOutcome
+from rentahal.errors import Invalid
 from rentahal.metrics import percentile
+
+# A century: any longer window reaches back before every recorded attempt, and a window
+# past datetime's range would overflow.
+MAX_WINDOW_HOURS = 24 * 366 * 100
 
 
 def recovery_times(rows: list[tuple[str, str, datetime.datetime]]) -> list[float]:
@@ -62,5 +68,13 @@ def member_counts(attempts) -> dict[str, int]:
 
 def compare_pools(a: str, b: str, *, realm: str | None = None, hours: float | None = None) -> dict:
     """Return both aliases' figures side by side, over the last `hours` when given."""
-    since = timezone.now() - datetime.timedelta(hours=hours) if hours else None
+    since = window_start(hours) if hours is not None else None
     return {"a": summarize_pool(a, realm=realm, since=since), "b": summarize_pool(b, realm=realm, since=since)}
+
+
+def window_start(hours: float) -> datetime.datetime:
+    """Return the start of a window of the last `hours`, refusing a window that is not a
+    positive, finite number of hours (nan, inf, negative) before it reaches datetime."""
+    if not (math.isfinite(hours) and 0 < hours <= MAX_WINDOW_HOURS):
+        raise Invalid(fields={"hours": [f"hours must be a number above 0 and at most {MAX_WINDOW_HOURS}."]})
+    return timezone.now() - datetime.timedelta(hours=hours)

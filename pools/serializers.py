@@ -30,6 +30,16 @@ class PoolAliasSerializer(serializers.Serializer):
         return data
 
 
+class PoolComparisonSerializer(serializers.Serializer):
+    """The query string of the A/B report, ?a=$X&b=$Y[&realm=$R][&hours=N]: text without NUL
+    (Postgres refuses it), hours a finite number (`pools.comparison.window_start` bounds it)."""
+
+    a = serializers.CharField(error_messages={"required": "Name two aliases: ?a=$X&b=$Y.", "blank": "Name two aliases: ?a=$X&b=$Y."})
+    b = serializers.CharField(error_messages={"required": "Name two aliases: ?a=$X&b=$Y.", "blank": "Name two aliases: ?a=$X&b=$Y."})
+    realm = serializers.CharField(required=False)
+    hours = serializers.FloatField(required=False, error_messages={"invalid": "hours must be a number."})
+
+
 class PoolAliasUpdateSerializer(PoolAliasSerializer):
     """A partial change: any field may be left out (name and realm cannot change)."""
 

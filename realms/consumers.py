@@ -227,10 +227,15 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
 
 def decode_frame(raw: str | bytes) -> object:
-    """Return the JSON of a frame within the size limit, or refuse it."""
-    if len(raw) > settings.RENTAHAL_MAX_FRAME_BYTES:
+    """Return the JSON of a frame within the size limit, or refuse it.
+
+    This is the one frame limit: `run_broker` starts daphne with a higher ceiling
+    (`realms.management.commands.run_broker.server_message_limit`) so an oversized frame
+    reaches this check and gets an `error` frame instead of a dropped socket."""
+    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+    if size > settings.RENTAHAL_MAX_FRAME_BYTES:
         raise BrokerError(
-            f"Frame of {len(raw)} bytes is over the {settings.RENTAHAL_MAX_FRAME_BYTES}-byte limit.", code="frame_too_large"
+            f"Frame of {size} bytes is over the {settings.RENTAHAL_MAX_FRAME_BYTES}-byte limit.", code="frame_too_large"
         )
     try:
         return orjson.loads(raw)

@@ -28,16 +28,24 @@ def require_str(data: dict, field: str, *, required: bool = True, default: str =
         return default
     if not isinstance(value, str):
         raise BrokerError(f"Field '{field}' must be a string.", code="bad_field")
+    if "\x00" in value:
+        # Postgres text cannot hold NUL; refused here, before any row is written.
+        raise BrokerError(f"Field '{field}' must not contain NUL characters.", code="bad_field")
     return value
 
 
 def strip_data_url(image: str) -> str:
-    """Return the base64 payload of an image, accepting a data: URL as browsers send it."""
+    """Return the base64 payload of an image, accepting a data: URL as browsers send it,
+    and refuse one over RENTAHAL_MAX_IMAGE_BYTES: the image is kept in the query's row."""
     payload = image.split(",", 1)[1] if image.startswith("data:") else image
     try:
-        base64.b64decode(payload, validate=True)
+        size = len(base64.b64decode(payload, validate=True))
     except (binascii.Error, ValueError):
         raise BrokerError("Field 'image' is not valid base64.", code="bad_field") from None
+    if size > settings.RENTAHAL_MAX_IMAGE_BYTES:
+        raise BrokerError(
+            f"The image is {size} bytes; the limit is {settings.RENTAHAL_MAX_IMAGE_BYTES} bytes.", code="image_too_large"
+        )
     return payload
 
 

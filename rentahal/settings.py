@@ -151,6 +151,11 @@ RENTAHAL_COST_PER_SECOND = env.float("COST_PER_SECOND", default=0.001)
 # Largest WebSocket frame accepted, and largest prompt inside it.
 RENTAHAL_MAX_FRAME_BYTES = env.int("MAX_FRAME_BYTES", default=2 * 1024 * 1024)
 RENTAHAL_MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=32_000)
+# Largest image (decoded bytes) a vision query may carry, sent whole or in vision_chunk
+# frames; a user's unfinished chunked uploads, and how long one waits for its next chunk.
+RENTAHAL_MAX_IMAGE_BYTES = env.int("MAX_IMAGE_BYTES", default=8 * 1024 * 1024)
+RENTAHAL_MAX_UPLOADS_PER_USER = env.int("MAX_UPLOADS_PER_USER", default=4)
+RENTAHAL_UPLOAD_TTL_SECONDS = env.int("UPLOAD_TTL_SECONDS", default=600)
 # Queries waiting in one realm's queue before new ones are refused.
 RENTAHAL_QUEUE_LIMIT = env.int("QUEUE_LIMIT", default=1000)
 # Model-server calls: connect and total read timeouts, and a cap on answer size.

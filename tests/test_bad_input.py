@@ -37,6 +37,9 @@ def query(**fields) -> dict:
         ('{"type": "submit_query", "query": {"prompt": "what is this", "query_type": "vision"}}', "missing_field", "A vision query needs an 'image'"),
         ('{"type": "submit_query", "query": {"prompt": "x", "query_type": "vision", "image": "@@not base64@@"}}', "bad_field", "not valid base64"),
         ('{"type": "set_nickname"}', "missing_field", "Missing field 'nickname'"),
+        ('{"type": "submit_query", "query": {"prompt": "hi\\u0000there", "query_type": "chat"}}', "bad_field", "Field 'prompt' must not contain NUL"),
+        ('{"type": "submit_query", "query": {"prompt": "hi", "query_type": "chat", "model_name": "m\\u0000"}}', "bad_field", "Field 'model_name' must not contain NUL"),
+        ('{"type": "set_nickname", "nickname": "eve\\u0000"}', "bad_field", "Field 'nickname' must not contain NUL"),
     ],
 )
 async def test_bad_frame_gets_error_naming_the_problem(raw, code, message, alice, default_realms, connect):

@@ -31,3 +31,8 @@ def test_the_report_sets_two_aliases_side_by_side(two_aliases, capsys):
 def test_the_report_names_an_unknown_alias(two_aliases):
     with pytest.raises(CommandError, match=r"No pool alias named \$GHOST"):
         call_command("compare_pools", "$CHAT_A", "$GHOST")
+
+
+def test_the_report_refuses_a_window_of_infinite_hours(two_aliases):
+    with pytest.raises(CommandError, match="hours must be a number above 0"):
+        call_command("compare_pools", "$CHAT_A", "$CHAT_B", "--hours", "inf")

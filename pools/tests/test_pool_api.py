@@ -134,6 +134,30 @@ def test_compare_names_an_alias_that_does_not_exist(admin_client, chat_workers):
     assert "No pool alias named $NOPE" in str(response.json())
 
 
+@pytest.mark.parametrize("hours", ["nan", "inf", "-inf", "-1", "0", "1e300", "soon"])
+def test_compare_refuses_a_window_that_is_not_a_positive_number_of_hours(hours, admin_client, chat_workers):
+    create(admin_client, name="$CHAT_A")
+    create(admin_client, name="$CHAT_B")
+
+    response = admin_client.get("/api/pools/compare/", {"a": "$CHAT_A", "b": "$CHAT_B", "hours": hours})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], list(error["fields"])) == ("invalid", ["hours"])
+
+
+@pytest.mark.parametrize(("params", "field"), [({"a": "$CHAT_A\x00", "b": "$CHAT_B"}, "a"), ({"realm": "$CHAT\x00"}, "realm")])
+def test_compare_refuses_a_nul_character_in_a_name(params, field, admin_client, chat_workers):
+    create(admin_client, name="$CHAT_A")
+    create(admin_client, name="$CHAT_B")
+
+    response = admin_client.get("/api/pools/compare/", {"a": "$CHAT_A", "b": "$CHAT_B", **params})
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], list(error["fields"])) == ("invalid", [field])
+
+
 def test_ensure_pool_is_idempotent_and_adds_missing_members(chat_workers):
     first = actions.ensure_pool("$CHAT", query_type="chat", realm="$CHAT", strategy="health", members=["alpha"])
     again = actions.ensure_pool("$CHAT", query_type="chat", realm="$CHAT", strategy="health", members=["alpha"])

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pools.comparison import compare_pools
 from pools.models import PoolAlias
+from rentahal.errors import BrokerError
 
 ROWS = [
     ("strategies", "strategy"),
@@ -45,7 +46,10 @@ class Command(BaseCommand):
         unknown = [name for name in (options["a"], options["b"]) if not PoolAlias.objects.filter(name=name).exists()]
         if unknown:
             raise CommandError(f"No pool alias named {', '.join(unknown)}.")
-        report = compare_pools(options["a"], options["b"], realm=options["realm"], hours=options["hours"])
+        try:
+            report = compare_pools(options["a"], options["b"], realm=options["realm"], hours=options["hours"])
+        except BrokerError as exc:
+            raise CommandError(exc.message) from None
         if options["json"]:
             self.stdout.write(json.dumps(report, indent=2))
             return

@@ -92,6 +92,25 @@ def wait_for_http(url: str, *, timeout: float, child: Child) -> None:
     raise CommandError(f"{child.name} did not answer at {url} within {timeout:.0f} s")
 
 
+def server_message_limit() -> int:
+    """Return the WebSocket message size daphne accepts: twice RENTAHAL_MAX_FRAME_BYTES.
+
+    daphne's own default (1 MiB) closes the socket with 1009 before the consumer runs, so
+    the broker's frame limit and its `error` frame would never be reached. Above the limit
+    the consumer refuses a frame and the socket stays open; the ceiling still bounds what
+    one message can make the server buffer."""
+    return 2 * settings.RENTAHAL_MAX_FRAME_BYTES
+
+
+def daphne_command(host: str, port: int) -> list[str]:
+    limit = str(server_message_limit())
+    return [
+        sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
+        "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit,
+        "rentahal.asgi:application",
+    ]
+
+
 def create_database_if_missing(alias: str) -> None:
     """Create the configured database so a fresh machine needs no manual `createdb`."""
     db = settings.DATABASES[alias]
@@ -155,11 +174,7 @@ class Command(BaseCommand):
                 Child("reconciler", manage("reconcile_queries", "--every", every), env),
                 Child("health checker", manage("check_worker_health", "--every", every), env),
                 Child("scaling advisor", manage("evaluate_scaling", "--every", every), env),
-                Child(
-                    "daphne",
-                    [sys.executable, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "rentahal.asgi:application"],
-                    env,
-                ),
+                Child("daphne", daphne_command(options["host"], options["port"]), env),
             ]:
                 child.start()
                 children.append(child)
