@@ -40,11 +40,6 @@ class Resubmitted(Exception):
         self.query = query
 
 
-# Tries of the accept statement when a concurrent accept of the same user took the slot it
-# picked; each try reads the slots anew, so only a burst larger than this is refused.
-ACCEPT_TRIES = 5
-
-
 def accept_query(
     guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
     idempotency_key: str = "",
@@ -58,7 +53,9 @@ def accept_query(
     Raise `Resubmitted` when `idempotency_key` names a query of the user's from the last
     RENTAHAL_IDEMPOTENCY_WINDOW seconds, `TooManyQueries` when a cap is reached.
     """
-    for _ in range(ACCEPT_TRIES):
+    # A try inserts nothing for a free slot only when a concurrent accept of the same user
+    # took that slot; so after one try more than the cap, the cap is reached and says so.
+    for _ in range(settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT + 1):
         query = Query(
             id=new_query_id(guid),
             user_id=guid,
