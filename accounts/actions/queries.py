@@ -16,6 +16,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from accounts import billing
+from accounts.actions.users import find_user
 from accounts.models import Query, User
 from rentahal.errors import BrokerError, Forbidden, TooManyQueries
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
@@ -133,10 +134,7 @@ def refuse_unless_slot_was_taken(query: Query, *, using: str) -> None:
                 raise Resubmitted(existing)
             Query.objects.using(using).filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
             return
-    user = User.objects.using(using).filter(pk=query.user_id).first()
-    if user is None:
-        raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
-    if user.is_banned:
+    if find_user(query.user_id).is_banned:
         raise Forbidden("You are banned from this service.")
     held = Query.objects.using(using).filter(user_id=query.user_id, status__in=Query.UNFINISHED).aggregate(
         in_flight=Count("pk", filter=Q(in_flight_slot__isnull=False)),
