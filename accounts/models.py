@@ -75,6 +75,7 @@ class Query(models.Model):
         AUDIO = "audio"
 
     FINISHED = (Status.DONE, Status.FAILED)
+    UNFINISHED = (Status.ACCEPTED, Status.RUNNING)
 
     # The first byte of the id is the user's guid prefix, so the id alone names the shard.
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -97,6 +98,14 @@ class Query(models.Model):
     processing_time = models.FloatField(null=True, blank=True)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     change_number = models.BigIntegerField(default=0, editable=False, help_text=CHANGE_NUMBER_HELP)
+    idempotency_key = models.CharField(
+        max_length=128, blank=True, help_text="The client's id for this submission; a resubmit with it returns this query."
+    )
+    # Fair share (accounts.actions.queries.accept_query): an unfinished query holds one of
+    # its user's in-flight slots, and while it waits for a worker one of the queued slots.
+    # Unique slots per user make the caps hold under concurrent accepts.
+    in_flight_slot = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    queued_slot = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
 
     objects = ShardedQuerySet.as_manager()
     # A move compares what each step of a query's life changes: acceptance, start, finish, charge.
@@ -109,6 +118,22 @@ class Query(models.Model):
         indexes = [
             models.Index(fields=["user", "-accepted_at"]),
             models.Index(fields=["status", "accepted_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], condition=~models.Q(idempotency_key=""),
+                name="one_query_per_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "in_flight_slot"], condition=models.Q(status__in=["accepted", "running"]),
+                name="one_unfinished_query_per_slot",
+            ),
+            # A query that was started once no longer waits in the realm's queue, even if a
+            # recovery puts it back to `accepted`: it keeps its slot number but not the slot.
+            models.UniqueConstraint(
+                fields=["user", "queued_slot"], condition=models.Q(status="accepted", started_at__isnull=True),
+                name="one_queued_query_per_slot",
+            ),
         ]
 
     def __str__(self):

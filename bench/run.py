@@ -397,10 +397,14 @@ def run(args) -> dict:
         CHANNEL_PREFIX=f"rentahal-bench-{args.redis_db}",
         LOG_LEVEL="WARNING",
         QUEUE_LIMIT="1000000",
+        # The in-flight measurement queues all its jobs as one user.
+        MAX_QUERIES_PER_USER_IN_FLIGHT="30000",
+        MAX_QUERIES_PER_USER_QUEUED="30000",
         DEBUG="false",
     )
     os.environ.update({key: env[key] for key in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CHANNEL_PREFIX",
-                                                   "LOG_LEVEL", "QUEUE_LIMIT", "DEBUG")})
+                                                   "LOG_LEVEL", "QUEUE_LIMIT", "MAX_QUERIES_PER_USER_IN_FLIGHT",
+                                                   "MAX_QUERIES_PER_USER_QUEUED", "DEBUG")})
     ensure_database(args.database)
     manage(env, "migrate", "--no-input")
     manage(env, "flush", "--no-input")

@@ -5,6 +5,7 @@ Only a save or delete of one of those rows changes the version; runtime health (
 the health rules' blacklist) lives in Redis (pools.state) and never does."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -30,7 +31,9 @@ def load_snapshot(version: str) -> Snapshot:
             model=worker.model,
             api_key=worker.api_key,
             is_blacklisted=worker.is_blacklisted,
-            max_concurrency=worker.max_concurrency,
+            # A worker without its own cap gets the default one, so a server that hangs
+            # holds at most that many realm-worker slots (README.md, Fair share).
+            max_concurrency=worker.max_concurrency or settings.RENTAHAL_DEFAULT_WORKER_CONCURRENCY,
             topics=tuple(topics.get(worker.id, ())),
         )
         for worker in Worker.objects.all()

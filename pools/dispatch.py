@@ -28,6 +28,8 @@ class Served:
 
     `worker_realm` is the realm that lent the worker (its pool's realm, else its own; blank
     for an any-realm worker) and `is_cross_realm` says it is not the query's realm.
+    `service_seconds` is how long the call that answered took, the time a user is billed
+    for (failed attempts and waits for a free member are not counted).
     """
 
     worker: str
@@ -37,6 +39,7 @@ class Served:
     worker_realm: str = ""
     is_cross_realm: bool = False
     attempts: int = 1
+    service_seconds: float = 0.0
 
 
 def call_limits() -> CallLimits:
@@ -133,10 +136,9 @@ async def serve(
         except BaseException:
             state.release_lease(worker.name, lease)
             raise
-        await actions.record_attempt(
-            selection, attempts, lease=lease, answer=answer, duration=time.monotonic() - started
-        )
-        return served_by(selection, answer, attempts)
+        duration = time.monotonic() - started
+        await actions.record_attempt(selection, attempts, lease=lease, answer=answer, duration=duration)
+        return served_by(selection, answer, attempts, service_seconds=duration)
     raise last_error
 
 
@@ -155,7 +157,7 @@ def pick(plan: Plan, request: ModelRequest, *, affinity_key: str, advance: int |
     return select_worker(plan, state.read_state(plan, affinity_key=affinity_key, advance_pool=advance), **options)
 
 
-def served_by(selection: Selection, answer: ModelAnswer, attempts: int) -> Served:
+def served_by(selection: Selection, answer: ModelAnswer, attempts: int, *, service_seconds: float) -> Served:
     return Served(
         worker=selection.worker.name,
         answer=answer,
@@ -164,6 +166,7 @@ def served_by(selection: Selection, answer: ModelAnswer, attempts: int) -> Serve
         worker_realm=selection.source_realm,
         is_cross_realm=selection.is_cross_realm,
         attempts=attempts,
+        service_seconds=service_seconds,
     )
 
 

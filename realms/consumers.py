@@ -139,7 +139,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "worker_update", "workers": workers})
 
     async def submit_query(self, content):
-        submission = parse_submission(content.get("query"))
+        submission = parse_submission(content.get("query"), idempotency_key=content.get("idempotency_key"))
         frame = await on_db_thread(lifecycle.accept_query)(self.user.guid, submission)
         await self.send_json(frame)
 

@@ -18,6 +18,7 @@ class QuerySubmission:
     model_type: str
     model_name: str
     image: str
+    idempotency_key: str = ""
 
 
 def require_str(data: dict, field: str, *, required: bool = True, default: str = "") -> str:
@@ -49,7 +50,21 @@ def strip_data_url(image: str) -> str:
     return payload
 
 
-def parse_submission(query: object) -> QuerySubmission:
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+def parse_idempotency_key(key: object) -> str:
+    """Return the client's id for a submission (docs/protocol.md §1), or "" when it sent none."""
+    if key is None:
+        return ""
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise BrokerError(
+            f"Field 'idempotency_key' must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters.", code="bad_field"
+        )
+    return key
+
+
+def parse_submission(query: object, *, idempotency_key: object = None) -> QuerySubmission:
     """Return the validated query of a `submit_query` frame, or raise BrokerError naming the problem."""
     if not isinstance(query, dict):
         raise BrokerError("Field 'query' must be an object.", code="bad_field")
@@ -79,4 +94,5 @@ def parse_submission(query: object) -> QuerySubmission:
         model_type=model_type,
         model_name=require_str(query, "model_name", required=False)[:128],
         image=strip_data_url(image) if image else "",
+        idempotency_key=parse_idempotency_key(idempotency_key),
     )

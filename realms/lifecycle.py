@@ -27,7 +27,7 @@ from pools.health import serving_workers
 from pools.dispatch import Served, serve
 from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
-from realms.routing import route_query
+from realms.routing import find_realm, queue_depth, route_query
 from rentahal.batching import Coalescer
 from rentahal.errors import Forbidden
 from rentahal.metrics import record_query_outcome
@@ -48,26 +48,47 @@ def accept_query(guid: str, submission: QuerySubmission) -> dict:
     `queue_update` frame for the client.
 
     The row is committed before the job exists: a crash in between leaves an accepted row
-    that `realms.reconcile` enqueues later, never a job without its query.
+    that `realms.reconcile` enqueues later, never a job without its query. A submission
+    whose idempotency key names a query already accepted is answered with that query's
+    frame instead (`frame_for_resubmitted`): nothing is enqueued or charged a second time.
+    Every door (the socket's `idempotency_key`, an HTTP `Idempotency-Key`) comes through here.
     """
     realm, depth = route_query(submission.query_type)
-    query = queries.accept_query(
-        guid,
-        query_type=submission.query_type,
-        prompt=submission.prompt,
-        model_type=submission.model_type,
-        model_name=submission.model_name,
-        image=submission.image,
-        realm=realm.name,
-    )
+    try:
+        query = queries.accept_query(
+            guid,
+            query_type=submission.query_type,
+            prompt=submission.prompt,
+            model_type=submission.model_type,
+            model_name=submission.model_name,
+            image=submission.image,
+            realm=realm.name,
+            idempotency_key=submission.idempotency_key,
+        )
+    except queries.Resubmitted as resubmitted:
+        return frame_for_resubmitted(resubmitted.query)
     enqueue_query(query, realm.queue_name)
+    return queue_update(query, depth=depth + 1)
+
+
+def queue_update(query: Query, *, depth: int) -> dict:
     return {
         "type": "queue_update",
-        "depth": depth + 1,
-        "total": len(serving_workers(realm.name, submission.query_type)),
+        "depth": depth,
+        "total": len(serving_workers(query.realm, query.query_type)),
         "query_id": str(query.id),
-        "realm": realm.name,
+        "realm": query.realm,
     }
+
+
+def frame_for_resubmitted(query: Query) -> dict:
+    """Return what the first submission of `query` has led to by now: its `query_result`,
+    its failure's `error`, or, while it is unfinished, its `queue_update` again."""
+    if query.status == Query.Status.DONE:
+        return result_frame(query)
+    if query.status == Query.Status.FAILED:
+        return failure_frame(query)
+    return queue_update(query, depth=queue_depth(find_realm(query.realm)))
 
 
 def enqueue_query(query: Query, queue_name: str) -> None:
@@ -131,7 +152,13 @@ async def serve_query(query: Query) -> Served:
 async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
     """Store the answer and charge for it, count it, then push `query_result`; a query
     finished meanwhile (a rerun, the sysop) is left as it was and nothing is pushed."""
-    answer = Answer(query, result=served.answer.result, result_type=served.answer.result_type, worker=served.worker)
+    answer = Answer(
+        query,
+        result=served.answer.result,
+        result_type=served.answer.result_type,
+        worker=served.worker,
+        processing_time=served.service_seconds,
+    )
     finished = await finishes.submit(answer)
     if finished is None:
         return
@@ -143,18 +170,25 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
         cross_realm=served.is_cross_realm,
         busy_seconds=busy_seconds,
     )
-    await push_frame(
-        finished.user_id,
-        {
-            "type": "query_result",
-            "query_id": str(finished.id),
-            "result": finished.result,
-            "result_type": finished.result_type,
-            "processing_time": finished.processing_time,
-            "cost": float(finished.cost),
-            "worker": finished.worker,
-        },
-    )
+    await push_frame(finished.user_id, result_frame(finished))
+
+
+def result_frame(query: Query) -> dict:
+    """Return the `query_result` frame of an answered query; `processing_time` is the billed time."""
+    return {
+        "type": "query_result",
+        "query_id": str(query.id),
+        "result": query.result,
+        "result_type": query.result_type,
+        "processing_time": query.processing_time,
+        "cost": float(query.cost),
+        "worker": query.worker,
+    }
+
+
+def failure_frame(query: Query) -> dict:
+    """Return the `error` frame that tells the user their query failed, and why."""
+    return {"type": "error", "code": "query_failed", "message": f"Query failed: {query.error}", "query_id": str(query.id)}
 
 
 async def fail_query(query_id: uuid.UUID | str, reason: str) -> Query | None:
@@ -168,10 +202,7 @@ async def fail_query(query_id: uuid.UUID | str, reason: str) -> Query | None:
     if failed is None:
         return None
     record_query_outcome(failed.realm, worker="", processing_time=failed.processing_time, ok=False)
-    await push_frame(
-        failed.user_id,
-        {"type": "error", "code": "query_failed", "message": f"Query failed: {reason}", "query_id": str(failed.id)},
-    )
+    await push_frame(failed.user_id, failure_frame(failed))
     return failed
 
 

@@ -87,6 +87,17 @@ class Unavailable(BrokerError):
     http_status = 503
 
 
+class TooManyQueries(BrokerError):
+    """A user over a fair-share cap; `retry_after` says in how many seconds to try again."""
+
+    code = "too_many_queries"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def describe_fields(fields: dict[str, list[str]]) -> str:
     """Return one readable line for field errors: `name: msg; other: msg` (non-field errors bare)."""
     return "; ".join(
@@ -99,6 +110,8 @@ def error_body(error: BrokerError) -> dict:
     body = {"code": error.code, "message": error.message}
     if error.fields:
         body["fields"] = error.fields
+    if isinstance(error, TooManyQueries):
+        body["retry_after"] = error.retry_after
     return body
 
 
@@ -155,4 +168,6 @@ def drf_exception_handler(exc, context):
     logger.info("refused %s: %s", error.code, error.message)
     response.data = {"error": error_body(error)}
     response.status_code = error.http_status
+    if isinstance(error, TooManyQueries):
+        response["Retry-After"] = str(max(1, round(error.retry_after)))
     return response

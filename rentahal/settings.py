@@ -158,6 +158,15 @@ RENTAHAL_MAX_UPLOADS_PER_USER = env.int("MAX_UPLOADS_PER_USER", default=4)
 RENTAHAL_UPLOAD_TTL_SECONDS = env.int("UPLOAD_TTL_SECONDS", default=600)
 # Queries waiting in one realm's queue before new ones are refused.
 RENTAHAL_QUEUE_LIMIT = env.int("QUEUE_LIMIT", default=1000)
+# Fair share (README.md, Fair share): a user's queries not yet answered (waiting or being
+# served), and of those the ones still waiting for a worker, before new ones are refused
+# with `too_many_queries` and a `retry_after` hint in seconds. The queued cap bounds how
+# many of one user's queries another user's next query can wait behind.
+RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT = env.int("MAX_QUERIES_PER_USER_IN_FLIGHT", default=32)
+RENTAHAL_MAX_QUERIES_PER_USER_QUEUED = env.int("MAX_QUERIES_PER_USER_QUEUED", default=16)
+RENTAHAL_TOO_MANY_QUERIES_RETRY_AFTER = env.float("TOO_MANY_QUERIES_RETRY_AFTER_SECONDS", default=2.0)
+# How long a submit_query's idempotency key names its query (docs/protocol.md §1).
+RENTAHAL_IDEMPOTENCY_WINDOW = env.float("IDEMPOTENCY_WINDOW_SECONDS", default=86400.0)
 # Model-server calls: connect and total read timeouts, and a cap on answer size.
 RENTAHAL_CONNECT_TIMEOUT = env.float("MODEL_CONNECT_TIMEOUT", default=5.0)
 RENTAHAL_READ_TIMEOUT = env.float("MODEL_READ_TIMEOUT", default=300.0)
@@ -171,10 +180,13 @@ RENTAHAL_OUTCOME_RETENTION_DAYS = env.float("OUTCOME_RETENTION_DAYS", default=30
 # Accepted queries older than this with no RQ job are re-enqueued by the reconciler.
 RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=30.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how
-# long a query waits when every member is at its concurrency cap, and cooldowns by error
-# class (server faults and timeouts double per consecutive failure, up to the maximum).
+# long a query waits when every member is at its concurrency cap (it holds a realm-worker
+# slot meanwhile, so this stays short), the cap of a worker whose own `max_concurrency` is
+# 0 (a hanging server then holds at most this many slots), and cooldowns by error class
+# (server faults and timeouts double per consecutive failure, up to the maximum).
 RENTAHAL_MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
-RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=30.0)
+RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=5.0)
+RENTAHAL_DEFAULT_WORKER_CONCURRENCY = env.int("DEFAULT_WORKER_CONCURRENCY", default=16)
 RENTAHAL_COOLDOWN_SERVER_SECONDS = env.float("COOLDOWN_SERVER_SECONDS", default=10.0)
 RENTAHAL_COOLDOWN_TIMEOUT_SECONDS = env.float("COOLDOWN_TIMEOUT_SECONDS", default=30.0)
 RENTAHAL_COOLDOWN_RATE_LIMITED_SECONDS = env.float("COOLDOWN_RATE_LIMITED_SECONDS", default=30.0)

@@ -32,7 +32,7 @@ def make_history(guid: str, *, queries: int, failed: int = 0) -> list[str]:
         )
         [started] = start_queries([query.id])
         if number < queries:
-            finish_queries([Answer(started, result="answer", result_type="text", worker="fake")])
+            finish_queries([Answer(started, result="answer", result_type="text", worker="fake", processing_time=1.0)])
         else:
             fail_queries([Failure(query.id, "no")])
         ids.append(str(query.id))

@@ -6,16 +6,19 @@ under the prefix's fence, so a shard move never loses a write or lets one land o
 shard.
 """
 import dataclasses
+import datetime
 import logging
 import uuid
 
+from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connections
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from accounts import billing
 from accounts.actions.users import find_user
 from accounts.models import Query, User
-from rentahal.errors import BrokerError, Forbidden
+from rentahal.errors import BrokerError, Forbidden, TooManyQueries
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
 
 logger = logging.getLogger(__name__)
@@ -29,49 +32,127 @@ def previous_queries(user: User) -> list[dict]:
     return [query.as_frame_data() for query in rows[:PREVIOUS_QUERIES_SHOWN]]
 
 
+class Resubmitted(Exception):
+    """The submission's idempotency key names a query the user submitted within
+    RENTAHAL_IDEMPOTENCY_WINDOW: that query, to answer with instead of a second one."""
+
+    def __init__(self, query: Query):
+        super().__init__(str(query.pk))
+        self.query = query
+
+
 def accept_query(
-    guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str
+    guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
+    idempotency_key: str = "",
 ) -> Query:
     """Write the query row, with status `accepted`, and return it once it is committed.
 
     The caller enqueues its job only after this returns, so an acknowledged query is never
-    only in Redis. The user's ban is checked by the insert itself (it selects from the
-    user's row), so a ban committed before it always refuses, whatever pushes to the user's
-    sockets were lost, and accepting costs one statement.
+    only in Redis. Accepting costs one statement (`insert_if_user_may_query`): the user's
+    ban, the fair-share caps and the idempotency key are all checked by the insert itself,
+    so a ban committed before it always refuses and the caps hold under concurrent submits.
+    Raise `Resubmitted` when `idempotency_key` names a query of the user's from the last
+    RENTAHAL_IDEMPOTENCY_WINDOW seconds, `TooManyQueries` when a cap is reached.
     """
-    query = Query(
-        id=new_query_id(guid),
-        user_id=guid,
-        query_type=query_type,
-        prompt=prompt,
-        model_type=model_type,
-        model_name=model_name,
-        image=image,
-        realm=realm,
-    )
-    with writing_for_each([guid]) as by_alias:
-        inserted = insert_if_user_may_query(query, using=next(iter(by_alias)))
-    if inserted:
-        return query
-    if find_user(guid).is_banned:
-        raise Forbidden("You are banned from this service.")
+    # A try inserts nothing for a free slot only when a concurrent accept of the same user
+    # took that slot; so after one try more than the cap, the cap is reached and says so.
+    for _ in range(settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT + 1):
+        query = Query(
+            id=new_query_id(guid),
+            user_id=guid,
+            query_type=query_type,
+            prompt=prompt,
+            model_type=model_type,
+            model_name=model_name,
+            image=image,
+            realm=realm,
+            idempotency_key=idempotency_key,
+        )
+        with writing_for_each([guid]) as by_alias:
+            using = next(iter(by_alias))
+            if insert_if_user_may_query(query, using=using):
+                return query
+            refuse_unless_slot_was_taken(query, using=using)
     raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
 
 
 def insert_if_user_may_query(query: Query, *, using: str) -> bool:
-    """Insert the query row if its user exists and is not banned; return whether it was."""
+    """Insert the query row if its user exists, is not banned, has a free in-flight slot
+    and a free queued slot, and has no query with its idempotency key; return whether it was.
+
+    The lowest free slot numbers are read in the statement; unique indexes over each user's
+    unfinished (and still queued) queries' slots make a concurrent accept that read the same
+    numbers insert nothing (ON CONFLICT DO NOTHING), so the caps are never overshot.
+    """
     connection = connections[using]
-    fields = Query._meta.concrete_fields
+    table = Query._meta.db_table
+    slots = {"in_flight_slot", "queued_slot"}
+    fields = [field for field in Query._meta.concrete_fields if field.name not in slots]
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     casts = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
     values = [field.get_db_prep_save(field.pre_save(query, add=True), connection) for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {Query._meta.db_table} ({columns}) "
-            f"SELECT {casts} FROM {User._meta.db_table} WHERE guid = %s AND NOT is_banned",
-            [*values, query.user_id],
+            f"""
+            INSERT INTO {table} ({columns}, in_flight_slot, queued_slot)
+            SELECT {casts}, in_flight.slot, queued.slot FROM {User._meta.db_table} AS payer
+            CROSS JOIN LATERAL (
+                SELECT slot FROM generate_series(0, %s - 1) AS slot WHERE NOT EXISTS (
+                    SELECT 1 FROM {table} AS held WHERE held.user_id = payer.guid
+                    AND held.status IN (%s, %s) AND held.in_flight_slot = slot
+                ) ORDER BY slot LIMIT 1
+            ) AS in_flight
+            CROSS JOIN LATERAL (
+                SELECT slot FROM generate_series(0, %s - 1) AS slot WHERE NOT EXISTS (
+                    SELECT 1 FROM {table} AS held WHERE held.user_id = payer.guid
+                    AND held.status = %s AND held.started_at IS NULL AND held.queued_slot = slot
+                ) ORDER BY slot LIMIT 1
+            ) AS queued
+            WHERE payer.guid = %s AND NOT payer.is_banned
+            ON CONFLICT DO NOTHING
+            """,
+            [
+                *values,
+                settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT, *Query.UNFINISHED,
+                settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED, Query.Status.ACCEPTED,
+                query.user_id,
+            ],
         )
         return cursor.rowcount == 1
+
+
+def refuse_unless_slot_was_taken(query: Query, *, using: str) -> None:
+    """Raise why `insert_if_user_may_query` inserted nothing; return when the reason was a
+    concurrent accept taking the slot it read (the caller tries again) or an expired
+    idempotency key, which this releases."""
+    key = query.idempotency_key
+    if key:
+        existing = Query.objects.using(using).filter(user_id=query.user_id, idempotency_key=key).first()
+        if existing is not None:
+            window = datetime.timedelta(seconds=settings.RENTAHAL_IDEMPOTENCY_WINDOW)
+            if existing.accepted_at > timezone.now() - window:
+                raise Resubmitted(existing)
+            Query.objects.using(using).filter(pk=existing.pk, idempotency_key=key).update(idempotency_key="")
+            return
+    if find_user(query.user_id).is_banned:
+        raise Forbidden("You are banned from this service.")
+    held = Query.objects.using(using).filter(user_id=query.user_id, status__in=Query.UNFINISHED).aggregate(
+        in_flight=Count("pk", filter=Q(in_flight_slot__isnull=False)),
+        queued=Count("pk", filter=Q(status=Query.Status.ACCEPTED, started_at__isnull=True, queued_slot__isnull=False)),
+    )
+    retry_after = settings.RENTAHAL_TOO_MANY_QUERIES_RETRY_AFTER
+    if held["in_flight"] >= settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT:
+        raise TooManyQueries(
+            f"You have {held['in_flight']} queries not yet answered, the most one user may have; "
+            f"try again in {retry_after:g} seconds.",
+            retry_after=retry_after,
+        )
+    if held["queued"] >= settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED:
+        raise TooManyQueries(
+            f"You have {held['queued']} queries waiting for a worker, the most one user may have; "
+            f"try again in {retry_after:g} seconds.",
+            retry_after=retry_after,
+        )
 
 
 def start_queries(query_ids: list) -> list[Query | None | Exception]:
@@ -100,12 +181,15 @@ def store_started(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
-    """A query's answer, to store and charge for; `query` is the row `start_queries` returned."""
+    """A query's answer, to store and charge for; `query` is the row `start_queries` returned
+    and `processing_time` the seconds billed: the service time of the call that answered
+    (`pools.dispatch.Served.service_seconds`), not time queued or spent on failed attempts."""
 
     query: Query
     result: str
     result_type: str
     worker: str
+    processing_time: float
 
 
 def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
@@ -121,15 +205,15 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
 
     One statement for the whole batch, on the shard `using`, outside any transaction
     (autocommit makes it atomic): it updates the queries that are not finished yet and
-    charges for exactly those (`accounts.billing.charge_for`). Processing time counts from
-    acceptance to now and `accounts.billing.cost_of` prices it.
+    charges for exactly those (`accounts.billing.charge_for`). Each answer's billed seconds
+    are stored as its processing time and `accounts.billing.cost_of` prices them.
     """
     now = timezone.now()
     unique: dict = {}
     for answer in answers:
         unique.setdefault(answer.query.pk, answer)
     firsts = list(unique.values())
-    times = [(now - answer.query.accepted_at).total_seconds() for answer in firsts]
+    times = [answer.processing_time for answer in firsts]
     table = Query._meta.db_table
     done = Query.objects.using(using).raw(
         f"""

@@ -33,7 +33,7 @@ def started_queries(user: User, count: int) -> list[Query]:
 
 
 def answered(query: Query, result: str = "answer") -> Answer:
-    return Answer(query, result=result, result_type="text", worker="fake")
+    return Answer(query, result=result, result_type="text", worker="fake", processing_time=1.0)
 
 
 def charges_of(query: Query) -> list[Decimal]:

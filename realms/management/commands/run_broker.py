@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pools import actions as pools
 from pools.local_model import MODEL_NAME
+from realms.models import Realm
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,16 @@ def create_database_if_missing(alias: str) -> None:
             logger.info("created database %s", db["NAME"])
 
 
+def realm_workers(env: dict[str, str]) -> list[Child]:
+    """Return one realm worker per realm, so a backlog in one realm (a chat flood) never
+    delays another's queries: each pops only its own queue. A realm created later is
+    served once the broker restarts."""
+    return [
+        Child(f"realm worker {realm.name}", manage("run_realm_worker", realm.name), env)
+        for realm in Realm.objects.order_by("name")
+    ]
+
+
 class Command(BaseCommand):
     help = "Migrate, start a local model worker, RQ workers and daphne; stop everything on Ctrl-C."
 
@@ -170,7 +181,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
             every = str(options["housekeeping_every"])
             for child in [
-                Child("realm worker", manage("run_realm_worker"), env),
+                *realm_workers(env),
                 Child("reconciler", manage("reconcile_queries", "--every", every), env),
                 Child("health checker", manage("check_worker_health", "--every", every), env),
                 Child("scaling advisor", manage("evaluate_scaling", "--every", every), env),
