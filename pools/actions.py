@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
 from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
@@ -240,6 +240,12 @@ def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exceptio
     rows = [outcome_row(attempt) for attempt in attempts]
     try:
         return insert_outcomes(rows)
+    except (OperationalError, InterfaceError) as exc:
+        # A report row is not worth the model's answer: while Postgres is unreachable the
+        # rows are dropped (None) and the broken connection with them, and the query goes on.
+        logger.warning("%d attempt outcome(s) not recorded, the database is unreachable: %s", len(rows), exc)
+        close_old_connections()
+        return [None] * len(rows)
     except (IntegrityError, DataError) as exc:
         if len(rows) == 1:
             return [exc]

@@ -7,14 +7,16 @@ calls `start_query`, then `finish_query` or `fail_query`. Every way a query ends
 unanswered (no worker, a crashed job, the reconciler giving up, the sysop) goes through
 `fail_query`, so the user is told and nothing is charged.
 """
+import asyncio
 import logging
 import time
 import uuid
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from rq import Callback
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from django.db import InterfaceError, OperationalError
+from rq import Callback, Retry
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
@@ -41,6 +43,17 @@ logger = logging.getLogger(__name__)
 starts = Coalescer(queries.start_queries)
 finishes = Coalescer(queries.finish_queries)
 failures = Coalescer(queries.fail_queries)
+
+# Runs of a query's job: the first, then RQ's retries of a job whose worker died under it
+# (`rq.registry.StartedJobRegistry.cleanup`) or that crashed; the reconciler's re-enqueues of
+# a lost job stop at the same count (`realms.reconcile`).
+MAX_ATTEMPTS = 3
+# Seconds RQ waits before each rerun (its scheduler, which every realm worker runs, enqueues it).
+RERUN_PAUSES = [1, 5]
+# Seconds of the first pause before a failed write is tried again; each later pause doubles,
+# up to the last, until `RENTAHAL_DB_RETRY_SECONDS` have passed.
+FIRST_WRITE_RETRY_PAUSE = 0.25
+LAST_WRITE_RETRY_PAUSE = 4.0
 
 
 def accept_query(guid: str, submission: QuerySubmission) -> dict:
@@ -104,6 +117,8 @@ def enqueue_query(query: Query, queue_name: str) -> None:
             result_ttl=300,
             failure_ttl=86400,
             on_failure=Callback(fail_crashed_query),
+            # A pause before each rerun, so a crash caused by an outage does not spend them all at once.
+            retry=Retry(max=MAX_ATTEMPTS - 1, interval=RERUN_PAUSES),
             pipeline=pipeline,
         )
         pipeline.execute()
@@ -129,7 +144,7 @@ async def run_query(query_id: str) -> str:
 
 async def start_query(query_id: str) -> Query | None:
     """Mark the query running and return it, or None if it is already finished."""
-    return await starts.submit(query_id)
+    return await write_through_outage(starts, query_id)
 
 
 async def serve_query(query: Query) -> Served:
@@ -159,7 +174,7 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
         worker=served.worker,
         processing_time=served.service_seconds,
     )
-    finished = await finishes.submit(answer)
+    finished = await write_through_outage(finishes, answer)
     if finished is None:
         return
     record_query_outcome(
@@ -198,7 +213,7 @@ async def fail_query(query_id: uuid.UUID | str, reason: str) -> Query | None:
     Callers outside the worker's event loop use `async_to_sync(fail_query)`: the write then
     runs on the caller's own thread and database connection.
     """
-    failed = await failures.submit(Failure(query_id, reason))
+    failed = await write_through_outage(failures, Failure(query_id, reason))
     if failed is None:
         return None
     record_query_outcome(failed.realm, worker="", processing_time=failed.processing_time, ok=False)
@@ -206,12 +221,53 @@ async def fail_query(query_id: uuid.UUID | str, reason: str) -> Query | None:
     return failed
 
 
+async def write_through_outage(coalescer: Coalescer, item):
+    """Write `item` with `coalescer`, trying again while the database is unreachable.
+
+    A model's answer must not be thrown away because Postgres restarted while it was being
+    stored: a connection error (OperationalError, InterfaceError) is tried again after a
+    pause that doubles each time, for up to `RENTAHAL_DB_RETRY_SECONDS`. The DB threads drop
+    the broken connection, so the next try opens a new one. The writes are idempotent (a
+    finished query is left as it is), so a write that committed before its connection broke
+    is not done twice.
+    """
+    deadline = time.monotonic() + settings.RENTAHAL_DB_RETRY_SECONDS
+    pause = FIRST_WRITE_RETRY_PAUSE
+    while True:
+        try:
+            return await coalescer.submit(item)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("database unreachable (%s); writing again in %.2f s", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, LAST_WRITE_RETRY_PAUSE)
+
+
 def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
-    """RQ failure callback: a job that crashed or timed out still ends as a recorded failure."""
+    """RQ failure callback: a job that crashed, timed out or lost its worker (RQ's
+    AbandonedJobError) ends as a recorded failure, unless RQ runs it again.
+
+    RQ calls this before it decides on a retry, with the job's retries not yet counted
+    down, so a job with retries left is left for RQ to re-enqueue: `run_query` is safe to
+    run again. A timeout is final: another run would wait as long again, so the job's
+    retries are cleared before RQ reads them (RQ reads this same job object).
+    """
     query_id = job.args[0]
+    if issubclass(exc_type, JobTimeoutException):
+        job.retries_left = 0
+    elif issubclass(exc_type, AbandonedJobError):
+        # Its worker died: another runs it at once (the pause is for outages, and the
+        # scheduler that would end it may have died with the worker).
+        job.retry_intervals = None
+    if job.should_retry:
+        logger.warning("query %s job ended with %s; RQ runs it again (%d run(s) left)", query_id, exc_type.__name__, job.retries_left)
+        return
     logger.error("query %s job crashed: %s: %s", query_id, exc_type.__name__, exc_value)
     if issubclass(exc_type, JobTimeoutException):
         reason = f"no answer within {job.timeout} seconds"
+    elif issubclass(exc_type, AbandonedJobError):
+        reason = f"its worker stopped while serving it, on each of {MAX_ATTEMPTS} runs"
     else:
         reason = f"internal error ({exc_type.__name__})"
     async_to_sync(fail_query)(query_id, reason)

@@ -177,8 +177,16 @@ RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
 RENTAHAL_DB_THREADS = env.int("DB_THREADS", default=4)
 # Attempt outcomes (the A/B report's rows) older than this are pruned by the health checker.
 RENTAHAL_OUTCOME_RETENTION_DAYS = env.float("OUTCOME_RETENTION_DAYS", default=30)
-# Accepted queries older than this with no RQ job are re-enqueued by the reconciler.
-RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=30.0)
+# Recovery of lost work (README, "Lost work is re-run"). Accepted queries older than
+# RECONCILE_AFTER whose RQ job is gone are re-enqueued by the reconciler, which run_broker
+# runs every RECONCILE_EVERY seconds; a realm worker renews its jobs' place in RQ's started
+# registry every WORKER_HEARTBEAT seconds, and a job not renewed for three of them (its
+# worker died) is run again; the finish and failure writes of an answered query are
+# retried for DB_RETRY seconds while Postgres is unreachable.
+RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=10.0)
+RENTAHAL_RECONCILE_EVERY = env.float("RECONCILE_EVERY_SECONDS", default=5.0)
+RENTAHAL_WORKER_HEARTBEAT = env.int("WORKER_HEARTBEAT_SECONDS", default=5)
+RENTAHAL_DB_RETRY_SECONDS = env.float("DB_RETRY_SECONDS", default=60.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how
 # long a query waits when every member is at its concurrency cap (it holds a realm-worker
 # slot meanwhile, so this stays short), the cap of a worker whose own `max_concurrency` is

@@ -19,6 +19,7 @@ import signal
 from typing import Any
 
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext
+from django.conf import settings
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
@@ -56,6 +57,9 @@ class ConcurrentWorker(BatchedBookkeeping):
     death_penalty_class = TimerDeathPenalty
 
     def __init__(self, *args, concurrency: int = 64, shutdown_grace: float = 20.0, db_threads: int = 4, **kwargs):
+        # RQ's 30 s interval, plus its 60 s of grace, let a killed worker's jobs wait ~100 s
+        # before anyone saw they were abandoned; see `get_heartbeat_ttl`.
+        kwargs.setdefault("job_monitoring_interval", settings.RENTAHAL_WORKER_HEARTBEAT)
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
         # Jobs' thread-sensitive sync_to_async calls (the ORM) are spread over a few
@@ -208,9 +212,16 @@ class ConcurrentWorker(BatchedBookkeeping):
         return done
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Return how long the job's place in the started registry lasts unless renewed.
+
+        Three heartbeat intervals: two renewals may be late (a busy loop) before the job
+        counts as abandoned, and the reconciler's `StartedJobRegistry.cleanup` runs it again
+        (`realms.lifecycle.fail_crashed_query`) within seconds of its worker's death.
+        """
+        interval = self.job_monitoring_interval
         if job.timeout is None or job.timeout <= 0:
-            return self.job_monitoring_interval + 60
-        return super().get_heartbeat_ttl(job, working_time)
+            return 3 * interval
+        return int(min(job.timeout - working_time, interval)) + 2 * interval
 
     async def run_job(self, job: Job, queue: Queue, execution: Execution) -> None:
         timeout = job.timeout if job.timeout is not None else self.queue_class.DEFAULT_TIMEOUT

@@ -28,3 +28,6 @@ for _alias in [alias for alias in DATABASES if alias.startswith("shard")]:  # no
 
 RENTAHAL_READ_TIMEOUT = float(os.environ.get("MODEL_READ_TIMEOUT", 3.0))
 RENTAHAL_JOB_TIMEOUT = 30
+# Realm workers renew their jobs every 2 s, so a killed worker's jobs are seen abandoned
+# within 6 s (rentahal.worker.ConcurrentWorker.get_heartbeat_ttl).
+RENTAHAL_WORKER_HEARTBEAT = 2

@@ -324,6 +324,7 @@ def write_by_shard(items: list, keys: list, write) -> list:
                     # Other shards' statements may have committed already: their items
                     # keep their outcomes, only this shard's items get the error.
                     written = [exc] * len(indexes)
+                    drop_if_broken(alias)
                 for index, outcome in zip(indexes, written):
                     outcomes[index] = outcome
     except ShardMoving as exc:
@@ -331,6 +332,14 @@ def write_by_shard(items: list, keys: list, write) -> list:
             return [exc]
         return [write_by_shard([item], [key], write)[0] for item, key in zip(items, keys)]
     return outcomes
+
+
+def drop_if_broken(alias: str) -> None:
+    """Close the shard's connection if the error broke it (a Postgres restart), so the
+    caller's next try (`realms.lifecycle.write_through_outage`) opens a new one."""
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
 
 
 def write_each_if_refused(items: list, write, *, using: str) -> list:

@@ -182,7 +182,8 @@ class Command(BaseCommand):
             every = str(options["housekeeping_every"])
             for child in [
                 *realm_workers(env),
-                Child("reconciler", manage("reconcile_queries", "--every", every), env),
+                # Lost and abandoned jobs are found within seconds (README, "Lost work is re-run").
+                Child("reconciler", manage("reconcile_queries", "--every", str(settings.RENTAHAL_RECONCILE_EVERY)), env),
                 Child("health checker", manage("check_worker_health", "--every", every), env),
                 Child("scaling advisor", manage("evaluate_scaling", "--every", every), env),
                 Child("daphne", daphne_command(options["host"], options["port"]), env),
