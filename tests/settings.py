@@ -28,3 +28,5 @@ for _alias in [alias for alias in DATABASES if alias.startswith("shard")]:  # no
 
 RENTAHAL_READ_TIMEOUT = float(os.environ.get("MODEL_READ_TIMEOUT", 3.0))
 RENTAHAL_JOB_TIMEOUT = 30
+# The fake model servers listen on loopback.
+RENTAHAL_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
