@@ -17,6 +17,7 @@ from pools import actions, config, state
 from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
 from pools.models import Strategy
 from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
+from rentahal import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,17 @@ def call_limits() -> CallLimits:
 
 @contextlib.asynccontextmanager
 async def model_session():
+    """Yield the installed session, or a one-off one, for a model call.
+
+    Only a session whose connector checks resolved addresses (`outbound.GuardedConnector`)
+    may carry a model call: another would let a worker's name resolve to a refused address
+    between registration and the call.
+    """
     session = shared_session.get()
-    if session is not None:
+    if session is not None and isinstance(session.connector, outbound.GuardedConnector):
         yield session
         return
-    async with aiohttp.ClientSession() as session:
+    async with outbound.guarded_session() as session:
         yield session
 
 
@@ -141,9 +148,10 @@ async def serve(
             await actions.record_attempt(
                 selection, attempts, lease=lease, error=exc, duration=time.monotonic() - started
             )
+            logger.warning("attempt %d on %s failed (%s): %s", attempts, worker.name, exc.kind, exc.message)
             if not exc.is_server_fault or streamed:
                 raise
-            logger.info("attempt %d on %s failed (%s), failing over", attempts, worker.name, exc.kind)
+            logger.info("failing over from %s", worker.name)
             failed.add(worker.name)
             last_error = exc
             continue

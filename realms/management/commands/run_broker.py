@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 LOCAL_WORKER_NAME = "smollm2-local"
 CHAT_POOL = "$CHAT"
+# Where the local run may call model servers when the operator named no networks: its
+# bundled model and a developer's own servers listen on loopback (rentahal.outbound).
+LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
 RESTART_BACKOFF_SECONDS = 2.0
 
 
@@ -115,13 +118,20 @@ class Command(BaseCommand):
         parser.add_argument("--housekeeping-every", type=float, default=30.0)
 
     def handle(self, *args, **options):
+        if "OUTBOUND_ALLOWED_NETWORKS" not in os.environ:
+            # Set before anything reads it; the children inherit it through the environment.
+            settings.RENTAHAL_OUTBOUND_ALLOWED_NETWORKS = LOCAL_RUN_NETWORKS
         for alias in settings.DATABASES:
             create_database_if_missing(alias)
             call_command("migrate", database=alias, interactive=False, verbosity=0)
         self.stdout.write("databases migrated")
         children: list[Child] = []
         stopping = False
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir())}
+        env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir()),
+            "OUTBOUND_ALLOWED_NETWORKS": ",".join(settings.RENTAHAL_OUTBOUND_ALLOWED_NETWORKS),
+        }
 
         def stop(signum, frame):
             nonlocal stopping
