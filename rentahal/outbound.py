@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from django.conf import settings
+from django.core.checks import Error, register
 from django.core.exceptions import ImproperlyConfigured
 from yarl import URL
 
@@ -78,6 +79,17 @@ def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         except ValueError as exc:
             raise ImproperlyConfigured(f"OUTBOUND_ALLOWED_NETWORKS: {entry!r} is not a network ({exc})") from None
     return networks
+
+
+@register()
+def check_allowed_networks(app_configs, **kwargs):
+    """Refuse to start with an OUTBOUND_ALLOWED_NETWORKS entry that is not a network, rather
+    than fail every model call later (this module is loaded with pools.models)."""
+    try:
+        allowed_networks()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="rentahal.E020", hint='Give CIDRs separated by commas, e.g. "127.0.0.0/8,::1/128".')]
+    return []
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

@@ -8,6 +8,7 @@ from django.test import override_settings
 
 from pools import actions
 from pools.models import Worker, validate_worker_address
+from rentahal import outbound
 from rentahal.errors import Invalid
 
 NO_NETWORKS = override_settings(RENTAHAL_OUTBOUND_ALLOWED_NETWORKS=[])
@@ -174,3 +175,11 @@ def test_a_command_registering_a_forbidden_address_gets_forbidden_address():
     assert refusal.value.code == "forbidden_address"
     assert list(refusal.value.fields) == ["address"]
     assert not Worker.objects.filter(name="sneaky").exists()
+
+
+def test_a_malformed_allowed_network_stops_the_broker_at_its_system_check():
+    with override_settings(RENTAHAL_OUTBOUND_ALLOWED_NETWORKS=["127.0.0.0/8", "the office"]):
+        errors = outbound.check_allowed_networks(None)
+
+    assert [error.id for error in errors] == ["rentahal.E020"]
+    assert "'the office' is not a network" in errors[0].msg
