@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pools import actions as pools
 from pools.local_model import MODEL_NAME
+from rentahal.errors import Invalid
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +147,13 @@ class Command(BaseCommand):
                 children.append(model)
                 url = f"http://127.0.0.1:{options['model_port']}"
                 wait_for_http(f"{url}/v1/models", timeout=60, child=model)
-                pools.add_worker(
-                    name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME,
-                    acting_user=None,
-                )
+                try:
+                    pools.add_worker(
+                        name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME,
+                        acting_user=None,
+                    )
+                except Invalid as exc:
+                    raise CommandError(f"the bundled model cannot be registered: {exc.message}") from None
                 pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME], acting_user=None)
                 self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
             every = str(options["housekeeping_every"])
