@@ -52,7 +52,8 @@ THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 BROADCAST = ipaddress.ip_address("255.255.255.255")
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
-HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+# Letters, digits, hyphens and (for Docker service names) underscores, in dot-separated labels.
+HOST_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 # One part of a legacy numeric IPv4 address as inet_aton reads it: hex, octal or decimal.
 NUMERIC_PART = re.compile(r"0x[0-9a-f]+|0[0-7]*|[1-9][0-9]*")
 
