@@ -398,9 +398,11 @@ def run(args) -> dict:
         LOG_LEVEL="WARNING",
         QUEUE_LIMIT="1000000",
         DEBUG="false",
+        # The fake model servers listen on loopback (rentahal.outbound refuses it by default).
+        OUTBOUND_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
     )
     os.environ.update({key: env[key] for key in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CHANNEL_PREFIX",
-                                                   "LOG_LEVEL", "QUEUE_LIMIT", "DEBUG")})
+                                                   "LOG_LEVEL", "QUEUE_LIMIT", "DEBUG", "OUTBOUND_ALLOWED_NETWORKS")})
     ensure_database(args.database)
     manage(env, "migrate", "--no-input")
     manage(env, "flush", "--no-input")
