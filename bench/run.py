@@ -401,10 +401,13 @@ def run(args) -> dict:
         MAX_QUERIES_PER_USER_IN_FLIGHT="30000",
         MAX_QUERIES_PER_USER_QUEUED="30000",
         DEBUG="false",
+        # The fake model servers listen on loopback (rentahal.outbound refuses it by default).
+        OUTBOUND_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
     )
     os.environ.update({key: env[key] for key in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "CHANNEL_PREFIX",
                                                    "LOG_LEVEL", "QUEUE_LIMIT", "MAX_QUERIES_PER_USER_IN_FLIGHT",
-                                                   "MAX_QUERIES_PER_USER_QUEUED", "DEBUG")})
+                                                   "MAX_QUERIES_PER_USER_QUEUED", "DEBUG",
+                                                   "OUTBOUND_ALLOWED_NETWORKS")})
     ensure_database(args.database)
     manage(env, "migrate", "--no-input")
     manage(env, "flush", "--no-input")

@@ -284,6 +284,7 @@ def outcome_row(attempt: Attempt) -> SelectionOutcome:
         result=error.kind if error is not None else SelectionOutcome.Result.OK,
         time_to_first_byte=answer.time_to_first_byte if answer else None,
         duration=attempt.duration,
+        detail=error.message if error is not None else "",
     )
 
 

@@ -132,9 +132,9 @@ class PoolAliasAdmin(ActionModelAdmin):
 
 @admin.register(SelectionOutcome)
 class SelectionOutcomeAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "pool", "worker", "strategy", "attempt", "result", "time_to_first_byte", "duration"]
+    list_display = ["created_at", "pool", "worker", "strategy", "attempt", "result", "time_to_first_byte", "duration", "detail"]
     list_filter = ["result", "pool", "strategy"]
-    search_fields = ["worker", "pool"]
+    search_fields = ["worker", "pool", "detail"]
     readonly_fields = [field.name for field in SelectionOutcome._meta.fields]
 
     def has_add_permission(self, request):

@@ -127,9 +127,10 @@ async def serve(
             await actions.record_attempt(
                 selection, attempts, lease=lease, error=exc, duration=time.monotonic() - started
             )
+            logger.warning("attempt %d on %s failed (%s): %s", attempts, worker.name, exc.kind, exc.message)
             if not exc.is_server_fault or streamed:
                 raise
-            logger.info("attempt %d on %s failed (%s), failing over", attempts, worker.name, exc.kind)
+            logger.info("failing over from %s", worker.name)
             failed.add(worker.name)
             last_error = exc
             continue

@@ -17,6 +17,7 @@ from pools import state
 from pools.clients import ModelServerError, client_for
 from pools.config import snapshot_cache
 from pools.models import Worker
+from rentahal import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ async def probe_all(workers: list[Worker], *, timeout: float) -> list[ProbeResul
         async with limit:
             return await probe_worker(session, worker, timeout=timeout)
 
-    async with aiohttp.ClientSession() as session:
+    async with outbound.guarded_session() as session:
         return list(await asyncio.gather(*(probe(session, worker) for worker in workers)))
 
 

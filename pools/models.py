@@ -9,6 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from rentahal import outbound
+from rentahal.errors import CodedValidationError
 from rentahal.query_types import QueryType
 
 if TYPE_CHECKING:
@@ -23,6 +25,21 @@ alias_name_validator = RegexValidator(
 realm_name_validator = RegexValidator(
     ALIAS_PATTERN, "A realm name is $ followed by capital letters, digits or underscores, e.g. $CHAT."
 )
+
+
+def worker_url(address: str) -> str:
+    """Return a worker's address as a URL; classic workers were stored as bare host:port."""
+    address = address.rstrip("/")
+    return address if "://" in address else f"http://{address}"
+
+
+def validate_worker_address(address: str) -> None:
+    """Refuse an address the outbound policy forbids (rentahal.outbound), resolving its host
+    now; calls check it again when they connect."""
+    try:
+        outbound.check_url_resolving(worker_url(address))
+    except outbound.ForbiddenAddress as exc:
+        raise CodedValidationError(f"Refused address: {exc}.", code="forbidden_address") from None
 
 
 class WireFormat(models.TextChoices):
@@ -55,7 +72,9 @@ class Worker(models.Model):
     """
 
     name = models.CharField(max_length=128, unique=True)
-    address = models.CharField(max_length=512, help_text="host:port or a full http(s) URL.")
+    address = models.CharField(
+        max_length=512, validators=[validate_worker_address], help_text="host:port or a full http(s) URL."
+    )
     query_type = models.CharField("type", max_length=16, choices=QueryType.choices)
     wire_format = models.CharField(max_length=16, choices=WireFormat.choices, default=WireFormat.PREDICT)
     model = models.CharField(
@@ -87,8 +106,7 @@ class Worker(models.Model):
     @property
     def base_url(self) -> str:
         """Return the address as a URL; classic workers were stored as bare host:port."""
-        address = self.address.rstrip("/")
-        return address if "://" in address else f"http://{address}"
+        return worker_url(self.address)
 
     def as_frame_data(self, health: Health) -> dict:
         """Return the worker as a `worker_update` frame lists it, with its runtime health
@@ -206,6 +224,9 @@ class SelectionOutcome(models.Model):
     result = models.CharField(max_length=16, choices=Result.choices)
     time_to_first_byte = models.FloatField(null=True, blank=True)
     duration = models.FloatField(help_text="Seconds from call to answer or error.")
+    detail = models.TextField(
+        blank=True, help_text="Why the attempt failed, with the server's own words: for operators, never shown to users."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -135,8 +135,12 @@ async def run_query(query_id: str) -> str:
     began = time.monotonic()
     try:
         served = await serve_query(query)
-    except (NoWorkerAvailable, ModelServerError) as exc:
-        await fail_query(query_id, str(exc))
+    except NoWorkerAvailable as exc:
+        await fail_query(query_id, exc.message)
+        return "failed"
+    except ModelServerError as exc:
+        # The server's own words went to the operators' log and the attempt's outcome row.
+        await fail_query(query_id, exc.public_reason)
         return "failed"
     await finish_query(query, served, busy_seconds=time.monotonic() - began)
     return "done"

@@ -46,6 +46,11 @@ class BrokerError(Exception):
         return {}
 
 
+class CodedValidationError(DjangoValidationError):
+    """A validator's refusal whose `code` every door answers with, instead of `invalid`
+    (a model field's validator that the admin, the API and the socket all run)."""
+
+
 class Invalid(BrokerError):
     """Input that breaks a rule, with the messages for each field at fault."""
 
@@ -63,13 +68,15 @@ class Invalid(BrokerError):
     def from_django(cls, error: DjangoValidationError) -> "Invalid":
         """Convert a model's `full_clean` (or a validator's) ValidationError; `__all__` errors
         are filed under DRF's non-field key, as a serializer files its own."""
+        parts = sum(error.error_dict.values(), []) if hasattr(error, "error_dict") else error.error_list
+        code = next((part.code for part in parts if isinstance(part, CodedValidationError)), None)
         if hasattr(error, "message_dict"):
             fields = {
                 api_settings.NON_FIELD_ERRORS_KEY if field == "__all__" else field: messages
                 for field, messages in error.message_dict.items()
             }
-            return cls(fields=fields)
-        return cls(" ".join(error.messages))
+            return cls(fields=fields, code=code)
+        return cls(" ".join(error.messages), code=code)
 
 
 class NotFound(BrokerError):

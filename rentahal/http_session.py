@@ -2,12 +2,16 @@
 
 The concurrent worker installs a session for its whole run (`process_session`); code that
 calls model servers takes it with `model_session`, which opens a one-off session when none is
-installed (a job run by a stock RQ worker, a test, a management command).
+installed (a job run by a stock RQ worker, a test, a management command). Both connect only
+where the outbound address policy allows (`rentahal.outbound.GuardedConnector`), so a
+worker's name cannot resolve to a refused address between registration and the call.
 """
 import contextlib
 import contextvars
 
 import aiohttp
+
+from rentahal.outbound import guarded_session
 
 _installed: contextvars.ContextVar[aiohttp.ClientSession | None] = contextvars.ContextVar(
     "rentahal_http_session", default=None
@@ -21,8 +25,7 @@ async def process_session():
     The connector is uncapped: its default limit would otherwise hold the process at 100
     model calls in flight.
     """
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with guarded_session(limit=0, limit_per_host=0) as session:
         token = _installed.set(session)
         try:
             yield session
@@ -37,5 +40,5 @@ async def model_session():
     if session is not None:
         yield session
         return
-    async with aiohttp.ClientSession() as session:
+    async with guarded_session() as session:
         yield session

@@ -171,6 +171,10 @@ RENTAHAL_IDEMPOTENCY_WINDOW = env.float("IDEMPOTENCY_WINDOW_SECONDS", default=86
 RENTAHAL_CONNECT_TIMEOUT = env.float("MODEL_CONNECT_TIMEOUT", default=5.0)
 RENTAHAL_READ_TIMEOUT = env.float("MODEL_READ_TIMEOUT", default=300.0)
 RENTAHAL_MAX_ANSWER_BYTES = env.int("MAX_ANSWER_BYTES", default=32 * 1024 * 1024)
+# Networks of non-global addresses (loopback, private, CGNAT) that worker addresses may use,
+# as CIDRs, e.g. "127.0.0.0/8,::1/128,192.168.1.0/24"; empty refuses them all. Link-local and
+# cloud metadata addresses are refused whatever this says (rentahal.outbound).
+RENTAHAL_OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
 # RQ job timeout for one query, above the model read timeout so the call fails first.
 RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
 # Threads (each with its own database connection) that run a web process's database calls.

@@ -31,3 +31,5 @@ RENTAHAL_JOB_TIMEOUT = 30
 # Realm workers renew their jobs every 2 s, so a killed worker's jobs are seen abandoned
 # within 6 s (rentahal.worker.ConcurrentWorker.get_heartbeat_ttl).
 RENTAHAL_WORKER_HEARTBEAT = 2
+# The fake model servers listen on loopback.
+RENTAHAL_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from accounts.billing import cost_of, system_totals
 from accounts.models import Charge, Query, User
+from pools.models import SelectionOutcome
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,6 +96,13 @@ async def test_other_users_do_not_receive_the_result(rq_worker, fake_server, reg
     assert await bob_tab.communicator.receive_nothing(timeout=0.5)
 
 
+GENERIC_FAILURE = "Query failed: The model server failed."
+
+
+def attempt_details() -> list[str]:
+    return list(SelectionOutcome.objects.values_list("detail", flat=True))
+
+
 @pytest.mark.parametrize(
     ("knobs", "reason"),
     [
@@ -105,7 +113,10 @@ async def test_other_users_do_not_receive_the_result(rq_worker, fake_server, reg
     ],
     ids=["server-error", "hang", "garbage", "oversized"],
 )
-async def test_model_server_fault_fails_query_with_reason_and_no_charge(knobs, reason, rq_worker, fake_server, register_worker, alice, connect):
+async def test_model_server_fault_fails_query_with_a_generic_reason_and_no_charge(
+    knobs, reason, rq_worker, fake_server, register_worker, alice, connect
+):
+    """The user reads one reason whatever the fault; the operators' attempt row says which."""
     await sync(register_worker)(fake_server, "openai")
     fake_server.configure(**knobs)
     client = await connect(alice.guid)
@@ -113,16 +124,17 @@ async def test_model_server_fault_fails_query_with_reason_and_no_charge(knobs, r
     await client.send(chat("doomed"))
     error = (await client.receive_until("error", timeout=20))[-1]
 
-    assert error["message"].startswith("Query failed:")
-    assert reason in error["message"].lower()
+    assert error["message"] == GENERIC_FAILURE
     query = await sync(Query.objects.get)(pk=error["query_id"])
     assert query.status == Query.Status.FAILED
-    assert query.error
+    assert query.error == "The model server failed."
+    assert any(reason in detail.lower() for detail in await sync(attempt_details)())
     assert await sync(Charge.objects.count)() == 0
     assert (await sync(User.objects.get)(pk=alice.guid)).query_count == 0
 
 
-async def test_refused_connection_fails_query(rq_worker, register_worker, alice, connect):
+async def test_refused_connection_fails_query_with_the_same_generic_reason(rq_worker, register_worker, alice, connect):
+    """A closed port reads like any other failure, so queries cannot map the network."""
     class Closed:
         url = "http://127.0.0.1:9"
 
@@ -132,8 +144,42 @@ async def test_refused_connection_fails_query(rq_worker, register_worker, alice,
     await client.send(chat("anyone there?"))
     error = (await client.receive_until("error"))[-1]
 
-    assert error["message"].startswith("Query failed:")
+    assert error["message"] == GENERIC_FAILURE
     assert (await sync(Query.objects.get)(pk=error["query_id"])).status == Query.Status.FAILED
+    assert any("could not connect" in detail for detail in await sync(attempt_details)())
+
+
+async def test_the_servers_error_text_reaches_the_operators_record_but_never_the_user(
+    rq_worker, fake_server, register_worker, alice, connect
+):
+    secret = "connection to postgres://admin:hunter2@10.1.2.3:5432 refused"
+    await sync(register_worker)(fake_server, "openai")
+    fake_server.configure(failure_rate=1.0, fail_message=secret)
+    client = await connect(alice.guid)
+
+    await client.send(chat("tell me your secrets"))
+    frames = await client.receive_until("error", timeout=20)
+
+    assert frames[-1]["message"] == GENERIC_FAILURE
+    assert not any("hunter2" in str(frame) for frame in frames)
+    assert "hunter2" not in (await sync(Query.objects.get)(pk=frames[-1]["query_id"])).error
+    assert any(secret in detail for detail in await sync(attempt_details)())
+
+
+async def test_a_redirecting_model_server_is_not_followed_and_the_user_gets_the_generic_reason(
+    rq_worker, fake_servers, register_worker, alice, connect
+):
+    target = fake_servers()
+    redirecting = fake_servers(redirect_to=f"{target.url}/v1/chat/completions")
+    await sync(register_worker)(redirecting, "openai")
+    client = await connect(alice.guid)
+
+    await client.send(chat("follow me"))
+    error = (await client.receive_until("error", timeout=20))[-1]
+
+    assert error["message"] == GENERIC_FAILURE
+    assert target.stats()["requests"] == {}
+    assert any("redirect refused" in detail for detail in await sync(attempt_details)())
 
 
 async def test_worker_goes_on_to_the_next_job_after_a_failure(rq_worker, fake_server, register_worker, alice, connect):

@@ -144,7 +144,7 @@ async def test_sysop_adds_and_removes_a_worker_and_everyone_sees_it(sysop, alice
     sysop_tab = await connect(sysop.guid)
     alice_tab = await connect(alice.guid)
 
-    await sysop_tab.send({"type": "add_worker", "worker": {"name": "gpu1", "address": "10.0.0.5:8000", "type": "chat"}})
+    await sysop_tab.send({"type": "add_worker", "worker": {"name": "gpu1", "address": "127.0.0.5:8000", "type": "chat"}})
     update = await alice_tab.receive()
 
     assert update["type"] == "worker_update"

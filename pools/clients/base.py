@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import aiohttp
 import orjson
 
-# How much of an error body goes into the message a user sees.
+from rentahal import outbound
+
+# How much of an error body goes into the message operators see.
 ERROR_EXCERPT_CHARS = 300
 
 
@@ -50,9 +52,15 @@ class ModelServerError(Exception):
     another worker or turns into a failed query, never a refusal of what a client asked.
     It carries a stable `code` all the same (`model_server`, `model_timeout`, ...), for
     whoever reports the failure.
+
+    `message` is for operators (the log, the attempt's outcome row): it names the server and
+    quotes what it said. Users are told `public_reason` only, one text whatever went wrong:
+    the server's words may hold internal detail, and telling refused from timed out from
+    unresolved would let a user map the network behind the broker.
     """
 
     RETRYABLE = frozenset({"server", "timeout", "rate_limited", "auth"})
+    public_reason = "The model server failed."
 
     def __init__(self, message: str, *, kind: str = "server", status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
@@ -117,9 +125,12 @@ def malformed(worker, detail: str) -> ModelServerError:
 
 @contextlib.contextmanager
 def failures_reported(worker, timeout: aiohttp.ClientTimeout) -> Iterator[None]:
-    """Turn aiohttp's transport and timeout exceptions into ModelServerError with readable messages."""
+    """Turn aiohttp's transport and timeout exceptions, and addresses the outbound policy
+    refuses, into ModelServerError with readable messages."""
     try:
         yield
+    except outbound.ForbiddenAddress as exc:
+        raise ModelServerError(f"{worker.name} at {worker.base_url} is refused by the outbound address policy: {exc}") from exc
     except aiohttp.ConnectionTimeoutError as exc:
         raise ModelServerError(
             f"{worker.name} at {worker.base_url} timed out connecting after {timeout.sock_connect:g}s",
@@ -157,6 +168,13 @@ def parse_retry_after(value: str | None) -> float | None:
 def error_for_status(worker, status: int, *, retry_after: str | None, excerpt: str) -> ModelServerError:
     """Classify a non-2xx answer by whose fault it is (see ModelServerError)."""
     detail = f": {excerpt}" if excerpt else ""
+    if 300 <= status < 400:
+        return ModelServerError(
+            f"{worker.name} answered with a redirect (HTTP {status}), redirect refused: register the address it "
+            f"redirects to instead{detail}",
+            kind="server",
+            status=status,
+        )
     if status == 429:
         seconds = parse_retry_after(retry_after)
         wait = f", retry after {seconds:g}s" if seconds is not None else ""
@@ -285,13 +303,16 @@ async def post_for_answer(
     timeout = aiohttp.ClientTimeout(total=limits.read_timeout, sock_connect=limits.connect_timeout)
     async with contextlib.AsyncExitStack() as stack:
         with failures_reported(worker, timeout):
+            url = worker.base_url + path
+            outbound.check_url(url)
             started = time.monotonic()
             response = await stack.enter_async_context(
                 session.post(
-                    worker.base_url + path,
+                    url,
                     data=orjson.dumps(payload),
                     headers={"Content-Type": "application/json", **(headers or {})},
                     timeout=timeout,
+                    allow_redirects=False,
                 )
             )
             if not 200 <= response.status < 300:
@@ -305,10 +326,13 @@ async def post_for_answer(
 async def probe_status(
     session: aiohttp.ClientSession, worker, path: str, *, timeout: float, headers: dict[str, str] | None = None
 ) -> int:
-    """GET a health route and return its status; its body is not needed."""
+    """GET a health route and return its status; its body is not needed (a redirect is not
+    followed, so it counts as the non-200 it is)."""
     client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
+    url = worker.base_url + path
     with failures_reported(worker, client_timeout):
-        async with session.get(worker.base_url + path, headers=headers, timeout=client_timeout) as response:
+        outbound.check_url(url)
+        async with session.get(url, headers=headers, timeout=client_timeout, allow_redirects=False) as response:
             return response.status
 
 

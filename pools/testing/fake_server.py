@@ -37,12 +37,14 @@ class FakeConfig:
     delay: float = knob(0.0, "seconds to wait before answering a model route")
     failure_rate: float = knob(0.0, "probability (0..1) that a model route answers --fail-status")
     fail_status: int = knob(500, "HTTP status of a failure")
+    fail_message: str = knob("", 'the "error" text of a failure; blank says "fake failure (HTTP <status>)"')
     retry_after: float = knob(1.0, "Retry-After seconds sent with a 429 failure")
     hang: bool = knob(False, "accept model requests and never answer")
     reset: bool = knob(False, "read model requests, then drop the connection without a word")
     oversized_bytes: int = knob(0, "when set, answer model routes with a body this many bytes long")
     malformed: bool = knob(False, "answer invalid JSON, or a stream cut off before its end marker")
     health_status: int = knob(200, "HTTP status of /health, /api/tags and /v1/models")
+    redirect_to: str = knob("", "when set, answer model and health routes with a 307 redirect to this URL")
     api_key: str = knob("", 'when set, every route but /_fake/* wants "Authorization: Bearer <key>"')
     seed: int = knob(0, "seed of the failure draw, so --failure-rate gives the same sequence every run")
 
@@ -77,6 +79,11 @@ class BadRequest(web.HTTPBadRequest):
 
 def json_response(data, *, status: int = 200, headers: dict | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def redirect_response(location: str) -> web.Response:
+    """Return a 307, the redirect that asks a client to repeat its POST, body and all, elsewhere."""
+    return json_response({"error": f"moved to {location}"}, status=307, headers={"Location": location})
 
 
 def answer_text(prompt, image: str | None) -> str:
@@ -230,6 +237,8 @@ class FakeModelServer:
                 if config.reset:
                     request.transport.abort()
                     return web.Response()
+                if config.redirect_to:
+                    return redirect_response(config.redirect_to)
                 if config.hang:
                     await self._stopping.wait()
                     return json_response({"error": "server stopping"}, status=503)
@@ -237,7 +246,7 @@ class FakeModelServer:
                     await asyncio.sleep(config.delay)
                 if config.failure_rate and self.random.random() < config.failure_rate:
                     headers = {"Retry-After": f"{config.retry_after:g}"} if config.fail_status == 429 else None
-                    error = f"fake failure (HTTP {config.fail_status})"
+                    error = config.fail_message or f"fake failure (HTTP {config.fail_status})"
                     return json_response({"error": error}, status=config.fail_status, headers=headers)
                 if config.oversized_bytes:
                     return await self.send_oversized(request, config.oversized_bytes)
@@ -253,6 +262,8 @@ class FakeModelServer:
             config = self.config
             if not self.is_authorized(request, config):
                 return json_response({"error": {"message": "invalid api key"}}, status=401)
+            if config.redirect_to:
+                return redirect_response(config.redirect_to)
             return json_response(body(config.health_status == 200), status=config.health_status)
 
         return handle

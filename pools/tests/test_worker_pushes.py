@@ -10,7 +10,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def admin_add_form(**fields) -> dict:
     form = {
-        "name": "gpu1", "address": "10.0.0.5:8000", "query_type": "chat", "wire_format": "predict", "model": "",
+        "name": "gpu1", "address": "127.0.0.5:8000", "query_type": "chat", "wire_format": "predict", "model": "",
         "api_key": "", "realm": "", "health_score": "100", "max_concurrency": "0",
         "specializations-TOTAL_FORMS": "0", "specializations-INITIAL_FORMS": "0",
         "specializations-MIN_NUM_FORMS": "0", "specializations-MAX_NUM_FORMS": "1000",
@@ -37,7 +37,7 @@ async def test_a_worker_added_through_the_api_reaches_every_open_socket(admin_cl
     tab = await connect(alice.guid)
 
     response = await sync_to_async(admin_client.post)(
-        "/api/pools/workers/", {"name": "gpu1", "address": "10.0.0.5:8000", "query_type": "chat"},
+        "/api/pools/workers/", {"name": "gpu1", "address": "127.0.0.5:8000", "query_type": "chat"},
         content_type="application/json",
     )
 
@@ -47,7 +47,7 @@ async def test_a_worker_added_through_the_api_reaches_every_open_socket(admin_cl
 
 
 async def test_a_worker_deleted_in_the_admin_leaves_every_open_socket(admin_client, alice, connect):
-    worker = await sync_to_async(actions.add_worker)(name="gpu1", address="10.0.0.5:8000", query_type="chat")
+    worker = await sync_to_async(actions.add_worker)(name="gpu1", address="127.0.0.5:8000", query_type="chat")
     tab = await connect(alice.guid)
 
     await sync_to_async(admin_client.post)(f"/admin/pools/worker/{worker.pk}/delete/", {"post": "yes"})
@@ -56,7 +56,7 @@ async def test_a_worker_deleted_in_the_admin_leaves_every_open_socket(admin_clie
 
 
 async def test_a_worker_removed_through_the_api_leaves_every_open_socket(admin_client, alice, connect):
-    await sync_to_async(actions.add_worker)(name="gpu1", address="10.0.0.5:8000", query_type="chat")
+    await sync_to_async(actions.add_worker)(name="gpu1", address="127.0.0.5:8000", query_type="chat")
     tab = await connect(alice.guid)
 
     response = await sync_to_async(admin_client.delete)("/api/pools/workers/gpu1/")

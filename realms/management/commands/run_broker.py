@@ -21,11 +21,15 @@ from django.core.management.base import BaseCommand, CommandError
 from pools import actions as pools
 from pools.local_model import MODEL_NAME
 from realms.models import Realm
+from rentahal.errors import Invalid
 
 logger = logging.getLogger(__name__)
 
 LOCAL_WORKER_NAME = "smollm2-local"
 CHAT_POOL = "$CHAT"
+# Where the local run may call model servers when the operator named no networks: its
+# bundled model and a developer's own servers listen on loopback (rentahal.outbound).
+LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
 RESTART_BACKOFF_SECONDS = 2.0
 
 
@@ -145,6 +149,9 @@ class Command(BaseCommand):
         parser.add_argument("--housekeeping-every", type=float, default=30.0)
 
     def handle(self, *args, **options):
+        if "OUTBOUND_ALLOWED_NETWORKS" not in os.environ:
+            # Set before anything reads it; the children inherit it through the environment.
+            settings.RENTAHAL_OUTBOUND_ALLOWED_NETWORKS = LOCAL_RUN_NETWORKS
         for alias in settings.DATABASES:
             create_database_if_missing(alias)
             call_command("migrate", database=alias, interactive=False, verbosity=0)
@@ -158,6 +165,7 @@ class Command(BaseCommand):
             # first visitor becomes sysop, and this machine may scrape /metrics.
             "FIRST_VISITOR_IS_SYSOP": os.environ.get("FIRST_VISITOR_IS_SYSOP", "true"),
             "METRICS_ALLOWED_ADDRESSES": os.environ.get("METRICS_ALLOWED_ADDRESSES", "127.0.0.1,::1"),
+            "OUTBOUND_ALLOWED_NETWORKS": ",".join(settings.RENTAHAL_OUTBOUND_ALLOWED_NETWORKS),
         }
 
         def stop(signum, frame):
@@ -173,10 +181,13 @@ class Command(BaseCommand):
                 children.append(model)
                 url = f"http://127.0.0.1:{options['model_port']}"
                 wait_for_http(f"{url}/v1/models", timeout=60, child=model)
-                pools.add_worker(
-                    name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME,
-                    acting_user=None,
-                )
+                try:
+                    pools.add_worker(
+                        name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME,
+                        acting_user=None,
+                    )
+                except Invalid as exc:
+                    raise CommandError(f"the bundled model cannot be registered: {exc.message}") from None
                 pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME], acting_user=None)
                 self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
             every = str(options["housekeeping_every"])
