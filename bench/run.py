@@ -376,13 +376,14 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def ensure_database(name: str) -> None:
+def fresh_database(name: str) -> None:
+    """Create the bench's database anew, so every run migrates from nothing: a database left
+    by an older checkout may carry migrations under names this one no longer has."""
     import psycopg
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            connection.execute(f'CREATE DATABASE "{name}"')
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(f'CREATE DATABASE "{name}"')
 
 
 def run(args) -> dict:
@@ -408,9 +409,8 @@ def run(args) -> dict:
                                                    "LOG_LEVEL", "QUEUE_LIMIT", "MAX_QUERIES_PER_USER_IN_FLIGHT",
                                                    "MAX_QUERIES_PER_USER_QUEUED", "DEBUG",
                                                    "OUTBOUND_ALLOWED_NETWORKS")})
-    ensure_database(args.database)
+    fresh_database(args.database)
     manage(env, "migrate", "--no-input")
-    manage(env, "flush", "--no-input")
     redis_client = redis.Redis.from_url(redis_url)
     redis_client.flushdb()
 
