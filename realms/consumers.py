@@ -43,9 +43,10 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         `connect` answers an outage instead of with daphne's HTTP 500."""
         try:
             await super().__call__(scope, receive, send)
-        except STORE_OUTAGES:
+        except STORE_OUTAGES as exc:
             if getattr(self, "channel_name", None) is not None:
                 raise
+            logger.warning("Redis unavailable at a socket's handshake: %s", exc)
             self.base_send = send
             await receive()
             await self.accept()

@@ -2,6 +2,7 @@
 dropped with 1011, no handshake fails with HTTP 500, and the same socket works again once
 Redis is back. Redis here is a server of the test's own, on a spare loopback port, stopped
 and started again on that port mid-test."""
+import contextlib
 import socket
 import subprocess
 import time
@@ -10,10 +11,15 @@ import pytest
 import redis
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connections
 
-from realms import chunks
-from realms.consumers import TRY_AGAIN_LATER
+from accounts.actions.queries import previous_queries
 from accounts.models import Query
+from conftest import start_rq_worker, stop_rq_worker
+from realms import chunks, lifecycle
+from realms.consumers import TRY_AGAIN_LATER
+from realms.frames import parse_submission
+from realms.reconcile import reconcile_queries
 from rentahal import queues, sharding
 from rentahal.pushes import frame_event, user_group
 
@@ -179,3 +185,44 @@ async def test_a_connect_after_redis_returns_is_greeted_as_usual(own_redis, alic
     frames = await client.receive_until("huggingface_update", timeout=OUTAGE_ANSWER_TIMEOUT)
 
     assert [frame["type"] for frame in frames] == ["user_info", "previous_queries", "worker_update", "huggingface_update"]
+
+
+@contextlib.contextmanager
+def redis_stopped_once_a_query_row_is_inserted(server: RestartableRedis):
+    """Stop Redis the moment a query's row is written: after the commit, before its job is enqueued."""
+    table = Query._meta.db_table
+
+    def stop_after_insert(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith(("INSERT", "WITH")) and table in sql and server.process is not None:
+            server.stop()
+        return result
+
+    with contextlib.ExitStack() as stack:
+        for alias in connections:
+            stack.enter_context(connections[alias].execute_wrapper(stop_after_insert))
+        yield
+
+
+def test_a_query_whose_enqueue_meets_the_outage_is_acked_and_the_reconciler_runs_it_once_redis_returns(
+    own_redis, alice, fake_server, register_worker, settings
+):
+    register_worker(fake_server, "openai", "chat")
+    settings.RENTAHAL_RECONCILE_AFTER = 0
+
+    with redis_stopped_once_a_query_row_is_inserted(own_redis):
+        ack = lifecycle.accept_query(alice.guid, parse_submission(SUBMISSION))
+    assert own_redis.process is None, "Redis was up for the enqueue"
+    own_redis.start()
+    reconcile_queries()
+    worker = start_rq_worker(redis.Redis.from_url(own_redis.url), "--concurrency", "1")
+    try:
+        deadline = time.monotonic() + OUTAGE_ANSWER_TIMEOUT
+        while previous_queries(alice)[0]["status"] not in ("done", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop_rq_worker(worker)
+
+    assert ack["type"] == "queue_update"
+    shown = previous_queries(alice)
+    assert [(query["query_id"], query["status"]) for query in shown] == [(ack["query_id"], "done")]
