@@ -47,10 +47,10 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             if getattr(self, "channel_name", None) is not None:
                 raise
             logger.warning("Redis unavailable at a socket's handshake: %s", exc)
-            self.base_send = send
-            await receive()
-            await self.accept()
-            await self.close_for_outage()
+            if (await receive())["type"] == "websocket.connect":
+                self.base_send = send
+                await self.accept()
+                await self.close_for_outage()
 
     async def connect(self):
         await self.accept()
@@ -97,7 +97,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         try:
             await self.leave_groups()
         except STORE_OUTAGES as exc:
-            # The layer's subscriptions die with its connection; nothing is left to undo.
+            # A group left now may stay subscribed on the layer's connection with no socket
+            # in it; the layer drops what reaches it.
             logger.warning("Redis unavailable while a socket left its groups: %s", exc)
 
     async def leave_groups(self):
