@@ -16,11 +16,15 @@ from realms import chunks
 from realms.frames import parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
 from rentahal.db_threads import on_db_thread
-from rentahal.errors import BrokerError, Forbidden, error_frame
+from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, error_frame, temporarily_unavailable
 from rentahal.metrics import record_connection
 from rentahal.pushes import BROADCAST_GROUP, frame_event, user_group
 
 logger = logging.getLogger(__name__)
+
+# The registered WebSocket close code "Try Again Later" (IANA's WebSocket Close Code Number
+# Registry): the handshake met a Redis outage (docs/protocol.md §1).
+TRY_AGAIN_LATER = 1013
 
 
 def banned() -> Forbidden:
@@ -33,9 +37,36 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     user = None
     home_realm = None
 
+    async def __call__(self, scope, receive, send):
+        """Serve the socket. Channels makes the socket's channel on the layer before it reads
+        the handshake; when Redis is down that fails, and the handshake is answered as
+        `connect` answers an outage instead of with daphne's HTTP 500."""
+        try:
+            await super().__call__(scope, receive, send)
+        except STORE_OUTAGES as exc:
+            if getattr(self, "channel_name", None) is not None:
+                raise
+            logger.warning("Redis unavailable at a socket's handshake: %s", exc)
+            if (await receive())["type"] == "websocket.connect":
+                self.base_send = send
+                await self.accept()
+                await self.close_for_outage()
+
     async def connect(self):
-        guid = normalise_guid(self.scope.get("cookies", {}).get(GUID_COOKIE))
         await self.accept()
+        try:
+            await self.greet()
+        except STORE_OUTAGES as exc:
+            logger.warning("Redis unavailable while greeting a socket: %s", exc)
+            await self.close_for_outage()
+
+    async def close_for_outage(self):
+        """Tell the client to come back, and close: a socket that could not join its groups would miss its results."""
+        await self.send_json(error_frame(temporarily_unavailable()))
+        await self.close(code=TRY_AGAIN_LATER)
+
+    async def greet(self):
+        guid = normalise_guid(self.scope.get("cookies", {}).get(GUID_COOKIE))
         if guid is None:
             guid = str(uuid.uuid4())
             await self.send_json({"type": "set_cookie", "name": GUID_COOKIE, "value": guid})
@@ -63,6 +94,14 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def disconnect(self, code):
+        try:
+            await self.leave_groups()
+        except STORE_OUTAGES as exc:
+            # A group left now may stay subscribed on the layer's connection with no socket
+            # in it; the layer drops what reaches it.
+            logger.warning("Redis unavailable while a socket left its groups: %s", exc)
+
+    async def leave_groups(self):
         if self.user is not None:
             await self.channel_layer.group_discard(user_group(self.user.guid), self.channel_name)
             await self.channel_layer.group_discard(BROADCAST_GROUP, self.channel_name)
@@ -92,6 +131,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         except BrokerError as exc:
             logger.info("refused a frame from %s: %s %s", self.user.guid, exc.code, exc.message)
             await self.send_json(error_frame(exc))
+        except STORE_OUTAGES as exc:
+            logger.warning("Redis unavailable for a frame from %s: %s", self.user.guid, exc)
+            await self.send_json(error_frame(temporarily_unavailable()))
 
     async def receive_json(self, content, **kwargs):
         if not isinstance(content, dict) or not isinstance(content.get("type"), str):

@@ -31,7 +31,7 @@ from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
 from rentahal.batching import Coalescer
-from rentahal.errors import Forbidden
+from rentahal.errors import STORE_OUTAGES, Forbidden
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame
 from rentahal.queues import get_queue
@@ -65,8 +65,15 @@ def accept_query(guid: str, submission: QuerySubmission) -> dict:
     whose idempotency key names a query already accepted is answered with that query's
     frame instead (`frame_for_resubmitted`): nothing is enqueued or charged a second time.
     Every door (the socket's `idempotency_key`, an HTTP `Idempotency-Key`) comes through here.
+
+    Redis may go down at any step. Everything read from it comes before the row: an outage
+    there refuses the submission with nothing written (the door says `temporarily_unavailable`).
+    After the commit only the enqueue needs Redis; if that fails the query is acknowledged
+    all the same and the reconciler enqueues it once Redis is back, because a refusal would
+    have the user submit again a query that is going to run.
     """
     realm, depth = route_query(submission.query_type)
+    total = len(serving_workers(realm.name, submission.query_type))
     try:
         query = queries.accept_query(
             guid,
@@ -80,15 +87,18 @@ def accept_query(guid: str, submission: QuerySubmission) -> dict:
         )
     except queries.Resubmitted as resubmitted:
         return frame_for_resubmitted(resubmitted.query)
-    enqueue_query(query, realm.queue_name)
-    return queue_update(query, depth=depth + 1)
+    try:
+        enqueue_query(query, realm.queue_name)
+    except STORE_OUTAGES as exc:
+        logger.warning("query %s accepted while Redis is down; the reconciler will enqueue it: %s", query.pk, exc)
+    return queue_update(query, depth=depth + 1, total=total)
 
 
-def queue_update(query: Query, *, depth: int) -> dict:
+def queue_update(query: Query, *, depth: int, total: int) -> dict:
     return {
         "type": "queue_update",
         "depth": depth,
-        "total": len(serving_workers(query.realm, query.query_type)),
+        "total": total,
         "query_id": str(query.id),
         "realm": query.realm,
     }
@@ -101,7 +111,9 @@ def frame_for_resubmitted(query: Query) -> dict:
         return result_frame(query)
     if query.status == Query.Status.FAILED:
         return failure_frame(query)
-    return queue_update(query, depth=queue_depth(find_realm(query.realm)))
+    return queue_update(
+        query, depth=queue_depth(find_realm(query.realm)), total=len(serving_workers(query.realm, query.query_type))
+    )
 
 
 def enqueue_query(query: Query, queue_name: str) -> None:

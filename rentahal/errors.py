@@ -18,6 +18,7 @@ frame that does not parse is `malformed`.
 """
 import logging
 
+import redis
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
@@ -92,6 +93,18 @@ class Forbidden(BrokerError):
 class Unavailable(BrokerError):
     code = "unavailable"
     http_status = 503
+
+
+# What redis-py raises, from its sync and asyncio clients alike, while Redis is down, restarting
+# or not answering: the request did nothing lasting and works again once Redis is back.
+STORE_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
+
+
+def temporarily_unavailable() -> Unavailable:
+    """Return the refusal of a request that met a store outage (`STORE_OUTAGES`): send it again shortly."""
+    return Unavailable(
+        "The broker's store is restarting; nothing was done. Try again in a few seconds.", code="temporarily_unavailable"
+    )
 
 
 class TooManyQueries(BrokerError):
