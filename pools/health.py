@@ -1,7 +1,12 @@
 """Is this worker healthy or cooling down: query outcomes, cooldowns by error class, and the
 periodic probe of every worker (docs/protocol.md §3). Scores, the health rules' blacklist,
 cooldowns and EWMAs live in Redis (pools.state) so every process agrees; a probe or an outcome
-writes no database row and leaves the pool-config version alone."""
+writes no database row and leaves the pool-config version alone.
+
+When the rules blacklist a worker or restore it, sysops are told at once (`worker_alert`,
+docs/protocol.md §1), and `health_changed` is sent after it and after every health round so
+that an app that knows the realms can tell whether one lost its last serving worker
+(realms/alerts.py); this app imports no other."""
 from __future__ import annotations
 
 import asyncio
@@ -12,12 +17,14 @@ import time
 import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.dispatch import Signal
 
 from pools import state
 from pools.clients import ModelServerError, client_for
 from pools.config import snapshot_cache
 from pools.models import Worker
 from rentahal import outbound
+from rentahal.pushes import alert_sysops
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +37,24 @@ RESTORED_SCORE = 50.0
 # working as designed, so it only cools; a client error is the request's fault, not the
 # server's, so it costs nothing.
 QUERY_FAILURE_LOSS = {"server": 10.0, "timeout": 5.0, "auth": 10.0, "rate_limited": 0.0}
+
+# Sent (sender=None) after a health round and after a query's outcome blacklisted a worker:
+# which workers serve each realm may have changed.
+health_changed = Signal()
+
+
+def announce_health_changed() -> None:
+    """Send `health_changed`; a receiver's failure is logged, never raised, as telling
+    sysops must not stop a health round or a query's bookkeeping."""
+    for receiver, result in health_changed.send_robust(sender=None):
+        if isinstance(result, Exception):
+            logger.error("%s failed after a health change", receiver, exc_info=result)
+
+
+def alert_worker(worker: str, change: str, reason: str) -> None:
+    """Tell sysops the health rules blacklisted (`change`='blacklisted') or restored the worker, and why."""
+    logger.warning("worker %s %s: %s", worker, change, reason)
+    alert_sysops({"type": "worker_alert", "worker": worker, "state": change, "reason": reason})
 
 
 def cooldown_seconds(error: ModelServerError, consecutive_failures: int = 1) -> float | None:
@@ -65,9 +90,10 @@ def record_failure(worker: str, error: ModelServerError) -> float | None:
     if seconds:
         state.set_cooldown(worker, until=time.time() + seconds, kind=error.kind, reason=error.message[:200])
     loss = QUERY_FAILURE_LOSS.get(error.kind, 0.0)
-    if loss:
-        state.change_health(worker, -loss)
     logger.info("worker %s failed (%s), cooling down %ss: %s", worker, error.kind, seconds, error.message)
+    if loss and state.change_health(worker, -loss):
+        alert_worker(worker, "blacklisted", f"query failed ({error.kind}): {error.message[:200]}")
+        announce_health_changed()
     return seconds
 
 
@@ -117,27 +143,36 @@ def apply_probe(worker: Worker, result: ProbeResult) -> str:
     operator's blacklist (`Worker.is_blacklisted`) is configuration and no probe lifts it.
     """
     if result.error:
-        state.change_health(worker.name, -PROBE_UNREACHABLE_LOSS)
-        return f"unreachable: {result.error}"
-    if result.status is None:
+        change = state.change_health(worker.name, -PROBE_UNREACHABLE_LOSS)
+        outcome = f"unreachable: {result.error}"
+    elif result.status is None:
         return "no health route; unchanged"
-    if result.status == 200:
+    elif result.status == 200:
         # A server that answers its health route is back: its cooldown ends with the gain.
-        state.record_answer(worker.name, gain=PROBE_OK_GAIN, restored=RESTORED_SCORE, at=time.time())
-        return "healthy"
-    state.change_health(worker.name, -PROBE_BAD_STATUS_LOSS)
-    return f"answered HTTP {result.status}"
+        change = state.record_answer(worker.name, gain=PROBE_OK_GAIN, restored=RESTORED_SCORE, at=time.time())
+        outcome = "healthy"
+    else:
+        change = state.change_health(worker.name, -PROBE_BAD_STATUS_LOSS)
+        outcome = f"answered HTTP {result.status}"
+    if change:
+        alert_worker(worker.name, change, f"health probe: {outcome}")
+    return outcome
 
 
 def check_worker_health() -> list[tuple[str, str]]:
-    """Probe every worker in parallel and update their health; return (worker, what happened) pairs."""
-    workers = list(Worker.objects.all())
-    if not workers:
-        return []
-    from asgiref.sync import async_to_sync
+    """Probe every worker in parallel and update their health; return (worker, what happened) pairs.
 
-    results = async_to_sync(probe_all)(workers, timeout=settings.RENTAHAL_HEALTH_CHECK_TIMEOUT)
-    return [(worker.name, apply_probe(worker, result)) for worker, result in zip(workers, results)]
+    `health_changed` is sent after every round, even one with no worker to probe, so a realm
+    whose last worker was removed is noticed too."""
+    workers = list(Worker.objects.all())
+    report = []
+    if workers:
+        from asgiref.sync import async_to_sync
+
+        results = async_to_sync(probe_all)(workers, timeout=settings.RENTAHAL_HEALTH_CHECK_TIMEOUT)
+        report = [(worker.name, apply_probe(worker, result)) for worker, result in zip(workers, results)]
+    announce_health_changed()
+    return report
 
 
 async def acheck_worker_health() -> list[tuple[str, str]]:

@@ -78,24 +78,28 @@ return redis.call('HINCRBY', KEYS[1], 'failures', 1)
 # Change a worker's health score by ARGV[1], kept within 0 and ARGV[2] (a missing score is
 # ARGV[2]); a score that reaches 0 blacklists the worker. ARGV[4], when not '', is the time the
 # worker answered its health route: that ends its cooldown and stamps `last_active`, and a
-# blacklisted worker comes back at ARGV[3] instead of gaining.
+# blacklisted worker comes back at ARGV[3] instead of gaining. Returns 'blacklisted' or
+# 'restored' when this call changed the blacklist, nothing otherwise, so exactly one caller
+# learns of each change however many adjust the worker at once.
 ADJUST_HEALTH = """
 local full = tonumber(ARGV[2])
 local score = tonumber(redis.call('HGET', KEYS[1], 'score') or full)
+local was_blacklisted = redis.call('HEXISTS', KEYS[1], 'blacklisted') == 1
 if ARGV[4] ~= '' then
   redis.call('HDEL', KEYS[1], 'cooldown_until', 'cooldown_kind', 'cooldown_reason')
   redis.call('HSET', KEYS[1], 'last_active', ARGV[4])
-  if redis.call('HEXISTS', KEYS[1], 'blacklisted') == 1 then
+  if was_blacklisted then
     redis.call('HDEL', KEYS[1], 'blacklisted')
     redis.call('HSET', KEYS[1], 'score', ARGV[3])
-    return
+    return 'restored'
   end
 end
 score = math.min(math.max(score + tonumber(ARGV[1]), 0), full)
-if score <= 0 then
-  redis.call('HSET', KEYS[1], 'blacklisted', 1)
-end
 redis.call('HSET', KEYS[1], 'score', score)
+if score <= 0 and not was_blacklisted then
+  redis.call('HSET', KEYS[1], 'blacklisted', 1)
+  return 'blacklisted'
+end
 """
 
 
@@ -283,18 +287,18 @@ def clear_cooldown(worker: str) -> None:
     client().hdel(worker_key(worker), "cooldown_until", "cooldown_kind", "cooldown_reason")
 
 
-def change_health(worker: str, change: float) -> None:
+def change_health(worker: str, change: float) -> str | None:
     """Change the worker's health score by `change`, kept between 0 and MAX_HEALTH; a score
     that reaches 0 blacklists it. One atomic step, so concurrent probes and outcomes never
-    lose an update."""
-    scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=[change, MAX_HEALTH, 0, ""])
+    lose an update. Return 'blacklisted' when this change blacklisted the worker, else None."""
+    return scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=[change, MAX_HEALTH, 0, ""])
 
 
-def record_answer(worker: str, *, gain: float, restored: float, at: float) -> None:
+def record_answer(worker: str, *, gain: float, restored: float, at: float) -> str | None:
     """Count an answer to the worker's health route at `at`: its cooldown ends, it is stamped
     active, and its score rises by `gain`, or, if the health rules had blacklisted it, it
-    comes back at `restored`."""
-    scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=[gain, MAX_HEALTH, restored, at])
+    comes back at `restored`. Return 'restored' in that case, else None."""
+    return scripts_for(settings.REDIS_URL).adjust_health(keys=[worker_key(worker)], args=[gain, MAX_HEALTH, restored, at])
 
 
 # -- what operators see ---------------------------------------------------------------------

@@ -6,8 +6,9 @@ class RealmsConfig(AppConfig):
     verbose_name = "Realms"
 
     def ready(self):
-        # Connects the signals that tell every process its cached realm registry is stale.
-        from realms import registry  # noqa: F401
+        # Connects the signals that tell every process its cached realm registry is stale,
+        # and the one that tells sysops a realm lost (or regained) its last serving worker.
+        from realms import alerts, registry  # noqa: F401
         from realms.status import realm_gauges
         from rentahal import metrics
 

@@ -18,7 +18,7 @@ from realms.routing import find_realm, home_realm_of
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, error_frame, temporarily_unavailable
 from rentahal.metrics import record_connection
-from rentahal.pushes import BROADCAST_GROUP, frame_event, user_group
+from rentahal.pushes import BROADCAST_GROUP, SYSOP_GROUP, frame_event, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(user_group(guid), self.channel_name)
         await self.channel_layer.group_add(BROADCAST_GROUP, self.channel_name)
+        await self.follow_sysop_alerts()
         await self.join_home_realm(guid)
         await self.send_user_info()
         await self.send_previous_queries()
@@ -105,10 +106,18 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         if self.user is not None:
             await self.channel_layer.group_discard(user_group(self.user.guid), self.channel_name)
             await self.channel_layer.group_discard(BROADCAST_GROUP, self.channel_name)
+            await self.channel_layer.group_discard(SYSOP_GROUP, self.channel_name)
         if self.home_realm is not None:
             await self.channel_layer.group_discard(self.home_realm.group_name, self.channel_name)
             record_connection(self.home_realm.name, -1)
             self.home_realm = None
+
+    async def follow_sysop_alerts(self) -> None:
+        """Be in the sysops' group (`worker_alert`, `realm_alert`) exactly while the user is a sysop."""
+        if self.user.is_sysop:
+            await self.channel_layer.group_add(SYSOP_GROUP, self.channel_name)
+        else:
+            await self.channel_layer.group_discard(SYSOP_GROUP, self.channel_name)
 
     async def join_home_realm(self, guid: str) -> None:
         """Count this socket in the user's home realm and join its broadcast group, so a sysop can message one realm's users."""
@@ -160,6 +169,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     async def user_changed(self, event):
         """Re-read the user (made or unmade sysop by an operator) so sysop-only frames follow at once."""
         await self.send_user_info()
+        await self.follow_sysop_alerts()
 
     async def user_banned(self, event):
         """Close this socket when its user is banned (the original left it registered)."""

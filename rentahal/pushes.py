@@ -16,6 +16,7 @@ dots becoming underscores):
 | `broadcast` (`BROADCAST_GROUP`) | `send.frame` `{"frame": {...}}` | every open /ws socket: `worker_update`, `sysop_message` |
 | | `send.frame` `{"frame": {...}, "sysop_frame": {...}}` | as above, sysops' sockets sending `sysop_frame` instead (`worker_update` with addresses) |
 | `user.<guid>` | `user.changed` | the user's sysop flag changed: each socket re-reads the user and sends `user_info` |
+| `sysops` (`SYSOP_GROUP`) | `send.frame` `{"frame": {...}}` | every sysop's open /ws socket (`alert_sysops`): `worker_alert`, `realm_alert` |
 | `events.pools` (`POOL_EVENTS`) | `worker.changed`, `pool.changed` | a worker or a pool alias was saved or deleted |
 | `events.realms` (`REALM_EVENTS`) | `realm.changed` | a realm or its backups were saved, or it was deleted |
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 BROADCAST_GROUP = "broadcast"
 POOL_EVENTS = "events.pools"
 REALM_EVENTS = "events.realms"
+# Only sysops' sockets join it (realms/consumers.py), on connect and when a user is made sysop.
+SYSOP_GROUP = "sysops"
 
 
 def user_group(guid: str) -> str:
@@ -71,3 +74,16 @@ def send_event(group: str, event: dict) -> None:
     consumer's database thread, on a loop of its own from a command or a job."""
     async_to_sync(get_channel_layer().group_send)(group, event)
     logger.debug("sent %s to %s", event["type"], group)
+
+
+def alert_sysops(frame: dict) -> None:
+    """Send `frame` to every sysop's open socket now, from sync code.
+
+    Alerts report runtime health, kept in Redis, not a database change: there is no commit
+    to wait for. A failed send is logged, never raised, because the caller is a health round
+    or a query's bookkeeping, which must go on whether or not anyone could be told.
+    """
+    try:
+        send_event(SYSOP_GROUP, frame_event(frame))
+    except Exception:
+        logger.exception("could not alert sysops: %s", frame)
