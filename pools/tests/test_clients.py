@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from pools.clients import CallLimits, ModelRequest, ModelServerError, client_for
-from pools.testing.fake_server import FakeConfig, run_in_thread
+from pools.testing.fake_answers import FakeConfig
+from pools.testing.fake_server import run_in_thread
 
 FORMATS = ["predict", "a1111", "ollama", "openai"]
 TEXT_FORMATS = ["predict", "ollama", "openai"]

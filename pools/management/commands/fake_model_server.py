@@ -4,7 +4,8 @@ import dataclasses
 
 from django.core.management.base import BaseCommand, CommandError
 
-from pools.testing.fake_server import FakeConfig, FakeModelServer
+from pools.testing.fake_answers import FakeConfig
+from pools.testing.fake_server import FakeModelServer
 
 
 class Command(BaseCommand):
