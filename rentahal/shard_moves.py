@@ -30,6 +30,7 @@ import uuid
 from django.db import DatabaseError, IntegrityError, connections, transaction
 
 from rentahal.change_numbers import last_change_number
+from rentahal.errors import BrokerError
 from rentahal.models import ShardMapEntry, ShardMapVersion, ShardMove
 from rentahal.prefix_copies import copy_changes, delete_prefix, describe, sync_prefix
 from rentahal.sharded_models import moved_models
@@ -54,8 +55,11 @@ CLEAN_GRACE_SECONDS = 0.5
 MOVER_LOCK_CLASS = 0x5248_0003
 
 
-class MoveError(Exception):
+class MoveError(BrokerError):
     """A move refused or stopped, with a message for the operator; the map is unchanged."""
+
+    code = "move_refused"
+    http_status = 409
 
 
 def no_progress(message: str) -> None:

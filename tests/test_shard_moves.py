@@ -18,7 +18,7 @@ from accounts.models import Charge, Query, User
 from rentahal.models import ShardMapEntry, ShardMove
 from conftest import PROJECT_DIR, worker_environment
 from rentahal import sharding
-from rentahal.shard_moves import begin_move, commit_switch, copy_rows, switch_map
+from rentahal.shard_moves import MoveError, begin_move, check_prefix, commit_switch, copy_rows, switch_map
 from rentahal.shard_placement import plan_moves, shard_loads
 from rentahal.sharding import FENCE_LOCK_CLASS, close_fence, shard_aliases, shard_for_guid
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
@@ -434,3 +434,11 @@ def test_write_that_meets_the_closed_fence_waits_then_lands_on_the_new_shard():
     assert not Query.objects.using("shard0").filter(pk=written["ids"][0]).exists()
     call_command("move_shard_prefix", "00", "--resume")
     assert rows_on("00") == {"shard1": (1, 2, 2)}
+
+
+def test_a_refused_move_carries_a_code_like_every_refusal():
+    with pytest.raises(MoveError) as refusal:
+        check_prefix("zz")
+
+    assert (refusal.value.code, refusal.value.http_status) == ("move_refused", 409)
+    assert refusal.value.message == "'zz' is not a guid prefix: give two hex characters, such as 3f."
