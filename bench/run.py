@@ -398,9 +398,10 @@ def run(args) -> dict:
         CHANNEL_PREFIX=f"rentahal-bench-{args.redis_db}",
         LOG_LEVEL="WARNING",
         QUEUE_LIMIT="1000000",
-        # The in-flight measurement queues all its jobs as one user.
-        MAX_QUERIES_PER_USER_IN_FLIGHT="30000",
-        MAX_QUERIES_PER_USER_QUEUED="30000",
+        # The in-flight measurement queues all its jobs as one user. No higher: the accept
+        # statement's free-slot search costs grow with the caps.
+        MAX_QUERIES_PER_USER_IN_FLIGHT=str(sizes.in_flight_jobs),
+        MAX_QUERIES_PER_USER_QUEUED=str(sizes.in_flight_jobs),
         DEBUG="false",
         # The fake model servers listen on loopback (rentahal.outbound refuses it by default).
         OUTBOUND_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
