@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from pools import providers
 from rentahal import outbound
 from rentahal.errors import CodedValidationError
 from rentahal.query_types import QueryType
@@ -49,6 +50,8 @@ class WireFormat(models.TextChoices):
     A1111 = "a1111", "AUTOMATIC1111 txt2img"
     OLLAMA = "ollama", "Ollama /api/chat"
     OPENAI = "openai", "OpenAI-compatible /v1/chat/completions"
+    ANTHROPIC = "anthropic", "Anthropic Messages API /v1/messages"
+    HUGGINGFACE = "huggingface", "Hugging Face text-generation-inference"
 
 
 class Strategy(models.TextChoices):
@@ -78,9 +81,16 @@ class Worker(models.Model):
     query_type = models.CharField("type", max_length=16, choices=QueryType.choices)
     wire_format = models.CharField(max_length=16, choices=WireFormat.choices, default=WireFormat.PREDICT)
     model = models.CharField(
-        max_length=256, blank=True, help_text="Model name sent to Ollama/OpenAI-compatible servers."
+        max_length=256, blank=True, help_text="Model name sent to Ollama, OpenAI-compatible and Anthropic servers (Anthropic needs one)."
     )
-    api_key = models.CharField(max_length=256, blank=True, help_text="Bearer token, if the server wants one.")
+    api_key = models.CharField(
+        max_length=256,
+        blank=True,
+        help_text=(
+            "The server's or provider's key, if it wants one; stored, never shown. A blank key of an "
+            "anthropic or huggingface worker is taken from ANTHROPIC_API_KEY or HF_TOKEN."
+        ),
+    )
     realm = models.CharField(
         max_length=64,
         blank=True,
@@ -102,6 +112,19 @@ class Worker(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        """Refuse a hosted provider's worker that could never be called: Anthropic wants a
+        model name, and both providers a key (the worker's own or the environment's)."""
+        errors = {}
+        if self.wire_format == WireFormat.ANTHROPIC and not self.model:
+            errors["model"] = "An anthropic worker needs the model to ask for, e.g. claude-sonnet-4-5."
+        if self.wire_format in providers.KEY_VARIABLES and not providers.provider_key(self.wire_format, self.api_key):
+            errors["api_key"] = CodedValidationError(
+                providers.missing_key_message(self.wire_format), code="missing_provider_key"
+            )
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def base_url(self) -> str:

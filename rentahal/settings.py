@@ -209,6 +209,11 @@ RENTAHAL_EWMA_ALPHA = env.float("EWMA_ALPHA", default=0.3)
 RENTAHAL_LATENCY_EXPLORE = env.float("LATENCY_EXPLORE", default=0.1)
 # Affinity strategy: how long a conversation stays with its member after its last query.
 RENTAHAL_AFFINITY_TTL = env.int("AFFINITY_TTL_SECONDS", default=3600)
+# Hosted providers (pools.providers): the keys of workers registered without their own, and
+# the most tokens asked of one (Anthropic requires a limit; TGI's own default is short).
+RENTAHAL_ANTHROPIC_API_KEY = env("ANTHROPIC_API_KEY", default="")
+RENTAHAL_HF_TOKEN = env("HF_TOKEN", default="")
+RENTAHAL_HOSTED_MAX_TOKENS = env.int("HOSTED_MAX_TOKENS", default=1024)
 # Health probe (manage.py check_worker_health): per-probe timeout and probes at once.
 RENTAHAL_HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=5.0)
 RENTAHAL_HEALTH_CHECK_CONCURRENCY = env.int("HEALTH_CHECK_CONCURRENCY", default=50)

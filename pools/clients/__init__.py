@@ -1,6 +1,8 @@
 """Model-server clients, one per wire format (docs/protocol.md §2), chosen by client_for()."""
 from .a1111 import A1111Client
+from .anthropic import AnthropicClient
 from .base import CallLimits, ChunkCallback, ModelAnswer, ModelClient, ModelRequest, ModelServerError
+from .huggingface import HuggingFaceClient
 from .ollama import OllamaClient
 from .openai import OpenAIClient
 from .predict import PredictClient
@@ -17,7 +19,10 @@ __all__ = [
 
 # Clients hold no state, so one instance per format serves every worker and task.
 CLIENTS: dict[str, ModelClient] = {
-    client.wire_format: client for client in (PredictClient(), A1111Client(), OllamaClient(), OpenAIClient())
+    client.wire_format: client
+    for client in (
+        PredictClient(), A1111Client(), OllamaClient(), OpenAIClient(), AnthropicClient(), HuggingFaceClient()
+    )
 }
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import aiohttp
 import orjson
 
+from pools import providers
 from rentahal import outbound
 
 # How much of an error body goes into the message operators see.
@@ -339,3 +340,12 @@ async def probe_status(
 def bearer_headers(worker) -> dict[str, str]:
     """Return the Authorization header for a worker with an API key, else nothing."""
     return {"Authorization": f"Bearer {worker.api_key}"} if worker.api_key else {}
+
+
+def required_key(worker, wire_format: str) -> str:
+    """Return the hosted provider key to call the worker with (pools.providers), or raise an
+    auth failure without calling: the provider would refuse, and a key is the operator's to give."""
+    key = providers.provider_key(wire_format, worker.api_key)
+    if not key:
+        raise ModelServerError(f"{worker.name}: {providers.missing_key_message(wire_format)}", kind="auth")
+    return key

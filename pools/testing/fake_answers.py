@@ -18,6 +18,8 @@ OVERSIZED_PIECE_BYTES = 64 * 1024
 FAKE_MODEL = "fake"
 FAKE_CREATED_AT = "2024-01-01T00:00:00Z"
 WORDS = re.compile(r"\S+\s*|\s+")
+# How a TGI vision model is shown an image: inline, as a markdown image before the prompt.
+TGI_INLINE_IMAGE = re.compile(r"!\[\]\(data:image/[a-z]+;base64,([A-Za-z0-9+/=]*)\)")
 
 
 def knob(default, help_text: str):
@@ -40,7 +42,9 @@ class FakeConfig:
     malformed: bool = knob(False, "answer invalid JSON, or a stream cut off before its end marker")
     health_status: int = knob(200, "HTTP status of /health, /api/tags and /v1/models")
     redirect_to: str = knob("", "when set, answer model and health routes with a 307 redirect to this URL")
-    api_key: str = knob("", 'when set, every route but /_fake/* wants "Authorization: Bearer <key>"')
+    api_key: str = knob(
+        "", 'when set, every route but /_fake/* wants "Authorization: Bearer <key>" (/v1/messages: "x-api-key: <key>")'
+    )
     seed: int = knob(0, "seed of the failure draw, so --failure-rate gives the same sequence every run")
 
     def updated(self, knobs: dict) -> FakeConfig:
@@ -74,6 +78,11 @@ class BadRequest(web.HTTPBadRequest):
 
 def json_response(data, *, status: int = 200, headers: dict | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def anthropic_error(status: int, error_type: str, message: str) -> web.Response:
+    """Return an error in the Messages API's own shape."""
+    return json_response({"type": "error", "error": {"type": error_type, "message": message}}, status=status)
 
 
 def redirect_response(location: str) -> web.Response:
@@ -113,7 +122,7 @@ def png_for(text: str) -> bytes:
 
 
 def chat_prompt(payload: dict) -> tuple[str, str | None]:
-    """Return the last message's text and image from an Ollama or OpenAI chat request."""
+    """Return the last message's text and image from an Ollama, OpenAI or Anthropic chat request."""
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
         raise BadRequest("messages must be a non-empty list of objects")
@@ -130,5 +139,7 @@ def chat_prompt(payload: dict) -> tuple[str, str | None]:
             elif part.get("type") == "image_url":
                 url = (part.get("image_url") or {}).get("url", "")
                 image = url.partition("base64,")[2] or None
+            elif part.get("type") == "image":
+                image = (part.get("source") or {}).get("data") or None
         content = "".join(texts)
     return content, image

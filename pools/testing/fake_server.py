@@ -15,10 +15,12 @@ from aiohttp import web
 
 from pools.testing.fake_answers import (
     FAKE_CREATED_AT,
+    TGI_INLINE_IMAGE,
     FAKE_MODEL,
     OVERSIZED_PIECE_BYTES,
     BadRequest,
     FakeConfig,
+    anthropic_error,
     answer_text,
     chat_prompt,
     json_response,
@@ -29,7 +31,7 @@ from pools.testing.fake_answers import (
 
 
 class FakeModelServer:
-    """An aiohttp server answering /predict, txt2img, Ollama and OpenAI routes from one port."""
+    """An aiohttp server answering /predict, txt2img, Ollama, OpenAI, Anthropic and TGI routes from one port."""
 
     def __init__(self, **knobs):
         self.config = FakeConfig().updated(knobs)
@@ -73,6 +75,9 @@ class FakeModelServer:
             "/api/chat": self.answer_ollama_chat,
             "/api/generate": self.answer_ollama_generate,
             "/v1/chat/completions": self.answer_openai_chat,
+            "/v1/messages": self.answer_anthropic_messages,
+            # Hugging Face text-generation-inference takes generation requests at its root.
+            "/": self.answer_tgi_generate,
         }
         health_routes = {
             "/health": lambda ok: {"status": "healthy" if ok else "unhealthy"},
@@ -104,7 +109,18 @@ class FakeModelServer:
             self._runner = None
 
     def is_authorized(self, request: web.Request, config: FakeConfig) -> bool:
-        return not config.api_key or request.headers.get("Authorization") == f"Bearer {config.api_key}"
+        """Check the key where the route's format sends it: Anthropic's Messages API in
+        `x-api-key`, the rest as a bearer token; `/v1/models`, shared by OpenAI and Anthropic,
+        takes either."""
+        if not config.api_key:
+            return True
+        bearer = request.headers.get("Authorization") == f"Bearer {config.api_key}"
+        anthropic = request.headers.get("x-api-key") == config.api_key
+        if request.path == "/v1/messages":
+            return anthropic
+        if request.path == "/v1/models":
+            return bearer or anthropic
+        return bearer
 
     def model_route(self, answer):
         """Wrap a format's answer in the knobs every model route obeys, and count it."""
@@ -238,6 +254,81 @@ class FakeModelServer:
         events += [event({"content": word}) for word in words_of(text)]
         # A malformed stream is cut off after its first words: no finish event, no [DONE].
         events = events[:2] if config.malformed else [*events, event({}, "stop"), b"data: [DONE]\n\n"]
+        return await self.stream_events(request, events)
+
+    async def answer_anthropic_messages(self, request, payload, config) -> web.StreamResponse:
+        """Answer as the Messages API does, refusing what it refuses: no version header, no
+        model, no max_tokens."""
+        if not request.headers.get("anthropic-version"):
+            return anthropic_error(400, "invalid_request_error", "anthropic-version: header is required")
+        for field, wanted in (("model", str), ("max_tokens", int)):
+            if not isinstance(payload.get(field), wanted):
+                return anthropic_error(400, "invalid_request_error", f"{field}: Field required")
+        prompt, image = chat_prompt(payload)
+        text = answer_text(prompt, image)
+        message = {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": payload["model"],
+            "stop_reason": None, "stop_sequence": None,
+        }
+        usage = {"input_tokens": len(words_of(prompt)), "output_tokens": len(words_of(text))}
+        if not payload.get("stream"):
+            if config.malformed:
+                return web.Response(body=b'{"content": [', content_type="application/json")
+            content = [{"type": "text", "text": text}]
+            return json_response({**message, "content": content, "stop_reason": "end_turn", "usage": usage})
+
+        def event(name: str, data: dict) -> bytes:
+            return f"event: {name}\n".encode() + b"data: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+        events = [
+            event("message_start", {"message": {**message, "content": [], "usage": {**usage, "output_tokens": 1}}}),
+            event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+            event("ping", {}),
+        ]
+        events += [
+            event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": word}})
+            for word in words_of(text)
+        ]
+        ending = [
+            event("content_block_stop", {"index": 0}),
+            event("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": usage}),
+            event("message_stop", {}),
+        ]
+        # A malformed stream is cut off after its first words: no message_stop.
+        return await self.stream_events(request, events[:4] if config.malformed else [*events, *ending])
+
+    async def answer_tgi_generate(self, request, payload, config) -> web.StreamResponse:
+        """Answer as text-generation-inference's root route does: one generation, or with
+        `stream` a token per event, the last (the end-of-sequence token) carrying the whole text."""
+        inputs = payload.get("inputs")
+        if not isinstance(inputs, str):
+            return json_response({"error": "inputs must be a string", "error_type": "validation"}, status=422)
+        image = None
+        inline = TGI_INLINE_IMAGE.match(inputs)
+        if inline:
+            image, inputs = inline.group(1), inputs[inline.end():]
+        text = answer_text(inputs, image)
+        if not payload.get("stream"):
+            if config.malformed:
+                return web.Response(body=b'[{"generated_text": ', content_type="application/json")
+            return json_response([{"generated_text": text}])
+        words = words_of(text)
+
+        def event(index: int, token: str, *, special: bool = False, generated_text: str | None = None) -> bytes:
+            data = {
+                "index": index,
+                "token": {"id": index, "text": token, "logprob": -0.5, "special": special},
+                "generated_text": generated_text,
+                "details": {"finish_reason": "eos_token", "generated_tokens": index} if generated_text is not None else None,
+            }
+            return b"data:" + orjson.dumps(data) + b"\n\n"
+
+        events = [event(index, word) for index, word in enumerate(words, 1)]
+        last = event(len(words) + 1, "</s>", special=True, generated_text=text)
+        # A malformed stream is cut off after its first words, without the event carrying generated_text.
+        return await self.stream_events(request, events[:1] if config.malformed else [*events, last])
+
+    async def stream_events(self, request, events: list[bytes]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         for data in events:

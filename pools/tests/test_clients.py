@@ -12,10 +12,13 @@ from pools.clients import CallLimits, ModelRequest, ModelServerError, client_for
 from pools.testing.fake_answers import FakeConfig
 from pools.testing.fake_server import run_in_thread
 
-FORMATS = ["predict", "a1111", "ollama", "openai"]
-TEXT_FORMATS = ["predict", "ollama", "openai"]
-STREAMING_FORMATS = ["ollama", "openai"]
-PROBED_FORMATS = {"predict": "/health", "ollama": "/api/tags", "openai": "/v1/models"}
+FORMATS = ["predict", "a1111", "ollama", "openai", "anthropic", "huggingface"]
+TEXT_FORMATS = ["predict", "ollama", "openai", "anthropic", "huggingface"]
+STREAMING_FORMATS = ["ollama", "openai", "anthropic", "huggingface"]
+HOSTED_FORMATS = {"anthropic": "ANTHROPIC_API_KEY", "huggingface": "HF_TOKEN"}
+PROBED_FORMATS = {
+    "predict": "/health", "ollama": "/api/tags", "openai": "/v1/models", "anthropic": "/v1/models", "huggingface": "/health",
+}
 QUICK = CallLimits(connect_timeout=1.0, read_timeout=5.0)
 
 
@@ -38,6 +41,13 @@ def fake(fake_server):
     """The module's fake server, with every knob back at its default."""
     fake_server.configure(**dataclasses.asdict(FakeConfig()))
     return fake_server
+
+
+@pytest.fixture(autouse=True)
+def provider_keys(settings):
+    """Keys for the hosted formats from the environment, as an operator would set them."""
+    for variable in HOSTED_FORMATS.values():
+        setattr(settings, f"RENTAHAL_{variable}", f"{variable.lower()}-from-env")
 
 
 @pytest.fixture
@@ -99,6 +109,70 @@ async def test_stream_delivers_chunks_in_order(session, worker, wire_format):
 
     assert chunks == ["echo: ", "tell ", "me ", "a ", "story"]
     assert answer.result == "echo: tell me a story"
+
+
+@pytest.mark.parametrize("wire_format", HOSTED_FORMATS)
+async def test_hosted_formats_send_the_workers_own_key_where_the_provider_reads_it(session, fake, wire_format):
+    fake.configure(api_key="sk-worker")
+    keyed = FakeWorker(name="keyed", base_url=fake.url, model="claude-fake", api_key="sk-worker")
+
+    answer = await ask(session, keyed, wire_format, prompt="hi")
+    refused = await failure_of(session, FakeWorker(name="env-keyed", base_url=fake.url, model="claude-fake"), wire_format)
+
+    assert answer.result == "echo: hi"
+    assert (refused.kind, refused.status) == ("auth", 401)
+
+
+@pytest.mark.parametrize(("wire_format", "variable"), HOSTED_FORMATS.items())
+async def test_hosted_formats_fall_back_to_the_providers_key_in_the_environment(session, fake, settings, wire_format, variable):
+    setattr(settings, f"RENTAHAL_{variable}", "sk-env")
+    fake.configure(api_key="sk-env")
+
+    answer = await ask(session, FakeWorker(name="env-keyed", base_url=fake.url, model="claude-fake"), wire_format, prompt="hi")
+
+    assert answer.result == "echo: hi"
+
+
+@pytest.mark.parametrize(("wire_format", "variable"), HOSTED_FORMATS.items())
+async def test_a_hosted_worker_without_any_key_fails_as_auth_without_calling(session, worker, fake, settings, wire_format, variable):
+    setattr(settings, f"RENTAHAL_{variable}", "")
+    fake.reset_stats()
+
+    error = await failure_of(session, worker, wire_format)
+
+    assert (error.kind, error.is_server_fault) == ("auth", True)
+    assert error.message == f"fake-worker: No API key for {wire_format}: give the worker its key, or set {variable} in the environment."
+    assert fake.stats()["requests"] == {}
+
+
+async def test_the_fake_messages_api_refuses_a_request_without_its_version_header(session, fake):
+    body = {"model": "claude-fake", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    async with session.post(f"{fake.url}/v1/messages", data=orjson.dumps(body)) as response:
+        error = orjson.loads(await response.read())
+
+    assert response.status == 400
+    assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic-version: header is required"}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "text_of"),
+    [
+        (
+            "/v1/messages",
+            {"model": "claude-fake", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+            lambda answer: answer["content"][0]["text"],
+        ),
+        ("/", {"inputs": "hi", "parameters": {"max_new_tokens": 16}}, lambda answer: answer[0]["generated_text"]),
+    ],
+    ids=["anthropic", "huggingface"],
+)
+async def test_the_fake_hosted_formats_answer_in_one_piece_when_not_streaming(session, fake, path, body, text_of):
+    headers = {"anthropic-version": "2023-06-01"}
+    async with session.post(f"{fake.url}{path}", data=orjson.dumps(body), headers=headers) as response:
+        answer = orjson.loads(await response.read())
+
+    assert response.status == 200
+    assert text_of(answer) == "echo: hi"
 
 
 @pytest.mark.parametrize("wire_format", TEXT_FORMATS)
