@@ -101,6 +101,9 @@ class Query(models.Model):
     idempotency_key = models.CharField(
         max_length=128, blank=True, help_text="The client's id for this submission; a resubmit with it returns this query."
     )
+    conversation_id = models.CharField(
+        max_length=128, blank=True, help_text="The client's name for the conversation this query belongs to (affinity)."
+    )
     # Fair share (accounts.actions.queries.accept_query): an unfinished query holds one of
     # its user's in-flight slots, and while it waits for a worker one of the queued slots.
     # Unique slots per user make the caps hold under concurrent accepts.

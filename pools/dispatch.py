@@ -10,7 +10,7 @@ import time
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from pools import actions, config, state
+from pools import actions, config, providers, state
 from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
 from pools.models import Strategy
 from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
@@ -53,7 +53,29 @@ def call_limits() -> CallLimits:
 async def current_plan(request: ModelRequest, realm: str) -> Plan:
     """Return where to look for the request's worker; the DB is read only when config changed."""
     snapshot = config.snapshot_cache.if_current() or await sync_to_async(config.snapshot_cache.current)()
-    return plan_selection(snapshot, query_type=request.query_type, realm=realm, model_name=request.model_name)
+    return plan_selection(
+        snapshot, query_type=request.query_type, realm=realm, model_name=request.model_name, model_type=request.model_type
+    )
+
+
+def check_hosted_query(query_type: str, realm: str, *, model_type: str, model_name: str = "") -> None:
+    """Refuse a query for a hosted provider (model type `claude`, `huggingface`) that cannot
+    be served however long it waits: no worker of that provider could take it, or none has a
+    key. Called before the query is written, so nothing is queued or charged; a provider
+    that fails later fails the query like any model server."""
+    if model_type not in providers.HOSTED_WIRE_FORMATS:
+        return
+    plan = plan_selection(
+        config.snapshot_cache.current(), query_type=query_type, realm=realm, model_name=model_name, model_type=model_type
+    )
+    if plan.missing_alias:
+        return
+    workers = [worker for tier in plan.tiers for worker in tier.workers]
+    if not workers:
+        raise NoWorkerAvailable(f"No {plan.wanted} is registered.")
+    wire_format = providers.HOSTED_WIRE_FORMATS[model_type]
+    if not any(providers.provider_key(wire_format, worker.api_key) for worker in workers):
+        raise providers.MissingProviderKey(providers.missing_key_message(wire_format))
 
 
 def ticket_pool(plan: Plan) -> int | None:

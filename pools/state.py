@@ -200,7 +200,7 @@ def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None =
     advance = next((position for position, pool in enumerate(pools, 1) if pool.id == advance_pool), 0)
     args = [now, len(names), advance, 1 if affinity_key else 0]
     flat = scripts_for(settings.REDIS_URL).read_state(keys=keys, args=args)
-    state = SharedState(now=now)
+    state = SharedState(now=now, affinity_key=affinity_key)
     for index, name in enumerate(names):
         cooldown_until, kind, latency, success, score, blacklisted, count = flat[7 * index : 7 * index + 7]
         state.members[name] = MemberState(

@@ -150,5 +150,6 @@ async def store_vision_chunk(guid: str, content: dict) -> ChunkProgress:
         "query_type": content.get("query_type", "vision"),
         "model_type": content.get("model_type", "worker_node"),
         "model_name": content.get("model_name", ""),
+        "conversation_id": content.get("conversation_id"),
     }
     return ChunkProgress(received=detail, total=total, image=image[0].decode(), query=query)

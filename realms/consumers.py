@@ -13,7 +13,7 @@ from accounts.billing import system_totals
 from pools import actions as pools
 from realms import lifecycle
 from realms import chunks
-from realms.frames import parse_submission, require_str
+from realms.frames import parse_client_id, parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, error_frame, temporarily_unavailable
@@ -191,8 +191,10 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "worker_update", "workers": workers})
 
     async def submit_query(self, content):
-        submission = parse_submission(content.get("query"), idempotency_key=content.get("idempotency_key"))
-        frame = await on_db_thread(lifecycle.accept_query)(self.user.guid, submission)
+        query = content.get("query")
+        submission = parse_submission(query, idempotency_key=content.get("idempotency_key"))
+        conversation_id = parse_client_id(query.get("conversation_id"), "conversation_id")
+        frame = await on_db_thread(lifecycle.accept_query)(self.user.guid, submission, conversation_id=conversation_id)
         await self.send_json(frame)
 
     async def vision_chunk(self, content):

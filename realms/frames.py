@@ -50,18 +50,17 @@ def strip_data_url(image: str) -> str:
     return payload
 
 
-MAX_IDEMPOTENCY_KEY_CHARS = 128
+MAX_CLIENT_ID_CHARS = 128
 
 
-def parse_idempotency_key(key: object) -> str:
-    """Return the client's id for a submission (docs/protocol.md §1), or "" when it sent none."""
-    if key is None:
+def parse_client_id(value: object, field: str) -> str:
+    """Return an id the client chose (`idempotency_key`, `conversation_id`; docs/protocol.md §1),
+    or "" when it sent none."""
+    if value is None:
         return ""
-    if not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
-        raise BrokerError(
-            f"Field 'idempotency_key' must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters.", code="bad_field"
-        )
-    return key
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_CLIENT_ID_CHARS or not value.isprintable():
+        raise BrokerError(f"Field '{field}' must be 1 to {MAX_CLIENT_ID_CHARS} printable characters.", code="bad_field")
+    return value
 
 
 def parse_submission(query: object, *, idempotency_key: object = None) -> QuerySubmission:
@@ -94,5 +93,5 @@ def parse_submission(query: object, *, idempotency_key: object = None) -> QueryS
         model_type=model_type,
         model_name=require_str(query, "model_name", required=False)[:128],
         image=strip_data_url(image) if image else "",
-        idempotency_key=parse_idempotency_key(idempotency_key),
+        idempotency_key=parse_client_id(idempotency_key, "idempotency_key"),
     )

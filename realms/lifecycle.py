@@ -26,7 +26,7 @@ from accounts.actions.users import find_user
 from accounts.models import Query, User
 from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
-from pools.dispatch import Served, serve
+from pools.dispatch import Served, check_hosted_query, serve
 from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
@@ -56,9 +56,14 @@ FIRST_WRITE_RETRY_PAUSE = 0.25
 LAST_WRITE_RETRY_PAUSE = 4.0
 
 
-def accept_query(guid: str, submission: QuerySubmission) -> dict:
+def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str = "") -> dict:
     """Route the query to a realm, write its row, enqueue its job, and return the
     `queue_update` frame for the client.
+
+    `conversation_id` names the client's conversation: it is kept on the row, so every run
+    of the query (a rerun too) asks the pool for the member that served the conversation
+    before (the `affinity` strategy). A query for a hosted provider that no worker could
+    serve is refused here, before anything is written (`pools.dispatch.check_hosted_query`).
 
     The row is committed before the job exists: a crash in between leaves an accepted row
     that `realms.reconcile` enqueues later, never a job without its query. A submission
@@ -73,6 +78,9 @@ def accept_query(guid: str, submission: QuerySubmission) -> dict:
     have the user submit again a query that is going to run.
     """
     realm, depth = route_query(submission.query_type)
+    check_hosted_query(
+        submission.query_type, realm.name, model_type=submission.model_type, model_name=submission.model_name
+    )
     total = len(serving_workers(realm.name, submission.query_type))
     try:
         query = queries.accept_query(
@@ -84,6 +92,7 @@ def accept_query(guid: str, submission: QuerySubmission) -> dict:
             image=submission.image,
             realm=realm.name,
             idempotency_key=submission.idempotency_key,
+            conversation_id=conversation_id,
         )
     except queries.Resubmitted as resubmitted:
         return frame_for_resubmitted(resubmitted.query)
@@ -177,7 +186,13 @@ async def serve_query(query: Query) -> Served:
         model_name=query.model_name,
         image=query.image or None,
     )
-    return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
+    return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
+
+
+def affinity_key_of(query: Query) -> str:
+    """Return what keeps the query on one member under the `affinity` strategy: its user's
+    conversation (two users may name theirs alike), else the user."""
+    return f"{query.user_id}:{query.conversation_id}" if query.conversation_id else query.user_id
 
 
 async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:

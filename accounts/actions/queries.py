@@ -43,7 +43,7 @@ class Resubmitted(Exception):
 
 def accept_query(
     guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
-    idempotency_key: str = "",
+    idempotency_key: str = "", conversation_id: str = "",
 ) -> Query:
     """Write the query row, with status `accepted`, and return it once it is committed.
 
@@ -67,6 +67,7 @@ def accept_query(
             image=image,
             realm=realm,
             idempotency_key=idempotency_key,
+            conversation_id=conversation_id,
         )
         with writing_for_each([guid]) as by_alias:
             using = next(iter(by_alias))

@@ -104,9 +104,9 @@ def select_worker(
     if not any(tier.workers for tier in plan.tiers):
         if plan.tiers and plan.tiers[0].pool is not None:
             raise NoWorkerAvailable(f"Pool {plan.tiers[0].pool.name} has no members.")
-        raise NoWorkerAvailable(f"No {plan.query_type} worker is available.")
+        raise NoWorkerAvailable(f"No {plan.wanted} is available.")
     raise NoWorkerAvailable(
-        f"No {plan.query_type} worker is available: {'; '.join(reasons)}.", is_busy=busy_only and bool(reasons)
+        f"No {plan.wanted} is available: {'; '.join(reasons)}.", is_busy=busy_only and bool(reasons)
     )
 
 

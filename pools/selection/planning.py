@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from pools.providers import HOSTED_WIRE_FORMATS
 from pools.selection.snapshot import PoolInfo, Snapshot, WorkerInfo
 
 
@@ -25,6 +26,14 @@ class Plan:
     realm: str
     tiers: tuple[Tier, ...]
     missing_alias: str = ""
+    hosted_type: str = ""  # a model type naming a hosted provider (claude, huggingface); else blank
+
+    @property
+    def wanted(self) -> str:
+        """Return what the query needs, as a refusal names it: "chat worker", or with its provider."""
+        if self.hosted_type:
+            return f"{self.query_type} worker for model type {self.hosted_type}"
+        return f"{self.query_type} worker"
 
     @functools.cached_property
     def worker_names(self) -> list[str]:
@@ -36,7 +45,7 @@ class Plan:
         tiers = tuple(tier for tier in self.tiers if tier.pool is not None)
         if not tiers or len(tiers) == len(self.tiers):
             return None
-        return Plan(self.query_type, self.realm, tiers)
+        return Plan(self.query_type, self.realm, tiers, hosted_type=self.hosted_type)
 
     @property
     def pools(self) -> list[PoolInfo]:
@@ -47,20 +56,37 @@ def in_realm(item_realm: str, realm: str) -> bool:
     return item_realm in ("", realm)
 
 
-def plan_selection(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str = "") -> Plan:
+def plan_selection(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str = "", model_type: str = "") -> Plan:
     """Return the tiers to try for a query in `realm`, following the realm rules in order.
 
     (a) model_name names a worker: that worker only. (b) model_name is an alias: that alias
     in the realm, then in other realms. (c) the pool of the query's type in the realm, then
     (d) the same alias in other realms, then (e) the healthiest worker of the type in the
     realm, then in any realm. A model_name that is neither is ignored, as classic clients
-    send free text there.
+    send free text there. A model_type naming a hosted provider (`claude`, `huggingface`)
+    keeps only the workers of its wire format in every tier, so such a query is never
+    served by a local model.
     """
-    key = (query_type, realm, model_name)
+    hosted_type = model_type if model_type in HOSTED_WIRE_FORMATS else ""
+    key = (query_type, realm, model_name, hosted_type)
     plan = snapshot.plans.get(key)
     if plan is None:
-        plan = snapshot.plans[key] = build_plan(snapshot, query_type=query_type, realm=realm, model_name=model_name)
+        plan = build_plan(snapshot, query_type=query_type, realm=realm, model_name=model_name)
+        if hosted_type:
+            plan = only_hosted(plan, hosted_type)
+        snapshot.plans[key] = plan
     return plan
+
+
+def only_hosted(plan: Plan, hosted_type: str) -> Plan:
+    """Return the plan cut down to the workers of the hosted provider's wire format."""
+    wire_format = HOSTED_WIRE_FORMATS[hosted_type]
+    tiers = []
+    for tier in plan.tiers:
+        workers = tuple(worker for worker in tier.workers if worker.wire_format == wire_format)
+        if workers:
+            tiers.append(dataclasses.replace(tier, workers=workers))
+    return dataclasses.replace(plan, tiers=tuple(tiers), hosted_type=hosted_type)
 
 
 def build_plan(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str) -> Plan:

@@ -27,6 +27,7 @@ class SharedState:
     members: dict[str, MemberState] = dataclasses.field(default_factory=dict)
     tickets: dict[int, int] = dataclasses.field(default_factory=dict)  # pool id -> round-robin ticket
     affinity: dict[int, str] = dataclasses.field(default_factory=dict)  # pool id -> remembered worker
+    affinity_key: str = ""  # the conversation (else the user) the affinity is remembered for
 
     def of(self, worker: str) -> MemberState:
         return self.members.get(worker) or MemberState()

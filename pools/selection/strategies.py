@@ -2,6 +2,8 @@
 for choosing one from the members' health."""
 from __future__ import annotations
 
+import hashlib
+
 from pools.models import Strategy
 from pools.selection.runtime import SharedState
 from pools.selection.snapshot import PoolInfo, WorkerInfo
@@ -33,7 +35,7 @@ def choose(pool: PoolInfo, candidates: list[WorkerInfo], state: SharedState, rng
         for worker in candidates:
             if worker.name == remembered:
                 return worker, strategy
-        return least_busy(candidates, state, rng), strategy
+        return settle(candidates, state, rng), strategy
     if strategy == Strategy.LATENCY:
         return fastest(candidates, state, rng, explore), strategy
     if strategy == Strategy.WEIGHTED:
@@ -74,6 +76,25 @@ def healthiest(candidates: list[WorkerInfo], state: SharedState, rng) -> WorkerI
 
 def least_busy(candidates: list[WorkerInfo], state: SharedState, rng) -> WorkerInfo:
     return best_by(candidates, lambda worker: max(0, state.of(worker.name).in_flight), rng)
+
+
+def settle(candidates: list[WorkerInfo], state: SharedState, rng) -> WorkerInfo:
+    """Return the member a conversation without one (new, or its member gone) settles on.
+
+    The least busy, and among those the one ranked first for this conversation by
+    rendezvous hashing: different conversations spread over the members evenly, and a
+    conversation whose remembered member expired comes back to the same one (its cache may
+    still be warm) while the load allows.
+    """
+    if not state.affinity_key:
+        return least_busy(candidates, state, rng)
+    fewest = min(max(0, state.of(worker.name).in_flight) for worker in candidates)
+    idle = [worker for worker in candidates if max(0, state.of(worker.name).in_flight) == fewest]
+    return max(idle, key=lambda worker: rendezvous_rank(state.affinity_key, worker.name))
+
+
+def rendezvous_rank(key: str, worker: str) -> bytes:
+    return hashlib.blake2b(f"{key}\x00{worker}".encode(), digest_size=8).digest()
 
 
 def fastest(candidates: list[WorkerInfo], state: SharedState, rng, explore: float) -> WorkerInfo:

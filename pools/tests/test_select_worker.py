@@ -1,5 +1,6 @@
 """select_worker on crafted pools: every strategy, auto's thresholds at their edges,
 specializations, the realm rules, and what a user reads when nobody can serve."""
+import dataclasses
 import random
 from collections import Counter
 
@@ -21,13 +22,13 @@ from rentahal.errors import BrokerError
 NOW = 1_000_000.0
 
 
-def worker(name, *, realm="", query_type="chat", topics=None, **fields) -> WorkerInfo:
+def worker(name, *, realm="", query_type="chat", topics=None, wire_format="openai", **fields) -> WorkerInfo:
     words = tuple(
         (topic, tuple(tuple(sorted(tokens_of(keyword))) for keyword in keywords)) for topic, keywords in (topics or {}).items()
     )
     return WorkerInfo(
         id=abs(hash(name)) % 10_000, name=name, query_type=query_type, realm=realm, address="127.0.0.1:1",
-        wire_format="openai", topics=words, **fields,
+        wire_format=wire_format, topics=words, **fields,
     )
 
 
@@ -38,9 +39,9 @@ def pool(name="$CHAT", members=(), *, strategy="health", realm="", pool_id=1, we
     )
 
 
-def pick(workers, pools=(), *, state=None, realm="$CHAT", model_name="", prompt="", rng=None, **options):
+def pick(workers, pools=(), *, state=None, realm="$CHAT", model_name="", model_type="", prompt="", rng=None, **options):
     snapshot = Snapshot.build(workers, pools)
-    plan = plan_selection(snapshot, query_type="chat", realm=realm, model_name=model_name)
+    plan = plan_selection(snapshot, query_type="chat", realm=realm, model_name=model_name, model_type=model_type)
     return select_worker(plan, state or SharedState(now=NOW), prompt=prompt, rng=rng or random.Random(7), **options)
 
 
@@ -128,6 +129,70 @@ def test_affinity_falls_back_to_least_busy_when_its_member_is_cooling():
     state.affinity = {1: "c"}
 
     assert pick(members, [pool(members=members, strategy="affinity")], state=state).worker.name == "b"
+
+
+def test_affinity_spreads_new_conversations_evenly_over_idle_members():
+    members = [worker("a"), worker("b"), worker("c")]
+    affinity = [pool(members=members, strategy="affinity")]
+
+    chosen = Counter(
+        pick(members, affinity, state=SharedState(now=NOW, affinity_key=f"alice:conversation-{n}")).worker.name
+        for n in range(300)
+    )
+
+    assert set(chosen) == {"a", "b", "c"}
+    assert min(chosen.values()) >= 70
+
+
+def test_affinity_settles_a_conversation_without_a_remembered_member_on_the_same_one_each_time():
+    members = [worker("a"), worker("b"), worker("c")]
+    affinity = [pool(members=members, strategy="affinity")]
+
+    chosen = {
+        pick(members, affinity, state=SharedState(now=NOW, affinity_key="alice:trip"), rng=random.Random(seed)).worker.name
+        for seed in range(20)
+    }
+
+    assert len(chosen) == 1
+
+
+def test_affinity_settles_a_new_conversation_on_a_less_busy_member():
+    members = [worker("a"), worker("b"), worker("c")]
+    affinity = [pool(members=members, strategy="affinity")]
+    state = state_with(a={"in_flight": 3}, b={"in_flight": 0}, c={"in_flight": 2})
+
+    chosen = {pick(members, affinity, state=dataclasses.replace(state, affinity_key=f"k{n}")).worker.name for n in range(20)}
+
+    assert chosen == {"b"}
+
+
+@pytest.mark.parametrize(("model_type", "wire_format"), [("claude", "anthropic"), ("huggingface", "huggingface")])
+def test_a_hosted_model_type_is_served_only_by_its_providers_members(model_type, wire_format):
+    members = [worker("local"), worker("hosted", wire_format=wire_format)]
+
+    chosen = pick(members, [pool(members=members)], state=scores(local=100, hosted=40), model_type=model_type)
+
+    assert chosen.worker.name == "hosted"
+
+
+def test_a_hosted_model_type_is_never_served_by_a_named_local_worker():
+    with pytest.raises(NoWorkerAvailable) as refusal:
+        pick([worker("local"), worker("claude", wire_format="anthropic")], model_name="local", model_type="claude")
+
+    assert refusal.value.message == "No chat worker for model type claude is available."
+
+
+def test_a_hosted_model_type_whose_members_are_all_down_says_which_model_type_waits():
+    members = [worker("local"), worker("claude", wire_format="anthropic")]
+    state = state_with(claude={"cooldown_until": NOW + 30, "cooldown_kind": "auth"})
+
+    with pytest.raises(NoWorkerAvailable) as refusal:
+        pick(members, [pool(members=members)], state=state, model_type="claude")
+
+    assert refusal.value.message == (
+        "No chat worker for model type claude is available: pool $CHAT has no available member "
+        "(claude is cooling down for 30s); claude is cooling down for 30s."
+    )
 
 
 def test_latency_prefers_the_member_with_the_lowest_expected_latency():
