@@ -36,11 +36,15 @@ def add_worker(
     model: str = "",
     realm: str = "",
     max_concurrency: int = 0,
+    api_key: str | None = None,
     acting_user=None,
 ) -> Worker:
     """Register a model server, or update the one of that name (the sysop's `add_worker`
-    frame, the API, a command); raise Invalid on bad fields."""
+    frame, the API, a command); raise Invalid on bad fields. An `api_key` of None keeps the
+    key the worker has: the key is write-only, so a client re-registering never knows it."""
     worker = Worker.objects.filter(name=name).first() or Worker(name=name)
+    if api_key is not None:
+        worker.api_key = api_key
     worker.address = address
     worker.query_type = query_type
     worker.wire_format = wire_format

@@ -2,12 +2,44 @@
 blacklist, cooldown, in flight, latency, chosen count) appears as read-only computed columns
 read from Redis; the editable `is_blacklisted` is the operator's own blacklist. Saves and
 deletes go through `pools.actions`, so every open socket sees a worker added here."""
+from django import forms
 from django.contrib import admin
 
 from pools import actions, state
 from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Worker
 from pools.status import member_rows
 from rentahal.admin import ActionModelAdmin
+
+
+class WorkerForm(forms.ModelForm):
+    """The worker's form, with its key write-only: never rendered back into the page, kept
+    when left blank, and forgotten only when asked."""
+
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        max_length=256,
+        widget=forms.PasswordInput(render_value=False),
+        help_text=Worker._meta.get_field("api_key").help_text,
+    )
+    forget_api_key = forms.BooleanField(label="Forget the stored key", required=False)
+
+    class Meta:
+        model = Worker
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.api_key:
+            self.fields["api_key"].help_text = "A key is stored (not shown). Leave blank to keep it, or type a new one."
+
+    def clean(self):
+        data = super().clean()
+        if data.get("forget_api_key"):
+            data["api_key"] = ""
+        elif not data.get("api_key"):
+            data["api_key"] = self.instance.api_key
+        return data
 
 
 class SpecializationInline(admin.TabularInline):
@@ -17,6 +49,7 @@ class SpecializationInline(admin.TabularInline):
 
 @admin.register(Worker)
 class WorkerAdmin(ActionModelAdmin):
+    form = WorkerForm
     list_display = [
         "name", "query_type", "realm", "wire_format", "health_score", "is_blacklisted", "blacklisted_by_health",
         "in_flight", "cooling_until", "latency", "max_concurrency",

@@ -61,3 +61,5 @@ class WorkerSerializer(serializers.Serializer):
     model = serializers.CharField(required=False, allow_blank=True, default="")
     realm = serializers.CharField(required=False, allow_blank=True, default="")
     max_concurrency = serializers.IntegerField(min_value=0, required=False, default=0)
+    # Write-only: never in an answer. Left out, a worker keeps the key it has.
+    api_key = serializers.CharField(required=False, allow_blank=True, write_only=True, max_length=256)

@@ -229,6 +229,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             query_type=require_str(spec, "type"),
             wire_format=require_str(spec, "wire_format", required=False, default="predict"),
             model=require_str(spec, "model", required=False),
+            api_key=require_str(spec, "api_key", required=False, default=None),
             acting_user=self.user,
         )
 

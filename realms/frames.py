@@ -21,7 +21,7 @@ class QuerySubmission:
     idempotency_key: str = ""
 
 
-def require_str(data: dict, field: str, *, required: bool = True, default: str = "") -> str:
+def require_str(data: dict, field: str, *, required: bool = True, default: str | None = "") -> str | None:
     value = data.get(field, None)
     if value is None:
         if required:

@@ -33,7 +33,7 @@ class WorkerInfo:
     address: str
     wire_format: str
     model: str = ""
-    api_key: str = ""
+    api_key: str = dataclasses.field(default="", repr=False)  # a secret: never in a log line
     is_blacklisted: bool = False
     max_concurrency: int = 0
     # Each topic's keywords, each keyword as the words it is made of.
