@@ -82,7 +82,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_user_info()
         await self.send_previous_queries()
         await self.send_worker_update()
-        # No Hugging Face models are brokered; the frame keeps classic clients' panels drawn.
+        # Hugging Face workers are listed in worker_update (wire_format "huggingface"); this
+        # empty frame keeps classic clients' panels drawn.
         await self.send_json({"type": "huggingface_update", "models": []})
 
     async def dispatch(self, message):
