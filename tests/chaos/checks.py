@@ -9,6 +9,7 @@ from django.db import connections
 
 from accounts.billing import system_totals
 from accounts.models import Charge, Query, User
+from rentahal.shard_placement import verify
 from rentahal.sharding import shard_aliases
 from tests.chaos.clients import User as ChaosUser
 from tests.chaos.faults import Fault
@@ -36,6 +37,12 @@ def read_rows() -> tuple[dict, list, dict, list[str]]:
                 twice.append(f"user {user.pk} is on two shards")
             users[user.pk] = user
     return queries, charges, users, twice
+
+
+def check_placement() -> list[str]:
+    """Every row is on the shard the map names, and no move was left half-way (verify_shards)."""
+    report = verify()
+    return [*report.problems, *report.moves]
 
 
 def check_ledger(queries: dict, charges: list, users: dict) -> list[str]:

@@ -26,6 +26,7 @@ class Fault:
     kind: str
     at: float  # run seconds
     detail: str = ""
+    victim: str = ""  # the process a kill_worker fault killed
     start: float | None = None  # wall clock
     end: float | None = None
     error: str = ""
@@ -76,6 +77,7 @@ class FaultRunner:
         realm = self.rng.choice(["$CHAT", "$CHAT", "$VISION"])
         worker = self.broker.realm_workers[realm]
         fault.detail = f"{realm} worker pid {worker.process.pid}"
+        fault.victim = worker.name
         worker.kill()
         while not worker.is_alive():
             await asyncio.sleep(0.1)

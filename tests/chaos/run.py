@@ -24,7 +24,9 @@ REPLACED = ("DATABASE_URL", "SHARD_URLS", "REDIS_URL", "CHANNEL_REDIS_URL", "CHA
 FLOOD_SHARE, FLOOD_MINIMUM = 0.2, 40
 # Queries of an ordinary user that may be unanswered at once.
 USER_DEPTH = 2
-# Seconds after the last planned submission during which outcomes are still awaited.
+# A query planned late may wait for one of its user's slots; it is still sent until this
+# share of the duration has passed. Outcomes are awaited for DRAIN_SECONDS after that.
+LAST_SUBMIT_SHARE = 1.25
 DRAIN_SECONDS = 60.0
 # Ordinary users' query types: mostly chat, some vision, some imagine (which has no worker,
 # so it fails with a reason).
@@ -58,9 +60,10 @@ def environment(postgres, redis, run_dir: Path) -> dict[str, str]:
     return env
 
 
-def make_users(args, clock, url: str, flood_at: float):
-    """Return the run's users with their plans: user 0 floods at `flood_at`; a quarter of
-    the others share the guid prefix the shard move moves."""
+def make_users(args, clock, url: str, flood_times: list[float]):
+    """Return the run's users with their plans: user 0 floods, sending a share of its
+    backlog at once at each of `flood_times`; a quarter of the others share the guid
+    prefix the shard move moves."""
     from tests.chaos.clients import Planned, User
 
     rng = random.Random(f"users-{args.seed}")
@@ -75,7 +78,7 @@ def make_users(args, clock, url: str, flood_at: float):
         if index % 4 == 1 or index == 0 and rng.random() < 0.5:
             guid = prefix + guid[2:]
         if index == 0:
-            times = [flood_at] * flood
+            times = sorted(flood_times[number % len(flood_times)] for number in range(flood))
             types = ["chat"] * flood
         else:
             times = sorted(rng.uniform(0, args.duration * 0.95) for _ in range(per_user[index - 1]))
@@ -108,7 +111,8 @@ async def drive(broker, users, runner, faults, duration: float) -> list[str]:
     supervisor = asyncio.create_task(supervise())
     fault_task = asyncio.create_task(runner.run(faults))
     try:
-        await asyncio.gather(*(user.run(duration, duration + DRAIN_SECONDS) for user in users))
+        last_submit = duration * LAST_SUBMIT_SHARE
+        await asyncio.gather(*(user.run(last_submit, last_submit + DRAIN_SECONDS) for user in users))
         await fault_task
     finally:
         stop.set()
@@ -116,7 +120,7 @@ async def drive(broker, users, runner, faults, duration: float) -> list[str]:
     return restarted
 
 
-def summarise(args, users, faults, queries, waits, violations, restarted, started: float) -> dict:
+def summarise(args, users, faults, queries, waits, violations, restarted, started: float, setup_seconds: float) -> dict:
     from tests.chaos.checks import percentiles
 
     tracked = [tracked for user in users for tracked in user.tracked.values()]
@@ -126,7 +130,9 @@ def summarise(args, users, faults, queries, waits, violations, restarted, starte
     for item in tracked:
         refusals.update(item.refusals)
     learned = [item.outcome_at - item.acked_at for item in tracked if item.outcome_at and item.acked_at]
-    kills = [fault.kind for fault in faults]
+    for fault in faults:
+        if fault.kind == "kill_worker" and fault.victim in restarted:
+            restarted.remove(fault.victim)
     return {
         "seed": args.seed, "users": args.users, "duration": args.duration, "queries_planned": len(tracked),
         "submitted": sum(1 for item in tracked if item.first_sent is not None),
@@ -139,18 +145,19 @@ def summarise(args, users, faults, queries, waits, violations, restarted, starte
             {"kind": fault.kind, "at": fault.at, "seconds": round((fault.end or 0) - (fault.start or 0), 2), "detail": fault.detail, "error": fault.error}
             for fault in faults
         ],
-        "fault_counts": dict(collections.Counter(kills)),
+        "fault_counts": dict(collections.Counter(fault.kind for fault in faults)),
         "restarted_on_their_own": dict(collections.Counter(restarted)),
         "wait_seconds": percentiles(waits), "ack_to_outcome_seconds": percentiles(learned),
         "ledger_total": str(sum((query.cost for query in queries.values()), 0)),
-        "violations": violations, "wall_seconds": round(time.monotonic() - started, 1),
+        "violations": violations, "setup_seconds": round(setup_seconds, 1),
+        "wall_seconds": round(time.monotonic() - started, 1),
     }
 
 
 def print_summary(summary: dict, out=sys.stdout) -> None:
     write = lambda text: print(text, file=out)  # noqa: E731
     write(f"chaos seed {summary['seed']}: {summary['users']} users, {summary['queries_planned']} queries over {summary['duration']:.0f} s "
-          f"({summary['wall_seconds']:.0f} s in all)")
+          f"({summary['wall_seconds']:.0f} s in all, {summary['setup_seconds']:.0f} s of them starting the stores and the broker)")
     write(f"  submitted {summary['submitted']}, acked {summary['acked']}, rows {summary['rows']}: "
           f"done {summary['done']}, failed {summary['failed']} {summary['failure_reasons']}")
     write(f"  refusals {summary['refusals']}, resubmits {summary['resubmits']} "
@@ -207,10 +214,10 @@ def run_against(args, env, run_dir: Path, postgres, redis, started: float) -> di
         broker.start_broker()
         connections.close_all()
         faults = schedule(args.seed, args.duration)
-        flood_at = next(fault.at for fault in faults if fault.kind == "flood")
         t0 = time.monotonic()
+        setup_seconds = t0 - started
         clock = lambda: time.monotonic() - t0  # noqa: E731
-        users, prefix = make_users(args, clock, broker.url, flood_at)
+        users, prefix = make_users(args, clock, broker.url, [fault.at for fault in faults if fault.kind == "flood"])
         runner = FaultRunner(
             broker, postgres, redis, seed=args.seed, clock=clock, prefix=prefix, shards=[f"shard{index}" for index in range(SHARDS)]
         )
@@ -225,10 +232,11 @@ def run_against(args, env, run_dir: Path, postgres, redis, started: float) -> di
     waits, late = checks.waits(queries, faults)
     violations = [
         *twice,
+        *checks.check_placement(),
         *checks.check_ledger(queries, charges, rows_of_users),
         *checks.check_clients(users, queries),
         *checks.check_sockets(users),
         *late,
         *(f"fault {fault.kind} at {fault.at} s could not be caused: {fault.error}" for fault in faults if fault.error),
     ]
-    return summarise(args, users, faults, queries, waits, violations, restarted, started)
+    return summarise(args, users, faults, queries, waits, violations, restarted, started, setup_seconds)
