@@ -6,6 +6,7 @@ import asyncio
 import base64
 import collections
 import json
+import logging
 import os
 import random
 import sys
@@ -24,9 +25,10 @@ REPLACED = ("DATABASE_URL", "SHARD_URLS", "REDIS_URL", "CHANNEL_REDIS_URL", "CHA
 FLOOD_SHARE, FLOOD_MINIMUM = 0.2, 40
 # Queries of an ordinary user that may be unanswered at once.
 USER_DEPTH = 2
-# A query planned late may wait for one of its user's slots; it is still sent until this
-# share of the duration has passed. Outcomes are awaited for DRAIN_SECONDS after that.
-LAST_SUBMIT_SHARE = 1.25
+# A query planned late may wait for one of its user's slots (its earlier queries may be
+# waiting out a fault); it is still sent until this share of the duration has passed.
+# Outcomes are awaited for DRAIN_SECONDS after that.
+LAST_SUBMIT_SHARE = 2.0
 DRAIN_SECONDS = 60.0
 # Ordinary users' query types: mostly chat, some vision, some imagine (which has no worker,
 # so it fails with a reason).
@@ -125,7 +127,11 @@ def summarise(args, users, faults, queries, waits, violations, restarted, starte
 
     tracked = [tracked for user in users for tracked in user.tracked.values()]
     statuses = collections.Counter(query.status for query in queries.values())
-    reasons = collections.Counter(query.error.split(":")[0][:60] for query in queries.values() if query.error)
+    flooder = users[0].guid
+    reasons = collections.Counter(
+        ("flooder: " if query.user_id == flooder else "") + query.error.split(":")[0][:60]
+        for query in queries.values() if query.error
+    )
     refusals = collections.Counter()
     for item in tracked:
         refusals.update(item.refusals)
@@ -137,7 +143,7 @@ def summarise(args, users, faults, queries, waits, violations, restarted, starte
         "seed": args.seed, "users": args.users, "duration": args.duration, "queries_planned": len(tracked),
         "submitted": sum(1 for item in tracked if item.first_sent is not None),
         "acked": sum(1 for item in tracked if item.query_id), "rows": len(queries),
-        "done": statuses.get("done", 0), "failed": statuses.get("failed", 0), "failure_reasons": dict(reasons.most_common(6)),
+        "done": statuses.get("done", 0), "failed": statuses.get("failed", 0), "failure_reasons": dict(reasons.most_common(8)),
         "refusals": dict(refusals), "resubmits": sum(item.resubmits for item in tracked),
         "learned_by_resubmit": sum(1 for item in tracked if item.outcome_by == "resubmit"),
         "reconnects": sum(max(0, user.socket_number - 1) for user in users),
@@ -152,6 +158,10 @@ def summarise(args, users, faults, queries, waits, violations, restarted, starte
         "violations": violations, "setup_seconds": round(setup_seconds, 1),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
+
+
+def progress(started: float, message: str) -> None:
+    print(f"chaos {time.monotonic() - started:6.1f} s: {message}", flush=True)
 
 
 def print_summary(summary: dict, out=sys.stdout) -> None:
@@ -186,9 +196,12 @@ def main(argv=None) -> int:
         postgres.start()
         redis.start()
         postgres.create_databases([DATABASE, *(f"{DATABASE}_shard{index}" for index in range(SHARDS))])
+        progress(started, f"Postgres on port {postgres.port} and Redis on port {redis.port} are up")
         env = environment(postgres, redis, run_dir)
         os.environ.update(env)
         django.setup()
+        # The run's own progress and summary are its output; the processes' logs are in files.
+        logging.getLogger().setLevel(logging.WARNING)
         summary = run_against(args, env, run_dir, postgres, redis, started)
     finally:
         redis.kill()
@@ -207,11 +220,13 @@ def run_against(args, env, run_dir: Path, postgres, redis, started: float) -> di
     from tests.chaos.broker import Broker
     from tests.chaos.faults import FaultRunner, schedule
 
-    call_command("migrate_all", verbosity=0)
+    call_command("migrate_all", verbosity=0, stdout=open(os.devnull, "w"))
+    progress(started, "databases migrated")
     broker = Broker(env, run_dir, seed=args.seed)
     try:
         broker.register_model_servers(broker.start_model_servers())
         broker.start_broker()
+        progress(started, f"broker up at {broker.url}; running {args.duration:.0f} s of queries and faults")
         connections.close_all()
         faults = schedule(args.seed, args.duration)
         t0 = time.monotonic()

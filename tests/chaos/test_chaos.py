@@ -24,7 +24,7 @@ def test_a_short_chaos_run_keeps_every_promise_of_the_query_path(tmp_path):
 
     assert summary["violations"] == [], run.stdout[-4000:]
     assert run.returncode == 0
-    assert summary["acked"] == summary["queries_planned"] == 250
+    assert summary["submitted"] == summary["acked"] == summary["queries_planned"] == 250
     assert summary["done"] + summary["failed"] == summary["rows"] == 250
     assert sorted(summary["fault_counts"]) == sorted(KINDS)
     assert [fault for fault in summary["faults"] if fault["error"]] == []
