@@ -159,7 +159,7 @@ def check_sockets(chaos_users: list[ChaosUser]) -> list[str]:
     violations = []
     for user in chaos_users:
         for close in user.closes:
-            if close.get("code") == 1011 or "500" in close.get("error", ""):
+            if close.get("code") == 1011 or (close.get("status") or 0) >= 500:
                 violations.append(f"user {user.index}'s socket {close['socket']} ended with {close.get('code') or close.get('error')}")
     return violations
 

@@ -91,7 +91,8 @@ class User:
                     self.socket = socket
                     await self.read(socket)
             except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
-                self.closes.append({"t": self.clock(), "socket": self.socket_number, "error": repr(exc)[:200]})
+                refused = exc.response.status_code if isinstance(exc, websockets.InvalidStatus) else None
+                self.closes.append({"t": self.clock(), "socket": self.socket_number, "error": repr(exc)[:200], "status": refused})
             self.socket = None
             self.connected.clear()
             self.fail_pending()
