@@ -3,6 +3,7 @@ fail over to another member when the server was at fault."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -14,12 +15,15 @@ from pools import actions, config, providers, state
 from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
 from pools.models import Strategy
 from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
+from rentahal.errors import STORE_OUTAGES
 from rentahal.http_session import model_session
 
 logger = logging.getLogger(__name__)
 
 # How long a query waits between looks when every candidate is at its concurrency cap.
 BUSY_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5)
+# Heartbeats (RENTAHAL_WORKER_HEARTBEAT) an in-flight lease outlives its last renewal.
+LEASE_HEARTBEATS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +145,7 @@ async def serve(
         attempts += 1
         started = time.monotonic()
         try:
-            async with model_session() as session:
+            async with model_session() as session, renewing(worker.name, lease):
                 answer = await client_for(worker.wire_format).call(
                     session, worker, request, limits=call_limits(), on_chunk=forward if on_chunk else None
                 )
@@ -194,5 +198,30 @@ def served_by(selection: Selection, answer: ModelAnswer, attempts: int, *, servi
 
 
 def lease_seconds() -> float:
-    """Return how long an in-flight lease lives: past any call's timeout, so only a crash expires it."""
-    return settings.RENTAHAL_CONNECT_TIMEOUT + settings.RENTAHAL_READ_TIMEOUT + 30.0
+    """Return how long an in-flight lease lives unless renewed: three heartbeats.
+
+    A call renews its lease every heartbeat (`renewing`), so only a process that died (a
+    SIGKILLed realm worker) lets one expire, and its calls stop counting against the
+    model server's cap as soon as its jobs are run again (README, "Lost work is re-run").
+    A lease that lived as long as the longest call kept the server "busy" for minutes
+    after such a kill, failing everyone's queries to it."""
+    return LEASE_HEARTBEATS * settings.RENTAHAL_WORKER_HEARTBEAT
+
+
+@contextlib.asynccontextmanager
+async def renewing(worker: str, lease: str):
+    """Renew the lease every heartbeat while the block runs."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(settings.RENTAHAL_WORKER_HEARTBEAT)
+            try:
+                state.renew_lease(worker, lease, ttl=lease_seconds())
+            except STORE_OUTAGES as exc:
+                logger.warning("could not renew a lease on %s: %s", worker, exc)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewer.cancel()

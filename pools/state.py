@@ -261,6 +261,11 @@ def acquire_lease(worker: str, *, cap: int, ttl: float, choice: Choice | None = 
     return lease if granted else None
 
 
+def renew_lease(worker: str, lease: str, *, ttl: float) -> None:
+    """Push the lease's expiry `ttl` seconds ahead; a lease already released stays released."""
+    client().zadd(lease_key(worker), {lease: time.time() + ttl}, xx=True)
+
+
 def release_lease(worker: str, lease: str) -> None:
     client().zrem(lease_key(worker), lease)
 

@@ -21,6 +21,7 @@ import logging
 import redis
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.settings import api_settings
@@ -96,8 +97,9 @@ class Unavailable(BrokerError):
 
 
 # What redis-py raises, from its sync and asyncio clients alike, while Redis is down, restarting
-# or not answering: the request did nothing lasting and works again once Redis is back.
-STORE_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
+# or not answering, and what Django raises while Postgres is (a connection refused or cut by a
+# restart): the request did nothing lasting and works again once the store is back.
+STORE_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError)
 
 
 def temporarily_unavailable() -> Unavailable:

@@ -1,8 +1,14 @@
 """The one `--every N` loop of the housekeeping commands (reconcile_queries, check_worker_health,
 evaluate_scaling): do a round once, or every N seconds until stopped."""
+import logging
 import time
 
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from rentahal.errors import STORE_OUTAGES
+
+logger = logging.getLogger(__name__)
 
 
 class HousekeepingCommand(BaseCommand):
@@ -10,6 +16,8 @@ class HousekeepingCommand(BaseCommand):
 
     Rounds start N seconds apart, measured from the start of the previous round, so a slow
     round does not push every later one back; a round longer than N is followed at once.
+    Under --every, a round that meets a Redis or Postgres outage is skipped, not fatal: the
+    next round runs once the store is back, without waiting for a supervisor's restart.
     """
 
     def add_arguments(self, parser):
@@ -18,9 +26,15 @@ class HousekeepingCommand(BaseCommand):
     def handle(self, *args, every: float, **options):
         while True:
             started = time.monotonic()
-            self.run_round(repeating=every > 0, **options)
             if every <= 0:
+                self.run_round(repeating=False, **options)
                 return
+            try:
+                self.run_round(repeating=True, **options)
+            except STORE_OUTAGES as exc:
+                logger.warning("%s: round skipped, a store is unreachable: %s", self.__module__.rsplit(".", 1)[-1], exc)
+                # A connection the outage broke is replaced on the next round's first query.
+                close_old_connections()
             time.sleep(max(0.0, every - (time.monotonic() - started)))
 
     def run_round(self, *, repeating: bool, **options) -> None:

@@ -184,8 +184,8 @@ RENTAHAL_OUTCOME_RETENTION_DAYS = env.float("OUTCOME_RETENTION_DAYS", default=30
 # Recovery of lost work (README, "Lost work is re-run"). Accepted queries older than
 # RECONCILE_AFTER whose RQ job is gone are re-enqueued by the reconciler, which run_broker
 # runs every RECONCILE_EVERY seconds; a realm worker renews its jobs' place in RQ's started
-# registry every WORKER_HEARTBEAT seconds, and a job not renewed for three of them (its
-# worker died) is run again; the finish and failure writes of an answered query are
+# registry (and its calls' leases on model servers, pools.dispatch) every WORKER_HEARTBEAT
+# seconds, and a job not renewed for three of them (its worker died) is run again; the finish and failure writes of an answered query are
 # retried for DB_RETRY seconds while Postgres is unreachable.
 RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=10.0)
 RENTAHAL_RECONCILE_EVERY = env.float("RECONCILE_EVERY_SECONDS", default=5.0)
