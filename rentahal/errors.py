@@ -23,7 +23,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import Http404, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from rest_framework import exceptions
@@ -222,6 +222,10 @@ class StoreOutageMiddleware(MiddlewareMixin):
         if not isinstance(exception, STORE_OUTAGES):
             return None
         logger.warning("store unavailable for %s %s: %s", request.method, request.path, exception)
+        if isinstance(exception, DATABASE_OUTAGES):
+            # Drop the connection that broke now, not at the next request's start, so the
+            # first request after Postgres returns is served (as rentahal.db_threads does).
+            close_old_connections()
         error = temporarily_unavailable()
         response = JsonResponse({"error": error_body(error)}, status=error.http_status)
         set_retry_after(response, error)

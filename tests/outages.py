@@ -96,13 +96,19 @@ def set_test_databases_reachable(is_reachable: bool, *, application_name: str | 
 
 
 @contextlib.contextmanager
-def postgres_down():
-    """Shut every test database to everyone, this process's connections included, for the
-    block; after it they take connections again, and this thread's broken ones are replaced."""
+def databases_shut():
+    """Shut every test database to everyone, this process's connections included, for the block."""
     set_test_databases_reachable(False)
     try:
         yield
     finally:
         set_test_databases_reachable(True)
-        for connection in connections.all():
-            connection.close()
+
+
+@pytest.fixture
+def postgres_down(transactional_db):
+    """Return `databases_shut`; after the test, this thread's connections that the outage
+    broke are replaced before the databases are flushed."""
+    yield databases_shut
+    for connection in connections.all(initialized_only=True):
+        connection.close()
