@@ -34,7 +34,8 @@ def start_broker(*extra: str, env: dict[str, str] | None = None, stdout=None) ->
         stdout=stdout,
         text=True,
     )
-    deadline = time.monotonic() + 60
+    # Migrating (checking) four databases and booting a dozen processes on a loaded machine.
+    deadline = time.monotonic() + 180
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):

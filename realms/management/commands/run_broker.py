@@ -37,6 +37,9 @@ CHAT_POOL = "$CHAT"
 # bundled model and a developer's own servers listen on loopback (rentahal.outbound).
 LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
 RESTART_BACKOFF_SECONDS = 2.0
+# How long a realm worker may take from its start to its first RQ heartbeat: booting Django
+# on a loaded machine takes seconds, far beyond a heartbeat interval.
+STARTUP_GRACE_SECONDS = 120.0
 
 
 class Child:
@@ -122,7 +125,8 @@ class RealmWorker(Child):
 
 class Watchdog:
     """Kill and restart realm workers that live but whose RQ heartbeat stopped moving for
-    `RENTAHAL_WORKER_STUCK_SECONDS` (a frozen process, an event loop blocked by a call).
+    `RENTAHAL_WORKER_STUCK_SECONDS` (a frozen process, an event loop blocked by a call), or
+    that never sent one within `STARTUP_GRACE_SECONDS` of their start.
 
     Their jobs are then abandoned in RQ's started registry, and the reconciler runs them
     again (README, "Lost work is re-run"). Time counts only while Redis answers the watchdog:
@@ -153,7 +157,12 @@ class Watchdog:
         for worker, heartbeat in zip(self.workers, heartbeats):
             worker.note_heartbeat(heartbeat, now)
             stuck_for = now - worker.alive_at
-            if worker.process.poll() is None and stuck_for > settings.RENTAHAL_WORKER_STUCK_SECONDS:
+            if worker.process.poll() is not None:
+                continue
+            if worker.last_heartbeat is None:
+                if stuck_for > STARTUP_GRACE_SECONDS:
+                    worker.kill_and_restart(f"did not register with RQ within {stuck_for:.0f} s")
+            elif stuck_for > settings.RENTAHAL_WORKER_STUCK_SECONDS:
                 worker.kill_and_restart(f"renewed no heartbeat for {stuck_for:.0f} s")
 
 
