@@ -1,6 +1,7 @@
 """Store outages for tests, caused for real: a redis-server of the test's own that is stopped
 and started again on its port, and the test databases shut to every connection, as a
 Postgres restart does (new connections refused, open ones dropped)."""
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -97,12 +98,23 @@ def set_test_databases_reachable(is_reachable: bool, *, application_name: str | 
 
 @contextlib.contextmanager
 def databases_shut():
-    """Shut every test database to everyone, this process's connections included, for the block."""
+    """Shut every test database to everyone, this process's connections included, for the
+    block; after it, a sync test's own broken connections are replaced (an async test's loop
+    may not touch them: the `postgres_down` fixture replaces them after the test)."""
     set_test_databases_reachable(False)
     try:
         yield
     finally:
         set_test_databases_reachable(True)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            close_connections()
+
+
+def close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
 
 
 @pytest.fixture
@@ -110,5 +122,4 @@ def postgres_down(transactional_db):
     """Return `databases_shut`; after the test, this thread's connections that the outage
     broke are replaced before the databases are flushed."""
     yield databases_shut
-    for connection in connections.all(initialized_only=True):
-        connection.close()
+    close_connections()

@@ -71,11 +71,14 @@ def housekeeper():
         process.stop()
 
 
-def lose_a_query(redis_url: str, alice) -> str:
-    """Accept a query, then lose its job as a Redis flush would; return its id."""
-    query_id = lifecycle.accept_query(alice.guid, parse_submission(SUBMISSION))["query_id"]
+def lose_a_query(redis_url: str, alice) -> None:
+    """Accept a query, then lose its job as a Redis flush would."""
+    lifecycle.accept_query(alice.guid, parse_submission(SUBMISSION))
     redis.Redis.from_url(redis_url).flushdb()
-    return query_id
+
+
+def nothing(redis_url: str, alice) -> None:
+    """Every round of the command prints without being given work."""
 
 
 @pytest.fixture
@@ -85,11 +88,11 @@ def chat_pool(fake_server, register_worker):
     return worker
 
 
-# Each command and the line a round of it prints once it works again.
+# Each command, what gives a round of it something to print, and what that round prints.
 COMMANDS = {
-    "reconcile_queries": "requeued 1",
-    "check_worker_health": "answered",
-    "evaluate_scaling": "$CHAT:",
+    "reconcile_queries": (lose_a_query, "requeued"),
+    "check_worker_health": (nothing, "healthy"),
+    "evaluate_scaling": (nothing, "$CHAT:"),
 }
 
 
@@ -113,32 +116,42 @@ def outage(store: str, own_redis):
 def test_a_housekeeping_loop_outlives_a_store_outage_and_resumes_when_it_returns(
     own_redis, postgres_down, housekeeper, chat_pool, alice, command, store
 ):
+    give_work, printed = COMMANDS[command]
     process = housekeeper(command, RECONCILE_AFTER_SECONDS="0")
-    if command != "reconcile_queries":
-        process.wait_for(COMMANDS[command])
+    give_work(own_redis.url, alice)
+    process.wait_for(printed)
 
     with outage(store, own_redis):
         time.sleep(OUTAGE_SECONDS)
         assert process.process.poll() is None, process.lines[-20:]
     seen = len(process.lines)
-    if command == "reconcile_queries":
-        lose_a_query(own_redis.url, alice)
+    give_work(own_redis.url, alice)
 
-    process.wait_for(COMMANDS[command], after=seen)
-    assert any("unavailable" in line for line in process.lines), "the outage was not met"
+    process.wait_for(printed, after=seen)
+    assert any("a store is unavailable" in line for line in process.lines[:seen]), "no round met the outage"
+
+
+def served(alice, query_id: str) -> str:
+    """Wait for the query to end; return how."""
+    deadline = time.monotonic() + RESUME_TIMEOUT
+    while True:
+        status = next(query["status"] for query in previous_queries(alice) if query["query_id"] == query_id)
+        if status in ("done", "failed") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
 
 
 def test_a_realm_worker_outlives_a_redis_outage_and_serves_queries_when_it_returns(own_redis, chat_pool, alice):
     worker = start_rq_worker(redis.Redis.from_url(own_redis.url), *WORKER_KINDS["concurrent"])
     try:
+        before = lifecycle.accept_query(alice.guid, parse_submission(SUBMISSION))["query_id"]
+        assert served(alice, before) == "done"
+
         with outage("redis", own_redis):
             time.sleep(OUTAGE_SECONDS)
-        query_id = lifecycle.accept_query(alice.guid, parse_submission(SUBMISSION))["query_id"]
-        deadline = time.monotonic() + RESUME_TIMEOUT
-        while previous_queries(alice)[0]["status"] not in ("done", "failed") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        after = lifecycle.accept_query(alice.guid, parse_submission(SUBMISSION))["query_id"]
 
+        assert served(alice, after) == "done"
         assert worker.poll() is None, "the worker exited"
-        assert [(query["query_id"], query["status"]) for query in previous_queries(alice)] == [(query_id, "done")]
     finally:
         stop_rq_worker(worker)

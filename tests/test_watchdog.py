@@ -10,6 +10,7 @@ import orjson
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
+from django.core.checks import run_checks
 from rq import Worker as RQWorker
 
 from accounts.models import Charge, Query
@@ -148,3 +149,10 @@ def test_killing_the_supervisor_leaves_no_child_running(supervised):
     process.wait()
 
     wait_until(lambda: not running(tree), 20, f"{len(running(tree))} of the supervisor's {len(tree)} descendants live on")
+
+
+def test_the_checks_warn_of_a_stuck_time_that_a_late_heartbeat_reaches(settings):
+    settings.RENTAHAL_WORKER_HEARTBEAT = 5
+    settings.RENTAHAL_WORKER_STUCK_SECONDS = 15
+
+    assert "rentahal.W003" in [message.id for message in run_checks()]
