@@ -7,6 +7,7 @@ leads its own process group, so the supervisor can take a child down with everyt
 started (`os.killpg`). Elsewhere than Linux the groups remain and the death signal is skipped.
 """
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -28,17 +29,24 @@ def die_with_parent(parent_pid: int | None) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if c_library().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if parent_pid is not None and os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@functools.cache
+def c_library() -> ctypes.CDLL:
+    """Return the C library, loaded before any fork: between fork and exec a child of a
+    threaded parent must not take the loader's locks."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def start_in_own_group(parent_pid: int):
     """Return the `preexec_fn` of a supervised child: its own process group (so the
     supervisor can kill it whole, and a terminal's Ctrl-C reaches only the supervisor, which
     stops it in order) and death with `parent_pid`."""
+    c_library()
 
     def prepare_child() -> None:
         os.setpgid(0, 0)
@@ -50,6 +58,7 @@ def start_in_own_group(parent_pid: int):
 def make_forks_die_with_this_process() -> None:
     """Have every child this process forks from now on (RQ's scheduler, a ForkProcess) die
     with it, so a realm worker killed with SIGKILL leaves no orphan behind."""
+    c_library()
     os.register_at_fork(before=_note_forking_pid, after_in_child=_die_with_forking_parent)
 
 
