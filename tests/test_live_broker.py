@@ -52,7 +52,7 @@ def broker(transactional_db, default_realms):
     process, port = start_broker()
     yield port
     process.terminate()
-    process.wait(timeout=30)
+    process.wait(timeout=90)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def broker_without_model(transactional_db, default_realms):
     process, port = start_broker("--no-local-model")
     yield port
     process.terminate()
-    process.wait(timeout=30)
+    process.wait(timeout=90)
 
 
 async def read_until(ws, frame_type: str, timeout: float = 30) -> dict:
