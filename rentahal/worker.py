@@ -29,7 +29,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from rentahal.db_threads import DatabaseThreads
-from rentahal.errors import STORE_OUTAGES
+from rentahal.errors import REDIS_OUTAGES
 from rentahal.http_session import process_session
 from rentahal.rq_mirror import BatchedBookkeeping, Finished
 
@@ -158,7 +158,7 @@ class ConcurrentWorker(BatchedBookkeeping):
                 free = min(free, max_jobs - started)
             try:
                 jobs = await asyncio.to_thread(self.take_jobs, free, wait=not (burst or is_backlogged))
-            except STORE_OUTAGES as exc:
+            except REDIS_OUTAGES as exc:
                 await self.wait_out_outage(exc)
                 continue
             self._outage_pause = 0.0

@@ -25,7 +25,7 @@ from accounts.actions.users import has_sysop, issue_sysop_claim
 from pools import actions as pools
 from pools.local_model import MODEL_NAME
 from realms.models import Realm
-from rentahal.errors import STORE_OUTAGES, Invalid
+from rentahal.errors import REDIS_OUTAGES, Invalid
 from rentahal.queues import redis_connection
 from rentahal.supervision import kill_group, start_in_own_group
 
@@ -144,7 +144,7 @@ class Watchdog:
                 for worker in self.workers:
                     pipeline.hget(f"{RQWorker.redis_worker_namespace_prefix}{worker.worker_name}", "last_heartbeat")
                 heartbeats = pipeline.execute()
-        except STORE_OUTAGES as exc:
+        except REDIS_OUTAGES as exc:
             if self.was_reachable:
                 logger.warning("watchdog: Redis unavailable (%s); realm workers are not judged until it is back", exc)
             self.was_reachable = False
