@@ -105,14 +105,18 @@ class RealmWorker(Child):
         super().__init__(f"realm worker {realm.name}", [], env)
         self.realm_name = realm.name
         self.slug = realm.queue_name.rsplit(".", 1)[-1]
-        self.worker_name = ""
         self.last_heartbeat: bytes | None = None
         # When the heartbeat was last seen to move, or the watch started afresh.
         self.alive_at = 0.0
+        self.rename()
+
+    def rename(self) -> None:
+        self.worker_name = f"rentahal-{self.slug}-{uuid.uuid4().hex[:12]}"
+        self.argv = manage("run_realm_worker", "--name", self.worker_name, self.realm_name)
 
     def start(self) -> None:
-        self.worker_name = f"rentahal-{self.slug}-{uuid.uuid4().hex[:12]}"
-        self.argv = manage("run_realm_worker", self.realm_name, "--name", self.worker_name)
+        if self.process is not None:
+            self.rename()
         super().start()
         self.last_heartbeat = None
         self.alive_at = time.monotonic()
