@@ -62,6 +62,25 @@ class FoundingUser(models.Model):
         return self.guid
 
 
+class SysopClaim(models.Model):
+    """A one-time token that makes whoever presents it first a sysop (`manage.py
+    sysop_claim_token`, or printed by `run_broker`): a fresh deployment's operator step.
+
+    Only the token's SHA-256 is kept, so the table does not hand out sysop to whoever can
+    read it. It lives on `default`, like `FoundingUser`: who may become sysop is a fact
+    about the whole system.
+    """
+
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=36, blank=True, help_text="Guid of the user it made sysop.")
+
+    def __str__(self):
+        return f"sysop claim of {self.created_at:%Y-%m-%d %H:%M}"
+
+
 class Query(models.Model):
     class Status(models.TextChoices):
         ACCEPTED = "accepted"

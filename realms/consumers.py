@@ -8,7 +8,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.actions.queries import previous_queries
-from accounts.actions.users import GUID_COOKIE, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
+from accounts.actions.users import (
+    GUID_COOKIE, claim_sysop, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname,
+)
 from accounts.billing import system_totals
 from pools import actions as pools
 from realms import lifecycle
@@ -23,7 +25,7 @@ from rentahal.pushes import BROADCAST_GROUP, SYSOP_GROUP, frame_event, user_grou
 logger = logging.getLogger(__name__)
 
 # The registered WebSocket close code "Try Again Later" (IANA's WebSocket Close Code Number
-# Registry): the handshake met a Redis outage (docs/protocol.md §1).
+# Registry): the handshake met a Redis or Postgres outage (docs/protocol.md §1).
 TRY_AGAIN_LATER = 1013
 
 
@@ -57,7 +59,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         try:
             await self.greet()
         except STORE_OUTAGES as exc:
-            logger.warning("Redis unavailable while greeting a socket: %s", exc)
+            logger.warning("store unavailable while greeting a socket: %s", exc)
             await self.close_for_outage()
 
     async def close_for_outage(self):
@@ -142,7 +144,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             logger.info("refused a frame from %s: %s %s", self.user.guid, exc.code, exc.message)
             await self.send_json(error_frame(exc))
         except STORE_OUTAGES as exc:
-            logger.warning("Redis unavailable for a frame from %s: %s", self.user.guid, exc)
+            logger.warning("store unavailable for a frame from %s: %s", self.user.guid, exc)
             await self.send_json(error_frame(temporarily_unavailable()))
 
     async def receive_json(self, content, **kwargs):
@@ -213,6 +215,11 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         self.user = await on_db_thread(set_nickname)(self.user, nickname)
         await self.send_user_info()
 
+    async def claim_sysop(self, content):
+        """Become sysop with the operator's one-time token; the user's sockets are then sent
+        `user_info` again (`accounts.actions.users.set_sysop`'s push)."""
+        await on_db_thread(claim_sysop)(self.user.guid, require_str(content, "token"))
+
     async def pong(self, content):
         """Heartbeat answer; receiving it is all that matters."""
 
@@ -267,6 +274,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         "submit_query": submit_query,
         "vision_chunk": vision_chunk,
         "set_nickname": set_nickname,
+        "claim_sysop": claim_sysop,
         "get_previous_queries": send_previous_queries,
         "pong": pong,
         "get_stats": get_stats,

@@ -55,6 +55,20 @@ def check_rq_version(app_configs, **kwargs):
     )]
 
 
+@register()
+def check_watchdog(app_configs, **kwargs):
+    """Warn when run_broker's watchdog would kill realm workers whose heartbeat is only late:
+    a worker's jobs count as abandoned after three missed heartbeats, a worker not before."""
+    if settings.RENTAHAL_WORKER_STUCK_SECONDS > 3 * settings.RENTAHAL_WORKER_HEARTBEAT:
+        return []
+    return [Warning(
+        f"WORKER_STUCK_SECONDS ({settings.RENTAHAL_WORKER_STUCK_SECONDS:g}) is not above three "
+        f"WORKER_HEARTBEAT_SECONDS ({settings.RENTAHAL_WORKER_HEARTBEAT}): the watchdog kills workers that are merely busy.",
+        id="rentahal.W003",
+        hint="Set WORKER_STUCK_SECONDS above three heartbeats (the default is 20 s with 5 s heartbeats).",
+    )]
+
+
 @register(Tags.security, deploy=True)
 def check_deployment_doors(app_configs, **kwargs):
     """Refuse a deployment signing sessions with the published development key, and warn of

@@ -1,5 +1,6 @@
 """Refusals with a stable code, rendered in exactly two places: `error_frame` for the /ws
-consumer and `drf_exception_handler` for the APIs.
+consumer and `drf_exception_handler` for the APIs (and, for a store outage met by any HTTP
+request, `StoreOutageMiddleware` in the same shape).
 
 A refusal is a `BrokerError` (or a subclass) with a `code` a program can branch on, an HTTP
 status and a message a person can read; `Invalid` adds the fields at fault. DRF's own errors
@@ -19,10 +20,12 @@ frame that does not parse is `malformed`.
 import logging
 
 import redis
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import InterfaceError, OperationalError
-from django.http import Http404
+from django.db import InterfaceError, OperationalError, close_old_connections
+from django.http import Http404, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 from rest_framework import exceptions
 from rest_framework.settings import api_settings
 from rest_framework.response import Response
@@ -36,12 +39,17 @@ class BrokerError(Exception):
 
     code = "error"
     http_status = 400
+    # Seconds after which the same request may succeed: `retry_after` in the body, and the
+    # HTTP `Retry-After` header.
+    retry_after: float | None = None
 
-    def __init__(self, message: str, *, code: str | None = None):
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     @property
     def fields(self) -> dict[str, list[str]]:
@@ -97,15 +105,21 @@ class Unavailable(BrokerError):
 
 
 # What redis-py raises, from its sync and asyncio clients alike, while Redis is down, restarting
-# or not answering, and what Django raises while Postgres is (a connection refused or cut by a
-# restart): the request did nothing lasting and works again once the store is back.
-STORE_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError)
+# or not answering: the request did nothing lasting and works again once Redis is back.
+REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
+# What Django raises while Postgres is down, restarting or refusing connections, or when a
+# connection broke under a statement (and for a serialisation failure or a lock timeout,
+# which a retry also cures): the transaction did not commit.
+DATABASE_OUTAGES = (OperationalError, InterfaceError)
+STORE_OUTAGES = REDIS_OUTAGES + DATABASE_OUTAGES
 
 
 def temporarily_unavailable() -> Unavailable:
     """Return the refusal of a request that met a store outage (`STORE_OUTAGES`): send it again shortly."""
     return Unavailable(
-        "The broker's store is restarting; nothing was done. Try again in a few seconds.", code="temporarily_unavailable"
+        "The broker's store is restarting; nothing was done. Try again in a few seconds.",
+        code="temporarily_unavailable",
+        retry_after=settings.RENTAHAL_STORE_OUTAGE_RETRY_AFTER,
     )
 
 
@@ -116,8 +130,7 @@ class TooManyQueries(BrokerError):
     http_status = 429
 
     def __init__(self, message: str, *, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
 
 
 def describe_fields(fields: dict[str, list[str]]) -> str:
@@ -132,7 +145,7 @@ def error_body(error: BrokerError) -> dict:
     body = {"code": error.code, "message": error.message}
     if error.fields:
         body["fields"] = error.fields
-    if isinstance(error, TooManyQueries):
+    if error.retry_after is not None:
         body["retry_after"] = error.retry_after
     return body
 
@@ -190,6 +203,30 @@ def drf_exception_handler(exc, context):
     logger.info("refused %s: %s", error.code, error.message)
     response.data = {"error": error_body(error)}
     response.status_code = error.http_status
-    if isinstance(error, TooManyQueries):
-        response["Retry-After"] = str(max(1, round(error.retry_after)))
+    set_retry_after(response, error)
     return response
+
+
+def set_retry_after(response, error: BrokerError) -> None:
+    if error.retry_after is not None:
+        response["Retry-After"] = str(max(1, round(error.retry_after)))
+
+
+class StoreOutageMiddleware(MiddlewareMixin):
+    """Answer an HTTP request that met a Redis or Postgres outage (`STORE_OUTAGES`) with 503
+    `temporarily_unavailable` and `Retry-After`, instead of Django's 500: the APIs (DRF
+    hands on what its handler does not render), /metrics, the admin and the page alike.
+    """
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, STORE_OUTAGES):
+            return None
+        logger.warning("store unavailable for %s %s: %s", request.method, request.path, exception)
+        if isinstance(exception, DATABASE_OUTAGES):
+            # Drop the connection that broke now, not at the next request's start, so the
+            # first request after Postgres returns is served (as rentahal.db_threads does).
+            close_old_connections()
+        error = temporarily_unavailable()
+        response = JsonResponse({"error": error_body(error)}, status=error.http_status)
+        set_retry_after(response, error)
+        return response

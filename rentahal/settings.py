@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "rentahal.errors.StoreOutageMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -190,6 +191,12 @@ RENTAHAL_OUTCOME_RETENTION_DAYS = env.float("OUTCOME_RETENTION_DAYS", default=30
 RENTAHAL_RECONCILE_AFTER = env.float("RECONCILE_AFTER_SECONDS", default=10.0)
 RENTAHAL_RECONCILE_EVERY = env.float("RECONCILE_EVERY_SECONDS", default=5.0)
 RENTAHAL_WORKER_HEARTBEAT = env.int("WORKER_HEARTBEAT_SECONDS", default=5)
+# run_broker's watchdog kills (whole process group) and restarts a realm worker whose RQ
+# heartbeat has not moved for this long though its process lives (frozen, its loop blocked).
+RENTAHAL_WORKER_STUCK_SECONDS = env.float("WORKER_STUCK_SECONDS", default=20.0)
+# The `retry_after` hint (and HTTP Retry-After) of a request refused because Redis or
+# Postgres was unreachable (`temporarily_unavailable`).
+RENTAHAL_STORE_OUTAGE_RETRY_AFTER = env.float("STORE_OUTAGE_RETRY_AFTER_SECONDS", default=5.0)
 RENTAHAL_DB_RETRY_SECONDS = env.float("DB_RETRY_SECONDS", default=60.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how
 # long a query waits when every member is at its concurrency cap (it holds a realm-worker
@@ -234,3 +241,6 @@ RENTAHAL_SCALING_HOOK = env("SCALING_HOOK", default="realms.scaling.log_advice")
 RENTAHAL_METRICS_TOKEN = env("METRICS_TOKEN", default="")
 RENTAHAL_METRICS_ALLOWED_ADDRESSES = env.list("METRICS_ALLOWED_ADDRESSES", default=[])
 RENTAHAL_FIRST_VISITOR_IS_SYSOP = env.bool("FIRST_VISITOR_IS_SYSOP", default=False)
+# How long a sysop claim token (`manage.py sysop_claim_token`, printed by `run_broker`) may
+# be used before it expires.
+RENTAHAL_SYSOP_CLAIM_TTL = env.float("SYSOP_CLAIM_TTL_SECONDS", default=3600.0)

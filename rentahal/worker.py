@@ -29,6 +29,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from rentahal.db_threads import DatabaseThreads
+from rentahal.errors import REDIS_OUTAGES
 from rentahal.http_session import process_session
 from rentahal.rq_mirror import BatchedBookkeeping, Finished
 
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # Seconds between looks at RQ's suspension flag, as RQ's own `check_for_suspension` sleeps.
 SUSPENSION_POLL_SECONDS = 1.0
+# Pauses between dequeues while Redis is unreachable: the first, doubling up to the last.
+FIRST_OUTAGE_PAUSE = 0.5
+LAST_OUTAGE_PAUSE = 8.0
 
 
 class JobStoppedOnRequest(Exception):
@@ -70,6 +74,8 @@ class ConcurrentWorker(BatchedBookkeeping):
             for n in range(max(1, db_threads))
         ]
         self._jobs_started = 0
+        # The current pause between dequeues in a Redis outage (0: Redis answers).
+        self._outage_pause = 0.0
         self.shutdown_grace = shutdown_grace
         self.in_flight: dict[str, tuple[asyncio.Task, Job, Execution]] = {}
         self.completed_jobs = 0
@@ -150,7 +156,12 @@ class ConcurrentWorker(BatchedBookkeeping):
                 continue
             if max_jobs is not None:
                 free = min(free, max_jobs - started)
-            jobs = await asyncio.to_thread(self.take_jobs, free, wait=not (burst or is_backlogged))
+            try:
+                jobs = await asyncio.to_thread(self.take_jobs, free, wait=not (burst or is_backlogged))
+            except REDIS_OUTAGES as exc:
+                await self.wait_out_outage(exc)
+                continue
+            self._outage_pause = 0.0
             is_backlogged = len(jobs) >= free
             if not jobs:
                 if not burst:
@@ -162,6 +173,17 @@ class ConcurrentWorker(BatchedBookkeeping):
                 continue
             started += len(jobs)
             self.start_jobs(jobs)
+
+    async def wait_out_outage(self, exc: Exception) -> None:
+        """Pause before dequeuing again after Redis failed, doubling the pause while the
+        outage lasts: the worker outlives a Redis restart instead of exiting (jobs in flight
+        run on; their bookkeeping failures are logged and the reconciler repairs them)."""
+        self._outage_pause = min(2 * self._outage_pause, LAST_OUTAGE_PAUSE) or FIRST_OUTAGE_PAUSE
+        self.log.warning("Worker %s: Redis unavailable (%s); dequeuing again in %.1f s", self.name, exc, self._outage_pause)
+        try:
+            await asyncio.wait_for(self._stopping.wait(), self._outage_pause)
+        except TimeoutError:
+            pass
 
     # -- rq suspend ----------------------------------------------------------------------
 

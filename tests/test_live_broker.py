@@ -22,16 +22,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_broker(*extra: str) -> tuple[subprocess.Popen, int]:
+def start_broker(*extra: str, env: dict[str, str] | None = None, stdout=None) -> tuple[subprocess.Popen, int]:
+    """Start `run_broker` on free ports, with `env` added to the test environment, and wait until it serves the page."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_broker", "--port", str(port), "--model-port", str(free_port()), *extra],
         cwd=PROJECT_DIR,
         # The bundled model answers in about a second on a quiet machine; the unit tests'
         # 3 s read timeout would fail it whenever the machine is busy.
-        env={**worker_environment(), "MODEL_READ_TIMEOUT": "60"},
+        env={**worker_environment(), "MODEL_READ_TIMEOUT": "60", **(env or {})},
+        stdout=stdout,
+        text=True,
     )
-    deadline = time.monotonic() + 60
+    # Migrating (checking) four databases and booting a dozen processes on a loaded machine.
+    deadline = time.monotonic() + 180
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
@@ -48,7 +52,7 @@ def broker(transactional_db, default_realms):
     process, port = start_broker()
     yield port
     process.terminate()
-    process.wait(timeout=30)
+    process.wait(timeout=90)
 
 
 @pytest.fixture
@@ -56,7 +60,7 @@ def broker_without_model(transactional_db, default_realms):
     process, port = start_broker("--no-local-model")
     yield port
     process.terminate()
-    process.wait(timeout=30)
+    process.wait(timeout=90)
 
 
 async def read_until(ws, frame_type: str, timeout: float = 30) -> dict:

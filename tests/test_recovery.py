@@ -7,10 +7,8 @@ import os
 import signal
 import time
 
-import psycopg
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 
 from accounts.models import Charge, Query
 from conftest import WORKER_KINDS
@@ -18,6 +16,7 @@ from realms.models import Realm
 from realms.reconcile import reconcile_queries
 from rentahal.queues import get_queue, redis_connection
 from rentahal.worker import ConcurrentWorker
+from tests.outages import set_test_databases_reachable
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -108,25 +107,6 @@ async def test_queries_in_flight_on_a_killed_worker_are_run_again_and_charged_on
 WORKER_APPLICATION_NAME = "rentahal-test-worker"
 
 
-def set_test_databases_reachable(is_reachable: bool) -> None:
-    """Open or shut every test database to the realm worker, as a Postgres restart does:
-    shut, each refuses new connections and the worker's open ones are dropped (the test's
-    own are kept for its teardown)."""
-    names = [connection.settings_dict["NAME"] for connection in connections.all()]
-    db = connections["default"].settings_dict
-    with psycopg.connect(
-        host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"] or None, dbname="postgres",
-        autocommit=True,
-    ) as admin:
-        for name in names:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"true" if is_reachable else "false"}')
-        if not is_reachable:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY(%s) AND application_name = %s",
-                [names, WORKER_APPLICATION_NAME],
-            )
-
-
 async def test_an_answer_that_comes_while_postgres_is_down_is_stored_once_it_is_back(
     start_worker, fake_servers, register_worker, alice, connect, monkeypatch
 ):
@@ -139,7 +119,7 @@ async def test_an_answer_that_comes_while_postgres_is_down_is_stored_once_it_is_
     query_id = await submit(client, "answered in the dark")
     await wait_until_running([query_id])
 
-    await sync_to_async(set_test_databases_reachable)(False)
+    await sync_to_async(set_test_databases_reachable)(False, application_name=WORKER_APPLICATION_NAME)
     try:
         # The model answers after 1 s; the finish meets the closed databases.
         await asyncio.sleep(4)

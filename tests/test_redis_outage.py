@@ -3,8 +3,6 @@ dropped with 1011, no handshake fails with HTTP 500, and the same socket works a
 Redis is back. Redis here is a server of the test's own, on a spare loopback port, stopped
 and started again on that port mid-test."""
 import contextlib
-import socket
-import subprocess
 import time
 
 import pytest
@@ -16,78 +14,19 @@ from django.db import connections
 from accounts.actions.queries import previous_queries
 from accounts.models import Query
 from conftest import start_rq_worker, stop_rq_worker
-from realms import chunks, lifecycle
+from realms import lifecycle
 from realms.consumers import TRY_AGAIN_LATER
 from realms.frames import parse_submission
 from realms.reconcile import reconcile_queries
-from rentahal import queues, sharding
+from rentahal import sharding
 from rentahal.pushes import frame_event, user_group
+from tests.outages import RestartableRedis, own_redis  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SUBMISSION = {"prompt": "hello", "query_type": "chat", "model_type": "worker_node", "model_name": "fake-model"}
 # redis-py retries a refused connection with backoff before it gives up, a few seconds at most.
 OUTAGE_ANSWER_TIMEOUT = 30
-
-
-class RestartableRedis:
-    """A redis-server of the test's own, without persistence, that can be stopped and started on its port."""
-
-    def __init__(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-def forget_redis_clients() -> None:
-    """Drop the clients this process keeps of Redis, so the next use connects to REDIS_URL as it is now."""
-    queues.client_for_url.cache_clear()
-    queues.get_queue.cache_clear()
-    chunks._clients.clear()
-    sharding._redis_client = None
-
-
-@pytest.fixture
-def own_redis(settings, default_realms):
-    """Point REDIS_URL, the RQ queues and the channel layer at a redis-server of this test's own."""
-    server = RestartableRedis()
-    server.start()
-    layer = settings.CHANNEL_LAYERS["default"]
-    settings.CHANNEL_LAYERS = {
-        "default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": [{"address": server.url, "max_connections": 1000}]}}
-    }
-    settings.REDIS_URL = server.url
-    settings.RQ_QUEUES = {name: {**queue, "URL": server.url} for name, queue in settings.RQ_QUEUES.items()}
-    forget_redis_clients()
-    yield server
-    server.stop()
-    forget_redis_clients()
 
 
 async def answer_to(client, frame: dict) -> dict:

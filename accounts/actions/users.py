@@ -1,20 +1,24 @@
 """Every write to users: creation (the first visitor is sysop only with FIRST_VISITOR_IS_SYSOP),
-making a sysop, nicknames and bans; the actor of a ban or of a new sysop is the keyword-only
+making a sysop (by an operator, or by a one-time claim token), nicknames and bans; the actor of a ban or of a new sysop is the keyword-only
 `acting_user` of `rentahal.actors`.
 
 Each write runs inside `rentahal.sharding.writing_for`, which resolves the user's shard
 under the prefix's fence, so a shard move never loses a write or lets one land on the old
 shard.
 """
+import datetime
+import hashlib
 import logging
+import secrets
 import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from accounts.models import FoundingUser, User
+from accounts.models import FoundingUser, SysopClaim, User
 from rentahal.actors import describe_actor
-from rentahal.errors import BrokerError, NotFound
+from rentahal.errors import BrokerError, Forbidden, NotFound
 from rentahal.pushes import send_event_on_commit, user_group
 from rentahal.sharding import serialised_across_shards, shard_aliases, shard_for_guid, writing_for
 
@@ -103,6 +107,56 @@ def set_sysop(guid: str, is_sysop: bool, *, acting_user) -> User:
     user.is_sysop = is_sysop
     logger.info("user %s %s sysop by %s", user.guid, "made" if is_sysop else "no longer", describe_actor(acting_user))
     return user
+
+
+def issue_sysop_claim() -> tuple[str, datetime.datetime]:
+    """Return a new one-time sysop claim token and when it expires.
+
+    The operator's way to name a fresh deployment's first sysop without knowing their guid
+    (`manage.py sysop_claim_token`, `run_broker`): whoever presents it first with
+    `claim_sysop` becomes sysop. Only its hash is stored.
+    """
+    token = secrets.token_urlsafe(32)
+    expires_at = timezone.now() + datetime.timedelta(seconds=settings.RENTAHAL_SYSOP_CLAIM_TTL)
+    SysopClaim.objects.using("default").create(token_hash=hash_claim_token(token), expires_at=expires_at)
+    logger.info("sysop claim token issued, valid until %s", expires_at.isoformat())
+    return token, expires_at
+
+
+def claim_sysop(guid: str, token: str) -> User:
+    """Make the user sysop with a claim token, which can then never be used again.
+
+    The token is spent before the user is made sysop (two databases, no common
+    transaction): a failure in between leaves a spent token and no new sysop, and the
+    operator issues another, rather than a token that could make a second sysop.
+    """
+    now = timezone.now()
+    with transaction.atomic(using="default", durable=True):
+        claim = SysopClaim.objects.using("default").select_for_update().filter(token_hash=hash_claim_token(token)).first()
+        if claim is None:
+            raise Forbidden("That sysop claim token is not one the operator issued.", code="claim_token_unknown")
+        if claim.claimed_at is not None:
+            raise Forbidden("That sysop claim token has already been used.", code="claim_token_used")
+        if claim.expires_at <= now:
+            raise Forbidden(
+                "That sysop claim token has expired; the operator can issue a new one with "
+                "`manage.py sysop_claim_token`.",
+                code="claim_token_expired",
+            )
+        claim.claimed_at = now
+        claim.claimed_by = guid
+        claim.save(using="default", update_fields=["claimed_at", "claimed_by"])
+    logger.info("user %s claimed sysop with a token", guid)
+    return set_sysop(guid, True, acting_user=None)
+
+
+def hash_claim_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def has_sysop() -> bool:
+    """Return whether any user on any shard is sysop."""
+    return any(User.objects.using(alias).filter(is_sysop=True).exists() for alias in shard_aliases())
 
 
 def set_nickname(user: User, nickname: str) -> User:

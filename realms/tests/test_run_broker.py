@@ -12,4 +12,6 @@ def test_run_broker_starts_one_realm_worker_per_realm_serving_only_that_realm(de
 
     served = sorted(worker.argv[-1] for worker in workers)
     assert served == sorted(Realm.objects.values_list("name", flat=True))
-    assert all(worker.argv[-2] == "run_realm_worker" for worker in workers)
+    # Each under an RQ worker name of its own, which the watchdog reads its heartbeat by.
+    assert all(worker.argv[-4:-1] == ["run_realm_worker", "--name", worker.worker_name] for worker in workers)
+    assert len({worker.worker_name for worker in workers}) == len(workers)

@@ -9,19 +9,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import psycopg
+from environ import Env
 from psycopg import sql
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from rq import Worker as RQWorker
 
+from accounts.actions.users import has_sysop, issue_sysop_claim
 from pools import actions as pools
 from pools.local_model import MODEL_NAME
 from realms.models import Realm
-from rentahal.errors import Invalid
+from rentahal.errors import REDIS_OUTAGES, Invalid
+from rentahal.queues import redis_connection
+from rentahal.supervision import kill_group, start_in_own_group
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +37,17 @@ CHAT_POOL = "$CHAT"
 # bundled model and a developer's own servers listen on loopback (rentahal.outbound).
 LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
 RESTART_BACKOFF_SECONDS = 2.0
+# How long a realm worker may take from its start to its first RQ heartbeat: booting Django
+# on a loaded machine takes seconds, far beyond a heartbeat interval.
+STARTUP_GRACE_SECONDS = 120.0
 
 
 class Child:
-    """A supervised child process, restarted when it dies (an RQ worker may exit on a Redis failover)."""
+    """A supervised child process, restarted when it dies (an RQ worker may exit on a Redis failover).
+
+    It leads its own process group and dies with the supervisor (`rentahal.supervision`),
+    so neither its death nor the supervisor's leaves an orphan running.
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]):
         self.name = name
@@ -44,7 +57,9 @@ class Child:
         self.started_at = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=self.env)
+        self.process = subprocess.Popen(
+            self.argv, cwd=settings.BASE_DIR, env=self.env, preexec_fn=start_in_own_group(os.getpid())
+        )
         self.started_at = time.monotonic()
         logger.info("started %s (pid %d)", self.name, self.process.pid)
 
@@ -52,8 +67,16 @@ class Child:
         if self.process.poll() is None:
             return
         logger.warning("%s exited with %s; restarting", self.name, self.process.returncode)
+        # Whatever it started and left behind (RQ's scheduler) is still in its group.
+        kill_group(self.process.pid)
         if time.monotonic() - self.started_at < RESTART_BACKOFF_SECONDS:
             time.sleep(RESTART_BACKOFF_SECONDS)
+        self.start()
+
+    def kill_and_restart(self, reason: str) -> None:
+        logger.error("%s (pid %d) %s; killing it and starting another", self.name, self.process.pid, reason)
+        kill_group(self.process.pid)
+        self.process.wait()
         self.start()
 
     def stop(self) -> None:
@@ -66,7 +89,85 @@ class Child:
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            pass
+        kill_group(self.process.pid)
+        self.process.wait()
+
+
+class RealmWorker(Child):
+    """A realm worker under the watchdog: alive is not enough, its RQ heartbeat must move.
+
+    Each start gets a fresh RQ worker name (RQ refuses a name whose key a killed worker
+    left behind), under which `Watchdog` reads its heartbeat.
+    """
+
+    def __init__(self, realm: Realm, env: dict[str, str]):
+        super().__init__(f"realm worker {realm.name}", [], env)
+        self.realm_name = realm.name
+        self.slug = realm.queue_name.rsplit(".", 1)[-1]
+        self.last_heartbeat: bytes | None = None
+        # When the heartbeat was last seen to move, or the watch started afresh.
+        self.alive_at = 0.0
+        self.rename()
+
+    def rename(self) -> None:
+        self.worker_name = f"rentahal-{self.slug}-{uuid.uuid4().hex[:12]}"
+        self.argv = manage("run_realm_worker", "--name", self.worker_name, self.realm_name)
+
+    def start(self) -> None:
+        if self.process is not None:
+            self.rename()
+        super().start()
+        self.last_heartbeat = None
+        self.alive_at = time.monotonic()
+
+    def note_heartbeat(self, heartbeat: bytes | None, now: float) -> None:
+        if heartbeat is not None and heartbeat != self.last_heartbeat:
+            self.last_heartbeat = heartbeat
+            self.alive_at = now
+
+
+class Watchdog:
+    """Kill and restart realm workers that live but whose RQ heartbeat stopped moving for
+    `RENTAHAL_WORKER_STUCK_SECONDS` (a frozen process, an event loop blocked by a call), or
+    that never sent one within `STARTUP_GRACE_SECONDS` of their start.
+
+    Their jobs are then abandoned in RQ's started registry, and the reconciler runs them
+    again (README, "Lost work is re-run"). Time counts only while Redis answers the watchdog:
+    a worker cannot renew its heartbeat during a Redis outage, so each is given the full
+    time again once Redis is back.
+    """
+
+    def __init__(self, workers: list[RealmWorker]):
+        self.workers = workers
+        self.was_reachable = True
+
+    def look(self) -> None:
+        try:
+            with redis_connection().pipeline(transaction=False) as pipeline:
+                for worker in self.workers:
+                    pipeline.hget(f"{RQWorker.redis_worker_namespace_prefix}{worker.worker_name}", "last_heartbeat")
+                heartbeats = pipeline.execute()
+        except REDIS_OUTAGES as exc:
+            if self.was_reachable:
+                logger.warning("watchdog: Redis unavailable (%s); realm workers are not judged until it is back", exc)
+            self.was_reachable = False
+            return
+        now = time.monotonic()
+        if not self.was_reachable:
+            self.was_reachable = True
+            for worker in self.workers:
+                worker.alive_at = now
+        for worker, heartbeat in zip(self.workers, heartbeats):
+            worker.note_heartbeat(heartbeat, now)
+            stuck_for = now - worker.alive_at
+            if worker.process.poll() is not None:
+                continue
+            if worker.last_heartbeat is None:
+                if stuck_for > STARTUP_GRACE_SECONDS:
+                    worker.kill_and_restart(f"did not register with RQ within {stuck_for:.0f} s")
+            elif stuck_for > settings.RENTAHAL_WORKER_STUCK_SECONDS:
+                worker.kill_and_restart(f"renewed no heartbeat for {stuck_for:.0f} s")
 
 
 def fresh_metrics_dir() -> Path:
@@ -128,14 +229,11 @@ def create_database_if_missing(alias: str) -> None:
             logger.info("created database %s", db["NAME"])
 
 
-def realm_workers(env: dict[str, str]) -> list[Child]:
+def realm_workers(env: dict[str, str]) -> list[RealmWorker]:
     """Return one realm worker per realm, so a backlog in one realm (a chat flood) never
     delays another's queries: each pops only its own queue. A realm created later is
     served once the broker restarts."""
-    return [
-        Child(f"realm worker {realm.name}", manage("run_realm_worker", realm.name), env)
-        for realm in Realm.objects.order_by("name")
-    ]
+    return [RealmWorker(realm, env) for realm in Realm.objects.order_by("name")]
 
 
 class Command(BaseCommand):
@@ -191,8 +289,10 @@ class Command(BaseCommand):
                 pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME], acting_user=None)
                 self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
             every = str(options["housekeeping_every"])
+            workers = realm_workers(env)
+            watchdog = Watchdog(workers)
             for child in [
-                *realm_workers(env),
+                *workers,
                 # Lost and abandoned jobs are found within seconds (README, "Lost work is re-run").
                 Child("reconciler", manage("reconcile_queries", "--every", str(settings.RENTAHAL_RECONCILE_EVERY)), env),
                 Child("health checker", manage("check_worker_health", "--every", every), env),
@@ -201,10 +301,18 @@ class Command(BaseCommand):
             ]:
                 child.start()
                 children.append(child)
-            self.stdout.write(f"rentahal is up at http://{options['host']}:{options['port']}/ (admin at /admin/)")
+            base_url = f"http://{options['host']}:{options['port']}"
+            self.stdout.write(f"rentahal is up at {base_url}/ (admin at /admin/)")
+            if not Env.parse_value(env["FIRST_VISITOR_IS_SYSOP"], bool) and not has_sysop():
+                token, expires_at = issue_sysop_claim()
+                self.stdout.write(
+                    f"no sysop yet: open {base_url}/?claim={token} before {expires_at:%H:%M:%S %Z} to become sysop "
+                    "(the token works once; `manage.py sysop_claim_token` issues another)"
+                )
             while not stopping:
                 for child in children:
                     child.restart_if_dead()
+                watchdog.look()
                 time.sleep(0.5)
         finally:
             for child in reversed(children):

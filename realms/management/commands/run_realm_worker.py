@@ -6,6 +6,7 @@ from rq import SimpleWorker
 
 from realms.models import Realm
 from rentahal.queues import get_queue
+from rentahal.supervision import make_forks_die_with_this_process
 from rentahal.worker import ConcurrentWorker
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown realm(s): {', '.join(sorted(unknown))}")
         if not realms:
             raise CommandError("There are no realms; run `manage.py migrate` first.")
+        # RQ's scheduler is a forked process: it must not outlive a worker killed with SIGKILL.
+        make_forks_die_with_this_process()
         queues = [get_queue(realm.queue_name) for realm in realms]
         if options["concurrency"] > 1:
             worker = ConcurrentWorker(
