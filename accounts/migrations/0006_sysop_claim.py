@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_idempotency_key_and_fair_share_slots'),
+        ('accounts', '0005_query_conversation_id'),
     ]
 
     operations = [
