@@ -91,7 +91,9 @@ class FakeModelServer:
         # handler_cancellation ends a hung handler when its client gives up, so in_flight stays true.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        # A backlog like a production server's (uvicorn's default is 2,048): with aiohttp's
+        # 128, a thousand streams opened at once found connects timing out.
+        site = web.TCPSite(self._runner, host, port, backlog=4096)
         await site.start()
         self.host = host
         self.port = self._runner.addresses[0][1]
