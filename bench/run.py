@@ -533,6 +533,9 @@ def run(args) -> dict:
             query_ids = through.pop("query_ids")
             through["stored_done"] = Query.objects.filter(pk__in=query_ids, status=Query.Status.DONE).count()
             through["billed"] = Charge.objects.filter(query_id__in=query_ids).count()
+            # Each level as it ends, on stderr: a run on a busy box may not get to the end.
+            print(json.dumps({"wire_format": wire_format, "clients": clients, "direct": direct, "websocket": through}),
+                  file=sys.stderr, flush=True)
             return direct, through
 
         results["direct"], results["websocket"], results["overhead"] = {}, {}, {}
