@@ -530,6 +530,7 @@ def run(args) -> dict:
             cpu_before = meter.read()
             through = asyncio.run(websocket_load(ws_url, clients, total))
             through["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, meter.read(), through["requests"])
+            through["left_unfinished"] = wait_for_quiet(Query)
             query_ids = through.pop("query_ids")
             through["stored_done"] = Query.objects.filter(pk__in=query_ids, status=Query.Status.DONE).count()
             through["billed"] = Charge.objects.filter(query_id__in=query_ids).count()
@@ -586,6 +587,15 @@ def run(args) -> dict:
     results["load_average_at_end"] = os.getloadavg()
     results["targets"] = judge(results, sizes)
     return results
+
+
+def wait_for_quiet(query_model, timeout: float = 180) -> int:
+    """Wait until no query is unfinished (those a client gave up on are still served), so the
+    next level does not queue behind them; return how many were still unfinished at the end."""
+    deadline = time.monotonic() + timeout
+    while (left := query_model.objects.filter(status__in=query_model.UNFINISHED).count()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def serve_only(fake_url: str, wire_format: str, *, tokens: int = 0, token_delay: float = 0.0) -> None:
