@@ -357,9 +357,10 @@ async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
     for start in range(0, clients, 64):
         sockets += await asyncio.gather(*(open_socket(ws_url, str(uuid.uuid4())) for _ in range(start, min(clients, start + 64))))
     budget, latencies, first_chunks, errors, received = Budget(total), [], [], 0, []
+    chunk_frames = 0
 
     async def client(sock):
-        nonlocal errors
+        nonlocal errors, chunk_frames
         while budget.take():
             started = time.perf_counter()
             first = None
@@ -368,8 +369,10 @@ async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     while True:
                         frame = orjson.loads(await sock.recv())
-                        if frame["type"] == "query_chunk" and first is None:
-                            first = time.perf_counter() - started
+                        if frame["type"] == "query_chunk":
+                            chunk_frames += 1
+                            if first is None:
+                                first = time.perf_counter() - started
                         if frame["type"] == "query_result":
                             latencies.append(time.perf_counter() - started)
                             received.append(frame["query_id"])
@@ -387,6 +390,7 @@ async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
     elapsed = time.perf_counter() - started
     await asyncio.gather(*(sock.close() for sock in sockets))
     summary = summarise(latencies, elapsed, errors, first_chunks)
+    summary["chunk_frames_per_query"] = round(chunk_frames / max(1, len(received)), 1)
     summary["query_ids"] = received
     return summary
 
