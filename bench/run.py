@@ -506,7 +506,6 @@ def run(args) -> dict:
 
     django.setup()
     from accounts.models import Charge, Query
-    from pools.models import Worker
     from realms.defaults import ensure_default_realms
     from realms.models import Realm
 
