@@ -505,6 +505,8 @@ def run(args) -> dict:
     import django
 
     django.setup()
+    from django.utils import timezone
+
     from accounts.models import Charge, Query
     from realms.defaults import ensure_default_realms
     from realms.models import Realm
@@ -531,9 +533,10 @@ def run(args) -> dict:
             direct = asyncio.run(direct_load(fake_url, clients, total, wire_format))
             meter = CpuMeter.for_run(processes, args.database)
             cpu_before = meter.read()
+            level_started = timezone.now()
             through = asyncio.run(websocket_load(ws_url, clients, total))
             through["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, meter.read(), through["requests"])
-            through["left_unfinished"] = wait_for_quiet(Query)
+            through["left_unfinished"] = wait_for_quiet(Query, level_started)
             query_ids = through.pop("query_ids")
             through["stored_done"] = Query.objects.filter(pk__in=query_ids, status=Query.Status.DONE).count()
             through["billed"] = Charge.objects.filter(query_id__in=query_ids).count()
@@ -592,11 +595,13 @@ def run(args) -> dict:
     return results
 
 
-def wait_for_quiet(query_model, timeout: float = 180) -> int:
-    """Wait until no query is unfinished (those a client gave up on are still served), so the
-    next level does not queue behind them; return how many were still unfinished at the end."""
+def wait_for_quiet(query_model, since, timeout: float = 180) -> int:
+    """Wait until no query accepted since `since` is unfinished (those a client gave up on are
+    still served), so the next level does not queue behind them; return how many were still
+    unfinished at the end."""
+    unfinished = query_model.objects.filter(status__in=query_model.UNFINISHED, accepted_at__gte=since)
     deadline = time.monotonic() + timeout
-    while (left := query_model.objects.filter(status__in=query_model.UNFINISHED).count()) and time.monotonic() < deadline:
+    while (left := unfinished.count()) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 
