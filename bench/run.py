@@ -349,8 +349,9 @@ async def open_socket(ws_url: str, guid: str):
             return socket_
 
 
-async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
-    """Each client is a user with its own socket and one query outstanding at a time."""
+async def websocket_load(ws_url: str, clients: int, total: int, meter: "CpuMeter | None" = None) -> dict:
+    """Each client is a user with its own socket and one query outstanding at a time; with
+    `meter`, the CPU per query of the queries alone (read once the sockets are open)."""
     submit = orjson.dumps({"type": "submit_query", "query": {
         "prompt": PROMPT, "query_type": "chat", "model_type": "worker_node", "model_name": ""}}).decode()
     sockets = []
@@ -385,11 +386,15 @@ async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
             except TimeoutError:
                 errors += 1
 
+    cpu_before = meter.read() if meter else None
     started = time.perf_counter()
     await asyncio.gather(*(client(sock) for sock in sockets))
     elapsed = time.perf_counter() - started
+    cpu_after = meter.read() if meter else None
     await asyncio.gather(*(sock.close() for sock in sockets))
     summary = summarise(latencies, elapsed, errors, first_chunks)
+    if meter:
+        summary["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, cpu_after, len(latencies))
     summary["chunk_frames_per_query"] = round(chunk_frames / max(1, len(received)), 1)
     summary["query_ids"] = received
     return summary
@@ -531,11 +536,8 @@ def run(args) -> dict:
         def measure(clients: int, total: int, wire_format: str) -> tuple[dict, dict]:
             """The same load direct and through /ws; the second with CPU per query and its rows checked."""
             direct = asyncio.run(direct_load(fake_url, clients, total, wire_format))
-            meter = CpuMeter.for_run(processes, args.database)
-            cpu_before = meter.read()
             level_started = timezone.now()
-            through = asyncio.run(websocket_load(ws_url, clients, total))
-            through["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, meter.read(), through["requests"])
+            through = asyncio.run(websocket_load(ws_url, clients, total, CpuMeter.for_run(processes, args.database)))
             through["left_unfinished"] = wait_for_quiet(Query, level_started)
             query_ids = through.pop("query_ids")
             through["stored_done"] = Query.objects.filter(pk__in=query_ids, status=Query.Status.DONE).count()
