@@ -36,6 +36,18 @@ REQUEST_TIMEOUT = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
+class Workload:
+    """A streamed answer the fake server gives (`tokens` pieces, `token_delay` apart), in one
+    wire format, and the requests sent per client count."""
+
+    name: str
+    wire_format: str
+    tokens: int
+    token_delay: float
+    requests: dict[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
 class Sizes:
     levels: tuple[int, ...]
     requests: dict[int, int]  # requests per client count
@@ -43,8 +55,9 @@ class Sizes:
     in_flight_jobs: int
     in_flight_delay: float
     in_flight_concurrency: int
-    worker_concurrency: int
+    worker_concurrency: int | None  # None: run_realm_worker's default, as deployed
     workers: int
+    workloads: tuple[Workload, ...] = ()
 
 
 FULL = Sizes(
@@ -54,8 +67,14 @@ FULL = Sizes(
     in_flight_jobs=600,
     in_flight_delay=1.0,
     in_flight_concurrency=1000,
-    worker_concurrency=256,
+    worker_concurrency=None,
     workers=1,
+    workloads=(
+        Workload("openai_16_tokens", "openai", 16, 0.0, {1: 300, 32: 3000, 256: 4000}),
+        Workload("openai_200_tokens", "openai", 200, 0.0, {1: 100, 32: 1000, 256: 1536}),
+        Workload("openai_200_tokens_at_5ms", "openai", 200, 0.005, {256: 768, 1024: 1024}),
+        Workload("ollama_16_tokens", "ollama", 16, 0.0, {32: 2000}),
+    ),
 )
 QUICK = Sizes(
     levels=(1, 2, 4),
@@ -66,8 +85,21 @@ QUICK = Sizes(
     in_flight_concurrency=20,
     worker_concurrency=16,
     workers=1,
+    workloads=(
+        Workload("openai_16_tokens", "openai", 16, 0.0, {1: 4, 2: 4}),
+        Workload("openai_200_tokens", "openai", 200, 0.0, {2: 4}),
+        Workload("openai_200_tokens_at_5ms", "openai", 20, 0.005, {4: 4}),
+        Workload("ollama_16_tokens", "ollama", 16, 0.0, {2: 4}),
+    ),
 )
+# A model server registered by the bench takes this many calls at once: the per-server cap
+# (DEFAULT_WORKER_CONCURRENCY when a server sets none) is an operator's choice, not the broker's.
+SERVER_CONCURRENCY = 4096
 TARGETS = {
+    "short_streams_queries_per_s_at_32": 500,
+    "long_streams_share_of_direct_at_32": 0.25,
+    "slow_streams_share_of_direct_at_256": 0.90,
+    "one_client_p50_over_direct_ms": 3.0,
     "overhead_p50_ms_at_32": 2.0,
     "overhead_p99_ms_at_32": 10.0,
     "ws_queries_per_s": 500,
@@ -204,25 +236,31 @@ def is_listening(port: int) -> bool:
 # -- statistics ---------------------------------------------------------------------------
 
 
-def summarise(latencies: list[float], elapsed: float, errors: int = 0) -> dict:
+def summarise(latencies: list[float], elapsed: float, errors: int = 0, first_chunks: list[float] = ()) -> dict:
+    """Requests answered, rate and latency percentiles; with `first_chunks` (seconds from the
+    request to the first piece of a streamed answer), their p50 and p99 too."""
     # Imported here: run() puts the project on sys.path before any load is measured.
     from rentahal.metrics import percentile
 
-    ordered = sorted(latencies)
-
-    def milliseconds(fraction: float) -> float | None:
+    def milliseconds(ordered: list[float], fraction: float) -> float | None:
         value = percentile(ordered, fraction)
         return None if value is None else round(value * 1000, 3)
 
-    return {
+    ordered = sorted(latencies)
+    summary = {
         "requests": len(ordered),
         "errors": errors,
         "seconds": round(elapsed, 3),
         "rps": round(len(ordered) / elapsed, 1) if elapsed else None,
-        "p50_ms": milliseconds(0.50),
-        "p95_ms": milliseconds(0.95),
-        "p99_ms": milliseconds(0.99),
+        "p50_ms": milliseconds(ordered, 0.50),
+        "p95_ms": milliseconds(ordered, 0.95),
+        "p99_ms": milliseconds(ordered, 0.99),
     }
+    if first_chunks:
+        firsts = sorted(first_chunks)
+        summary["first_chunk_p50_ms"] = milliseconds(firsts, 0.50)
+        summary["first_chunk_p99_ms"] = milliseconds(firsts, 0.99)
+    return summary
 
 
 class Budget:
@@ -244,19 +282,46 @@ class Budget:
 PROMPT = "What is the capital of France?"
 
 
-async def direct_load(url: str, clients: int, total: int) -> dict:
-    """Call the fake server's /predict the way the predict client does, from `clients` tasks."""
-    payload = orjson.dumps({"prompt": PROMPT, "type": "chat", "model_type": "worker_node", "model_name": ""})
-    budget, latencies, errors = Budget(total), [], 0
+ROUTES = {"predict": "/predict", "openai": "/v1/chat/completions", "ollama": "/api/chat"}
+# What the last bytes of a complete answer contain, per format.
+ENDINGS = {"predict": b"response", "openai": b"[DONE]", "ollama": b'"done":true'}
+
+
+def direct_payload(wire_format: str) -> bytes:
+    """The request rentahal's client for the format sends for the bench's prompt."""
+    if wire_format == "predict":
+        return orjson.dumps({"prompt": PROMPT, "type": "chat", "model_type": "worker_node", "model_name": ""})
+    messages = [{"role": "user", "content": PROMPT}]
+    return orjson.dumps({"messages": messages, "stream": True, "model": "fake-model"})
+
+
+async def direct_load(url: str, clients: int, total: int, wire_format: str = "predict") -> dict:
+    """Call the fake server the way rentahal's client for the format does, from `clients`
+    tasks, reading each answer to its end (streams as they arrive)."""
+    payload, route, ending = direct_payload(wire_format), ROUTES[wire_format], ENDINGS[wire_format]
+    headers = {"Content-Type": "application/json"}
+    budget, latencies, first_chunks, errors = Budget(total), [], [], 0
+
+    async def call(session) -> tuple[bool, float | None]:
+        started = time.perf_counter()
+        first = None
+        tail = b""
+        async with session.post(f"{url}{route}", data=payload, headers=headers) as response:
+            async for piece in response.content.iter_any():
+                if first is None:
+                    first = time.perf_counter() - started
+                tail = (tail + piece)[-64:]
+        return response.status == 200 and ending in tail, first
 
     async def client(session):
         nonlocal errors
         while budget.take():
             started = time.perf_counter()
-            async with session.post(f"{url}/predict", data=payload, headers={"Content-Type": "application/json"}) as response:
-                body = await response.read()
-            if response.status == 200 and b"response" in body:
+            ok, first = await call(session)
+            if ok:
                 latencies.append(time.perf_counter() - started)
+                if wire_format != "predict":
+                    first_chunks.append(first)
             else:
                 errors += 1
 
@@ -265,13 +330,12 @@ async def direct_load(url: str, clients: int, total: int) -> dict:
 
         async def warmup():
             while warm.take():
-                async with session.post(f"{url}/predict", data=payload, headers={"Content-Type": "application/json"}) as response:
-                    await response.read()
+                await call(session)
         await asyncio.gather(*(warmup() for _ in range(clients)))
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return summarise(latencies, elapsed, errors)
+    return summarise(latencies, elapsed, errors, first_chunks)
 
 
 async def open_socket(ws_url: str, guid: str):
@@ -285,27 +349,36 @@ async def open_socket(ws_url: str, guid: str):
             return socket_
 
 
-async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
-    """Each client is a user with its own socket and one query outstanding at a time."""
+async def websocket_load(ws_url: str, clients: int, total: int, meter: "CpuMeter | None" = None) -> dict:
+    """Each client is a user with its own socket and one query outstanding at a time; with
+    `meter`, the CPU per query of the queries alone (read once the sockets are open)."""
     submit = orjson.dumps({"type": "submit_query", "query": {
         "prompt": PROMPT, "query_type": "chat", "model_type": "worker_node", "model_name": ""}}).decode()
     sockets = []
     for start in range(0, clients, 64):
         sockets += await asyncio.gather(*(open_socket(ws_url, str(uuid.uuid4())) for _ in range(start, min(clients, start + 64))))
-    budget, latencies, errors, received = Budget(total), [], 0, []
+    budget, latencies, first_chunks, errors, received = Budget(total), [], [], 0, []
+    chunk_frames = 0
 
     async def client(sock):
-        nonlocal errors
+        nonlocal errors, chunk_frames
         while budget.take():
             started = time.perf_counter()
+            first = None
             await sock.send(submit)
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     while True:
                         frame = orjson.loads(await sock.recv())
+                        if frame["type"] == "query_chunk":
+                            chunk_frames += 1
+                            if first is None:
+                                first = time.perf_counter() - started
                         if frame["type"] == "query_result":
                             latencies.append(time.perf_counter() - started)
                             received.append(frame["query_id"])
+                            if first is not None:
+                                first_chunks.append(first)
                             break
                         if frame["type"] == "error":
                             errors += 1
@@ -313,11 +386,16 @@ async def websocket_load(ws_url: str, clients: int, total: int) -> dict:
             except TimeoutError:
                 errors += 1
 
+    cpu_before = meter.read() if meter else None
     started = time.perf_counter()
     await asyncio.gather(*(client(sock) for sock in sockets))
     elapsed = time.perf_counter() - started
+    cpu_after = meter.read() if meter else None
     await asyncio.gather(*(sock.close() for sock in sockets))
-    summary = summarise(latencies, elapsed, errors)
+    summary = summarise(latencies, elapsed, errors, first_chunks)
+    if meter:
+        summary["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, cpu_after, len(latencies))
+    summary["chunk_frames_per_query"] = round(chunk_frames / max(1, len(received)), 1)
     summary["query_ids"] = received
     return summary
 
@@ -386,8 +464,21 @@ def fresh_database(name: str) -> None:
         connection.execute(f'CREATE DATABASE "{name}"')
 
 
+def scaled(sizes: Sizes, scale: float) -> Sizes:
+    """Return the sizes with every level's requests times `scale` (at least one per client):
+    a shorter run on a box shared with other work, where a full one would take an hour."""
+    if scale == 1:
+        return sizes
+
+    def fewer(requests: dict[int, int]) -> dict[int, int]:
+        return {clients: max(clients, round(total * scale)) for clients, total in requests.items()}
+
+    workloads = tuple(dataclasses.replace(workload, requests=fewer(workload.requests)) for workload in sizes.workloads)
+    return dataclasses.replace(sizes, requests=fewer(sizes.requests), workloads=workloads)
+
+
 def run(args) -> dict:
-    sizes = QUICK if args.quick else FULL
+    sizes = QUICK if args.quick else scaled(FULL, args.scale)
     hard_limit = raise_fd_limit()
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
     env = dict(
@@ -419,15 +510,17 @@ def run(args) -> dict:
     import django
 
     django.setup()
+    from django.utils import timezone
+
     from accounts.models import Charge, Query
-    from pools.models import Worker
     from realms.defaults import ensure_default_realms
     from realms.models import Realm
 
     ensure_default_realms(Realm)
     log_dir = Path(tempfile.mkdtemp(prefix="rentahal-bench-"))
     processes = Processes(env, log_dir)
-    results: dict = {"machine": machine_info(), "quick": args.quick, "logs": str(log_dir), "fd_limit": hard_limit}
+    results: dict = {"machine": machine_info(), "quick": args.quick, "scale": args.scale, "logs": str(log_dir),
+                     "fd_limit": hard_limit, "load_average_at_start": os.getloadavg()}
     try:
         fake_port, daphne_port = free_port(), free_port()
         fake_url = f"http://127.0.0.1:{fake_port}"
@@ -437,28 +530,42 @@ def run(args) -> dict:
                                    "rentahal.asgi:application"])
         wait_for(lambda: is_listening(fake_port), "the fake model server")
         wait_for(lambda: is_listening(daphne_port), "daphne")
-        Worker.objects.create(name="bench-predict", address=fake_url, query_type="chat", wire_format="predict",
-                              model="fake-model")
+        serve_only(fake_url, "predict")
         start_workers(processes, sizes.workers, sizes.worker_concurrency, redis_client)
 
-        results["direct"], results["websocket"], results["overhead"] = {}, {}, {}
-        for clients in sizes.levels:
-            total = sizes.requests[clients]
-            direct = asyncio.run(direct_load(fake_url, clients, total))
-            meter = CpuMeter.for_run(processes, args.database)
-            cpu_before = meter.read()
-            through = asyncio.run(websocket_load(ws_url, clients, total))
-            through["cpu_ms_per_query"] = CpuMeter.per_query(cpu_before, meter.read(), through["requests"])
+        def measure(clients: int, total: int, wire_format: str) -> tuple[dict, dict]:
+            """The same load direct and through /ws; the second with CPU per query and its rows checked."""
+            direct = asyncio.run(direct_load(fake_url, clients, total, wire_format))
+            level_started = timezone.now()
+            through = asyncio.run(websocket_load(ws_url, clients, total, CpuMeter.for_run(processes, args.database)))
+            through["left_unfinished"] = wait_for_quiet(Query, level_started)
             query_ids = through.pop("query_ids")
             through["stored_done"] = Query.objects.filter(pk__in=query_ids, status=Query.Status.DONE).count()
             through["billed"] = Charge.objects.filter(query_id__in=query_ids).count()
+            # Each level as it ends, on stderr: a run on a busy box may not get to the end.
+            print(json.dumps({"wire_format": wire_format, "clients": clients, "direct": direct, "websocket": through}),
+                  file=sys.stderr, flush=True)
+            return direct, through
+
+        results["direct"], results["websocket"], results["overhead"] = {}, {}, {}
+        for clients in sizes.levels:
+            direct, through = measure(clients, sizes.requests[clients], "predict")
             results["direct"][clients] = direct
             results["websocket"][clients] = through
             results["overhead"][clients] = overhead(direct, through)
+        results["streaming"] = {}
+        for workload in sizes.workloads:
+            serve_only(fake_url, workload.wire_format, tokens=workload.tokens, token_delay=workload.token_delay)
+            levels = results["streaming"][workload.name] = {}
+            for clients, total in workload.requests.items():
+                direct, through = measure(clients, total, workload.wire_format)
+                levels[clients] = {"direct": direct, "websocket": through, "overhead": overhead(direct, through)}
+        results["cost_growth"] = cost_growth(results)
         results["v1"] = probe_v1(daphne_port)
 
         for n in range(sizes.workers):
             processes.stop(f"worker{n}")
+        serve_only(fake_url, "predict")
         results["in_flight"] = measure_in_flight(processes, sizes, fake_url, redis_client)
 
         guids = [str(uuid.uuid4()) for _ in range(100)]
@@ -485,23 +592,65 @@ def run(args) -> dict:
         results["selection"] = run_select_bench(env, args.quick)
     finally:
         processes.stop_all()
+    results["load_average_at_end"] = os.getloadavg()
     results["targets"] = judge(results, sizes)
     return results
 
 
-def start_workers(processes: Processes, count: int, concurrency: int, redis_client) -> None:
+def wait_for_quiet(query_model, since, timeout: float = 180) -> int:
+    """Wait until no query accepted since `since` is unfinished (those a client gave up on are
+    still served), so the next level does not queue behind them; return how many were still
+    unfinished at the end."""
+    unfinished = query_model.objects.filter(status__in=query_model.UNFINISHED, accepted_at__gte=since)
+    deadline = time.monotonic() + timeout
+    while (left := unfinished.count()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def serve_only(fake_url: str, wire_format: str, *, tokens: int = 0, token_delay: float = 0.0) -> None:
+    """Have the fake server answer `tokens` pieces `token_delay` apart, and make it the only
+    chat worker, speaking `wire_format` (the processes see the change by the pool version)."""
+    import urllib.request
+
+    from pools.models import Worker
+
+    urllib.request.urlopen(urllib.request.Request(
+        f"{fake_url}/_fake/config", data=json.dumps({"tokens": tokens, "token_delay": token_delay}).encode(),
+        method="POST", headers={"Content-Type": "application/json"}), timeout=5).read()
+    for worker in Worker.objects.all():
+        worker.delete()
+    Worker.objects.create(name=f"bench-{wire_format}", address=fake_url, query_type="chat", wire_format=wire_format,
+                          model="fake-model", max_concurrency=SERVER_CONCURRENCY)
+
+
+def cost_growth(results: dict) -> dict:
+    """CPU ms per query of the broker (daphne, worker, Postgres, Redis), by answer length and
+    clients: how the cost grows with the work. One piece is `/predict`'s answer."""
+    def broker_cpu(level: dict) -> float:
+        cpu = level["cpu_ms_per_query"]
+        return round(sum(cpu.get(part, 0.0) for part in ("daphne", "worker0", "postgres", "redis")), 2)
+
+    growth = {"1 piece (predict)": {clients: broker_cpu(level) for clients, level in results["websocket"].items()}}
+    for name, levels in results["streaming"].items():
+        growth[name] = {clients: broker_cpu(level["websocket"]) for clients, level in levels.items()}
+    return growth
+
+
+def start_workers(processes: Processes, count: int, concurrency: int | None, redis_client) -> None:
     from rq import Worker as RQWorker
 
     before = len(RQWorker.all(connection=redis_client))
     for n in range(count):
-        processes.start(f"worker{n}", [sys.executable, "manage.py", "run_realm_worker", "--concurrency",
-                                       str(concurrency), "--name", f"bench-{n}-{uuid.uuid4().hex[:6]}"])
+        chosen = ["--concurrency", str(concurrency)] if concurrency else []
+        processes.start(f"worker{n}", [sys.executable, "manage.py", "run_realm_worker", *chosen,
+                                       "--name", f"bench-{n}-{uuid.uuid4().hex[:6]}"])
     wait_for(lambda: len(RQWorker.all(connection=redis_client)) >= before + count, "the realm workers")
 
 
 def overhead(direct: dict, through: dict) -> dict:
     def minus(key):
-        if direct[key] is None or through[key] is None:
+        if direct.get(key) is None or through.get(key) is None:
             return None
         return round(through[key] - direct[key], 3)
 
@@ -509,7 +658,9 @@ def overhead(direct: dict, through: dict) -> dict:
         "p50_ms": minus("p50_ms"),
         "p95_ms": minus("p95_ms"),
         "p99_ms": minus("p99_ms"),
+        "first_chunk_p50_ms": minus("first_chunk_p50_ms") if "first_chunk_p50_ms" in direct else None,
         "rps_ratio": round(direct["rps"] / through["rps"], 2) if through["rps"] else None,
+        "share_of_direct": round(through["rps"] / direct["rps"], 3) if direct["rps"] and through["rps"] else None,
     }
 
 
@@ -604,7 +755,26 @@ def judge(results: dict, sizes: Sizes) -> dict:
     at_32 = results["overhead"].get(32, {})
     best_rps = max(level["rps"] or 0 for level in results["websocket"].values())
     in_flight, idle = results["in_flight"], results["idle_websockets"]
+    streaming = results["streaming"]
+
+    def level(name: str, clients: int) -> dict:
+        return streaming.get(name, {}).get(clients, {"websocket": {}, "overhead": {}})
+
+    short, long_, slow = level("openai_16_tokens", 32), level("openai_200_tokens", 32), level("openai_200_tokens_at_5ms", 256)
+    slow_share = slow["overhead"].get("share_of_direct") or 0
+    one_client = max(results["overhead"][1]["p50_ms"] or 1e9, level("openai_16_tokens", 1)["overhead"].get("p50_ms") or 1e9)
     return {
+        "short_streams_queries_per_s_at_32": [short["websocket"].get("rps"), TARGETS["short_streams_queries_per_s_at_32"],
+                                              (short["websocket"].get("rps") or 0) >= TARGETS["short_streams_queries_per_s_at_32"]],
+        "long_streams_share_of_direct_at_32": [long_["overhead"].get("share_of_direct"),
+                                               TARGETS["long_streams_share_of_direct_at_32"],
+                                               (long_["overhead"].get("share_of_direct") or 0)
+                                               >= TARGETS["long_streams_share_of_direct_at_32"]],
+        "slow_streams_share_of_direct_at_256": [slow_share, TARGETS["slow_streams_share_of_direct_at_256"],
+                                                slow_share >= TARGETS["slow_streams_share_of_direct_at_256"]
+                                                and slow["websocket"].get("errors") == 0],
+        "one_client_p50_over_direct_ms": [one_client, TARGETS["one_client_p50_over_direct_ms"],
+                                          one_client <= TARGETS["one_client_p50_over_direct_ms"]],
         "overhead_p50_at_32": [at_32.get("p50_ms"), TARGETS["overhead_p50_ms_at_32"],
                                (at_32.get("p50_ms") or 1e9) <= TARGETS["overhead_p50_ms_at_32"]],
         "overhead_p99_at_32": [at_32.get("p99_ms"), TARGETS["overhead_p99_ms_at_32"],
@@ -620,6 +790,8 @@ def judge(results: dict, sizes: Sizes) -> dict:
 
 def print_table(results: dict) -> None:
     machine = results["machine"]
+    print(f"load average at start {results['load_average_at_start']}, at end {results['load_average_at_end']}; "
+          f"requests scaled by {results['scale']}")
     print(f"machine: {machine['cores']} cores, {machine['ram_gib']} GiB, {machine['cpu']}, {machine['platform']}, "
           f"Python {machine['python']}")
     print("versions: " + ", ".join(f"{name} {version}" for name, version in machine["versions"].items()))
@@ -634,6 +806,22 @@ def print_table(results: dict) -> None:
         print(f"{clients:>7} | {'overhead (ws - direct)':<22} | {'x' + str(over['rps_ratio']):>8} | {over['p50_ms']:>8} | {over['p95_ms']:>8} | {over['p99_ms']:>8} |")
         cpu = ", ".join(f"{name} {spent}" for name, spent in through["cpu_ms_per_query"].items())
         print(f"{clients:>7} | CPU ms per query: {cpu}")
+    print()
+    print(f"{'workload':<26} | {'clients':>7} | {'direct/s':>8} | {'/ws/s':>8} | {'share':>6} | {'p50 d/ws ms':>15} | "
+          f"{'p99 d/ws ms':>15} | {'1st chunk d/ws':>15} | {'err':>3} | stored/billed | broker CPU ms/q")
+    print("-" * 150)
+    for name, levels in results["streaming"].items():
+        for clients, level in levels.items():
+            direct, through, over = level["direct"], level["websocket"], level["overhead"]
+            print(f"{name:<26} | {clients:>7} | {direct['rps']:>8} | {through['rps']:>8} | {over['share_of_direct']!s:>6} | "
+                  f"{direct['p50_ms']!s:>7}/{through['p50_ms']!s:<7} | {direct['p99_ms']!s:>7}/{through['p99_ms']!s:<7} | "
+                  f"{direct.get('first_chunk_p50_ms')!s:>7}/{through.get('first_chunk_p50_ms')!s:<7} | "
+                  f"{through['errors']:>3} | {through['stored_done']}/{through['billed']} of {through['requests']} | "
+                  f"{results['cost_growth'][name][clients]}")
+    print("CPU ms per query by process: " + "; ".join(
+        f"{name} at {clients}: " + ", ".join(f"{part} {spent}" for part, spent in level["websocket"]["cpu_ms_per_query"].items())
+        for name, levels in results["streaming"].items() for clients, level in levels.items()))
+    print(f"broker CPU ms per query by answer and clients: {json.dumps(results['cost_growth'])}")
     print(f"/v1 (OpenAI-compatible): {results['v1']}")
     flight = results["in_flight"]
     print(f"in flight, one worker process, server waits {flight['server_delay_s']} s: peak {flight['peak_in_flight']} "
@@ -655,6 +843,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the bench works, measures nothing")
     parser.add_argument("--database", default="rentahal_bench", help="Postgres database of the run (flushed)")
     parser.add_argument("--redis-db", type=int, default=7, help="Redis db number of the run (flushed)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="send this fraction of the full run's requests per level (e.g. 0.1 on a shared box)")
     args = parser.parse_args()
     results = run(args)
     print_table(results)

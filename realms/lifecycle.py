@@ -33,7 +33,7 @@ from realms.routing import find_realm, queue_depth, route_query
 from rentahal.batching import Coalescer
 from rentahal.errors import STORE_OUTAGES, Forbidden
 from rentahal.metrics import record_query_outcome
-from rentahal.pushes import push_frame
+from rentahal.pushes import push_frame, stream_query_chunks
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -174,11 +174,6 @@ async def start_query(query_id: str) -> Query | None:
 
 async def serve_query(query: Query) -> Served:
     """Have a worker answer the query, streaming its chunks to the user's sockets."""
-    guid = query.user_id
-
-    async def forward_chunk(text: str) -> None:
-        await push_frame(guid, {"type": "query_chunk", "query_id": str(query.id), "chunk": text})
-
     request = ModelRequest(
         prompt=query.prompt,
         query_type=query.query_type,
@@ -186,7 +181,8 @@ async def serve_query(query: Query) -> Served:
         model_name=query.model_name,
         image=query.image or None,
     )
-    return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
+    async with stream_query_chunks(query.user_id, str(query.id)) as forward_chunk:
+        return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
 
 
 def affinity_key_of(query: Query) -> str:

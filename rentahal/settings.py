@@ -206,6 +206,11 @@ RENTAHAL_DB_RETRY_SECONDS = env.float("DB_RETRY_SECONDS", default=60.0)
 RENTAHAL_MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=5.0)
 RENTAHAL_DEFAULT_WORKER_CONCURRENCY = env.int("DEFAULT_WORKER_CONCURRENCY", default=16)
+# A streamed answer's pieces are pushed to the user's sockets the moment the first arrives,
+# then gathered: at most one push per query per CHUNK_PUSH_SECONDS, sooner once
+# CHUNK_PUSH_CHARS are waiting (rentahal.pushes.stream_query_chunks).
+RENTAHAL_CHUNK_PUSH_SECONDS = env.float("CHUNK_PUSH_SECONDS", default=0.05)
+RENTAHAL_CHUNK_PUSH_CHARS = env.int("CHUNK_PUSH_CHARS", default=8192)
 RENTAHAL_COOLDOWN_SERVER_SECONDS = env.float("COOLDOWN_SERVER_SECONDS", default=10.0)
 RENTAHAL_COOLDOWN_TIMEOUT_SECONDS = env.float("COOLDOWN_TIMEOUT_SECONDS", default=30.0)
 RENTAHAL_COOLDOWN_RATE_LIMITED_SECONDS = env.float("COOLDOWN_RATE_LIMITED_SECONDS", default=30.0)

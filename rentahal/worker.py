@@ -60,7 +60,7 @@ class ConcurrentWorker(BatchedBookkeeping):
     # Signal-based timeouts only work in the main thread; failure callbacks run in a thread.
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args, concurrency: int = 64, shutdown_grace: float = 20.0, db_threads: int = 4, **kwargs):
+    def __init__(self, *args, concurrency: int = 1024, shutdown_grace: float = 20.0, db_threads: int = 4, **kwargs):
         # RQ's 30 s interval, plus its 60 s of grace, let a killed worker's jobs wait ~100 s
         # before anyone saw they were abandoned; see `get_heartbeat_ttl`.
         kwargs.setdefault("job_monitoring_interval", settings.RENTAHAL_WORKER_HEARTBEAT)

@@ -71,6 +71,21 @@ def test_a_finished_query_frees_its_users_slot(default_realms, alice, settings):
     assert accept(alice.guid, "second").prompt == "second"
 
 
+def test_a_slot_freed_between_held_ones_is_taken_again_and_the_cap_still_holds(default_realms, alice, settings):
+    settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT = 3
+    settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED = 3
+    first, middle, last = accept(alice.guid, "first"), accept(alice.guid, "middle"), accept(alice.guid, "last")
+    queries.fail_queries([queries.Failure(middle.pk, "gone")])
+
+    again = accept(alice.guid, "in the freed slot")
+    with pytest.raises(TooManyQueries):
+        accept(alice.guid, "one too many")
+
+    assert sorted(Query.objects.filter(user_id=alice.guid, status=Query.Status.ACCEPTED).values_list("prompt", flat=True)) == [
+        "first", "in the freed slot", "last"]
+    assert again.prompt == "in the freed slot"
+
+
 def test_the_caps_hold_under_concurrent_submits(default_realms, alice, settings):
     settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED = 5
     accepted, refused = [], []

@@ -53,7 +53,7 @@ async def test_streaming_formats_push_chunks_before_the_result(wire_format, rq_w
     frames = await client.receive_until("query_result")
 
     chunks = [frame for frame in frames if frame["type"] == "query_chunk"]
-    assert len(chunks) > 1
+    assert chunks
     assert "".join(chunk["chunk"] for chunk in chunks) == frames[-1]["result"]
     assert {chunk["query_id"] for chunk in chunks} == {frames[-1]["query_id"]}
 

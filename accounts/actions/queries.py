@@ -77,13 +77,32 @@ def accept_query(
     raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
 
 
+# The lowest slot number the payer does not hold, below the cap: 0 or one past a held slot.
+# {held} picks the rows holding a slot; its parameters are given twice, then the cap.
+FREE_SLOT = """
+    SELECT candidate.slot FROM (
+        SELECT 0 AS slot
+        UNION ALL
+        SELECT held.{slot} + 1 FROM {table} AS held
+        WHERE held.user_id = payer.guid AND {held} AND held.{slot} IS NOT NULL
+    ) AS candidate
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {table} AS held
+        WHERE held.user_id = payer.guid AND {held} AND held.{slot} = candidate.slot
+    ) AND candidate.slot < %s
+    ORDER BY candidate.slot LIMIT 1
+"""
+
+
 def insert_if_user_may_query(query: Query, *, using: str) -> bool:
     """Insert the query row if its user exists, is not banned, has a free in-flight slot
     and a free queued slot, and has no query with its idempotency key; return whether it was.
 
     The lowest free slot numbers are read in the statement; unique indexes over each user's
     unfinished (and still queued) queries' slots make a concurrent accept that read the same
-    numbers insert nothing (ON CONFLICT DO NOTHING), so the caps are never overshot.
+    numbers insert nothing (ON CONFLICT DO NOTHING), so the caps are never overshot. The
+    lowest free slot is 0 or one past a held slot (`FREE_SLOT`), so the search reads only the
+    slots the user holds, through those unique indexes, whatever the caps are.
     """
     connection = connections[using]
     table = Query._meta.db_table
@@ -92,30 +111,22 @@ def insert_if_user_may_query(query: Query, *, using: str) -> bool:
     columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
     casts = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
     values = [field.get_db_prep_save(field.pre_save(query, add=True), connection) for field in fields]
+    in_flight = FREE_SLOT.format(table=table, slot="in_flight_slot", held="held.status IN (%s, %s)")
+    queued = FREE_SLOT.format(table=table, slot="queued_slot", held="held.status = %s AND held.started_at IS NULL")
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {table} ({columns}, in_flight_slot, queued_slot)
             SELECT {casts}, in_flight.slot, queued.slot FROM {User._meta.db_table} AS payer
-            CROSS JOIN LATERAL (
-                SELECT slot FROM generate_series(0, %s - 1) AS slot WHERE NOT EXISTS (
-                    SELECT 1 FROM {table} AS held WHERE held.user_id = payer.guid
-                    AND held.status IN (%s, %s) AND held.in_flight_slot = slot
-                ) ORDER BY slot LIMIT 1
-            ) AS in_flight
-            CROSS JOIN LATERAL (
-                SELECT slot FROM generate_series(0, %s - 1) AS slot WHERE NOT EXISTS (
-                    SELECT 1 FROM {table} AS held WHERE held.user_id = payer.guid
-                    AND held.status = %s AND held.started_at IS NULL AND held.queued_slot = slot
-                ) ORDER BY slot LIMIT 1
-            ) AS queued
+            CROSS JOIN LATERAL ({in_flight}) AS in_flight
+            CROSS JOIN LATERAL ({queued}) AS queued
             WHERE payer.guid = %s AND NOT payer.is_banned
             ON CONFLICT DO NOTHING
             """,
             [
                 *values,
-                settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT, *Query.UNFINISHED,
-                settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED, Query.Status.ACCEPTED,
+                *Query.UNFINISHED, *Query.UNFINISHED, settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT,
+                Query.Status.ACCEPTED, Query.Status.ACCEPTED, settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED,
                 query.user_id,
             ],
         )

@@ -46,6 +46,10 @@ class FakeConfig:
         "", 'when set, every route but /_fake/* wants "Authorization: Bearer <key>" (/v1/messages: "x-api-key: <key>")'
     )
     seed: int = knob(0, "seed of the failure draw, so --failure-rate gives the same sequence every run")
+    tokens: int = knob(0, "when set, chat answers are this many pieces: the echo's words, then numbered fillers")
+    token_delay: float = knob(0.0, "seconds between the pieces of a streamed answer")
+    pause_after: int = knob(0, "when set, a streamed answer stops for --pause-seconds after this many pieces")
+    pause_seconds: float = knob(0.0, "how long that pause lasts")
 
     def updated(self, knobs: dict) -> FakeConfig:
         """Return a copy with `knobs` applied; raise ValueError naming any bad knob."""
@@ -61,8 +65,10 @@ class FakeConfig:
         config = dataclasses.replace(self, **knobs)
         if not 0.0 <= config.failure_rate <= 1.0:
             raise ValueError("knob 'failure_rate' must be between 0 and 1")
-        if config.delay < 0 or config.oversized_bytes < 0 or config.retry_after < 0:
-            raise ValueError("knobs 'delay', 'oversized_bytes' and 'retry_after' cannot be negative")
+        negative = [name for name in ("delay", "oversized_bytes", "retry_after", "tokens", "token_delay", "pause_after",
+                                      "pause_seconds") if getattr(config, name) < 0]
+        if negative:
+            raise ValueError(f"knobs {', '.join(map(repr, negative))} cannot be negative")
         for name in ("fail_status", "health_status"):
             if not 100 <= getattr(config, name) <= 599:
                 raise ValueError(f"knob {name!r} must be an HTTP status code")
@@ -106,6 +112,18 @@ def answer_text(prompt, image: str | None) -> str:
 def words_of(text: str) -> list[str]:
     """Split an answer into the chunks a streaming format sends: one word and its trailing space each."""
     return WORDS.findall(text)
+
+
+def pieces_of(text: str, tokens: int) -> list[str]:
+    """Return the pieces a chat answer is streamed in: its words, and with `tokens` set exactly
+    that many (numbered fillers after the words, or the words cut short), so a benchmark
+    chooses the answer's length and a test can tell any piece from the others."""
+    words = words_of(text)
+    if not tokens:
+        return words
+    if words and not words[-1].endswith(" "):
+        words[-1] += " "
+    return (words + [f"{n} " for n in range(len(words), tokens)])[:tokens]
 
 
 def png_for(text: str) -> bytes:

@@ -26,6 +26,7 @@ from pools.testing.fake_answers import (
     json_response,
     png_for,
     redirect_response,
+    pieces_of,
     words_of,
 )
 
@@ -96,7 +97,9 @@ class FakeModelServer:
         # handler_cancellation ends a hung handler when its client gives up, so in_flight stays true.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        # A backlog like a production server's (uvicorn's default is 2,048): with aiohttp's
+        # 128, a thousand streams opened at once found connects timing out.
+        site = web.TCPSite(self._runner, host, port, backlog=4096)
         await site.start()
         self.host = host
         self.port = self._runner.addresses[0][1]
@@ -187,7 +190,7 @@ class FakeModelServer:
         return response
 
     async def answer_predict(self, request, payload, config) -> web.StreamResponse:
-        text = answer_text(payload.get("prompt"), payload.get("image"))
+        text = "".join(pieces_of(answer_text(payload.get("prompt"), payload.get("image")), config.tokens))
         if config.malformed:
             return web.Response(body=b'{"response": ', content_type="application/json")
         return json_response({"response": text})
@@ -203,26 +206,24 @@ class FakeModelServer:
 
     async def answer_ollama_chat(self, request, payload, config) -> web.StreamResponse:
         prompt, image = chat_prompt(payload)
-        text = answer_text(prompt, image)
+        pieces = pieces_of(answer_text(prompt, image), config.tokens)
         model = payload.get("model") or FAKE_MODEL
         if payload.get("stream") is False:
-            message = {"role": "assistant", "content": text}
+            message = {"role": "assistant", "content": "".join(pieces)}
             return json_response({"model": model, "created_at": FAKE_CREATED_AT, "message": message, "done": True})
         lines = [
             {"model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": word}, "done": False}
-            for word in words_of(text)
+            for word in pieces
         ]
         last = {"model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": True}
         return await self.stream_ndjson(request, lines, last, config)
 
     async def answer_ollama_generate(self, request, payload, config) -> web.StreamResponse:
-        text = answer_text(payload.get("prompt"), (payload.get("images") or [None])[0])
+        pieces = pieces_of(answer_text(payload.get("prompt"), (payload.get("images") or [None])[0]), config.tokens)
         model = payload.get("model") or FAKE_MODEL
         if payload.get("stream") is False:
-            return json_response({"model": model, "created_at": FAKE_CREATED_AT, "response": text, "done": True})
-        lines = [
-            {"model": model, "created_at": FAKE_CREATED_AT, "response": word, "done": False} for word in words_of(text)
-        ]
+            return json_response({"model": model, "created_at": FAKE_CREATED_AT, "response": "".join(pieces), "done": True})
+        lines = [{"model": model, "created_at": FAKE_CREATED_AT, "response": word, "done": False} for word in pieces]
         last = {"model": model, "created_at": FAKE_CREATED_AT, "response": "", "done": True}
         return await self.stream_ndjson(request, lines, last, config)
 
@@ -230,31 +231,42 @@ class FakeModelServer:
         """Stream Ollama's NDJSON; a malformed stream stops after its first line, never saying done."""
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        for line in lines[:1] if config.malformed else [*lines, last]:
-            await response.write(orjson.dumps(line) + b"\n")
+        await self.write_pieces(response, [orjson.dumps(line) + b"\n" for line in lines], config)
+        if not config.malformed:
+            await response.write(orjson.dumps(last) + b"\n")
         await response.write_eof()
         return response
 
+    async def write_pieces(self, response: web.StreamResponse, pieces: list[bytes], config) -> None:
+        """Write an answer's pieces as the knobs say: paced by --token-delay, stopping for
+        --pause-seconds after --pause-after pieces; a malformed stream stops after its first."""
+        for index, piece in enumerate(pieces[:1] if config.malformed else pieces):
+            if index and config.token_delay:
+                await asyncio.sleep(config.token_delay)
+            if index and index == config.pause_after:
+                await asyncio.sleep(config.pause_seconds)
+            await response.write(piece)
+
     async def answer_openai_chat(self, request, payload, config) -> web.StreamResponse:
         prompt, image = chat_prompt(payload)
-        text = answer_text(prompt, image)
+        pieces = pieces_of(answer_text(prompt, image), config.tokens)
         model = payload.get("model") or FAKE_MODEL
         completion = {"id": "chatcmpl-fake", "created": 0, "model": model}
         if not payload.get("stream"):
             if config.malformed:
                 return web.Response(body=b'{"choices": [', content_type="application/json")
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": "stop"}
             return json_response({**completion, "object": "chat.completion", "choices": [choice]})
 
         def event(delta: dict, finish_reason: str | None = None) -> bytes:
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
             return b"data: " + orjson.dumps({**completion, "object": "chat.completion.chunk", "choices": [choice]}) + b"\n\n"
 
-        events = [event({"role": "assistant", "content": ""})]
-        events += [event({"content": word}) for word in words_of(text)]
-        # A malformed stream is cut off after its first words: no finish event, no [DONE].
-        events = events[:2] if config.malformed else [*events, event({}, "stop"), b"data: [DONE]\n\n"]
-        return await self.stream_events(request, events)
+        # The role event goes with the first piece. A malformed stream is cut off after its
+        # first piece: no finish event, no [DONE].
+        words = [event({"content": word}) for word in pieces] or [b""]
+        words[0] = event({"role": "assistant", "content": ""}) + words[0]
+        return await self.stream_events(request, [], words, [event({}, "stop") + b"data: [DONE]\n\n"], config)
 
     async def answer_anthropic_messages(self, request, payload, config) -> web.StreamResponse:
         """Answer as the Messages API does, refusing what it refuses: no version header, no
@@ -287,7 +299,7 @@ class FakeModelServer:
         ]
         events += [
             event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": word}})
-            for word in words_of(text)
+            for word in pieces_of(text, config.tokens)
         ]
         ending = [
             event("content_block_stop", {"index": 0}),
@@ -295,7 +307,7 @@ class FakeModelServer:
             event("message_stop", {}),
         ]
         # A malformed stream is cut off after its first words: no message_stop.
-        return await self.stream_events(request, events[:4] if config.malformed else [*events, *ending])
+        return await self.stream_events(request, events[:3], events[3:], ending, config)
 
     async def answer_tgi_generate(self, request, payload, config) -> web.StreamResponse:
         """Answer as text-generation-inference's root route does: one generation, or with
@@ -312,7 +324,7 @@ class FakeModelServer:
             if config.malformed:
                 return web.Response(body=b'[{"generated_text": ', content_type="application/json")
             return json_response([{"generated_text": text}])
-        words = words_of(text)
+        words = pieces_of(text, config.tokens)
 
         def event(index: int, token: str, *, special: bool = False, generated_text: str | None = None) -> bytes:
             data = {
@@ -325,14 +337,20 @@ class FakeModelServer:
 
         events = [event(index, word) for index, word in enumerate(words, 1)]
         last = event(len(words) + 1, "</s>", special=True, generated_text=text)
-        # A malformed stream is cut off after its first words, without the event carrying generated_text.
-        return await self.stream_events(request, events[:1] if config.malformed else [*events, last])
+        # A malformed stream is cut off after its first word, without the event carrying generated_text.
+        return await self.stream_events(request, [], events, [last], config)
 
-    async def stream_events(self, request, events: list[bytes]) -> web.StreamResponse:
+    async def stream_events(self, request, opening: list[bytes], pieces: list[bytes], ending: list[bytes], config) -> web.StreamResponse:
+        """Stream server-sent events: the opening ones at once, the answer's pieces as the knobs
+        pace them, then the ending ones; a malformed stream stops after its first piece."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        for data in events:
+        for data in opening:
             await response.write(data)
+        await self.write_pieces(response, pieces, config)
+        if not config.malformed:
+            for data in ending:
+                await response.write(data)
         await response.write_eof()
         return response
 

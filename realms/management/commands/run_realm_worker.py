@@ -11,6 +11,12 @@ from rentahal.worker import ConcurrentWorker
 
 logger = logging.getLogger(__name__)
 
+# A streamed answer holds its job for as long as the model talks (seconds), so a realm worker
+# must hold many at once: 1,024 idle-waiting jobs cost about 200 MiB and no CPU. The caps that
+# protect model servers and users are per server (`max_concurrency`, DEFAULT_WORKER_CONCURRENCY)
+# and per user (MAX_QUERIES_PER_USER_IN_FLIGHT), not this.
+DEFAULT_CONCURRENCY = 1024
+
 
 class Command(BaseCommand):
     help = "Run an RQ worker for the queues of the given realms, e.g. `run_realm_worker '$CHAT'`."
@@ -20,8 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--burst", action="store_true", help="Exit once the queues are empty.")
         parser.add_argument("--name", help="Worker name shown in RQ's registries.")
         parser.add_argument(
-            "--concurrency", type=int, default=64,
-            help="Jobs in flight in this process (default 64); 1 runs RQ's stock SimpleWorker.",
+            "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+            help=f"Jobs in flight in this process (default {DEFAULT_CONCURRENCY}); 1 runs RQ's stock SimpleWorker.",
         )
         parser.add_argument(
             "--shutdown-grace", type=float, default=20.0,
