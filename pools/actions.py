@@ -88,15 +88,22 @@ def list_workers(*, with_addresses: bool = False) -> list[dict]:
     return worker_frames(list(Worker.objects.all()), with_addresses=with_addresses)
 
 
+def worker_update_frame(*, with_addresses: bool = False) -> dict:
+    """Return the `worker_update` frame: the workers (addresses only for sysops) and the pool
+    aliases a query may name (rentahal's addition, `pools`)."""
+    from pools.status import pool_aliases
+
+    return {"type": "worker_update", "workers": list_workers(with_addresses=with_addresses), "pools": pool_aliases()}
+
+
 def worker_update_event() -> dict:
     """Return the broadcast `worker_update`: names and health for every socket, and the same
     list with addresses for sysops' sockets."""
     from pools.status import without_address
 
-    workers = list_workers(with_addresses=True)
+    sysop_frame = worker_update_frame(with_addresses=True)
     return frame_event(
-        {"type": "worker_update", "workers": [without_address(worker) for worker in workers]},
-        sysop_frame={"type": "worker_update", "workers": workers},
+        {**sysop_frame, "workers": [without_address(worker) for worker in sysop_frame["workers"]]}, sysop_frame=sysop_frame
     )
 
 
@@ -190,7 +197,9 @@ def delete_pool(pool: PoolAlias, *, acting_user=None) -> None:
 
 
 def publish_pool_change(pool: PoolAlias, op: str, acting_user) -> None:
+    """Once committed, show every open socket the new pool list (model choices) and tell pool subscribers."""
     event = {"type": "pool.changed", "op": op, "name": pool.name, "realm": pool.realm, "by": describe_actor(acting_user)}
+    send_event_on_commit(BROADCAST_GROUP, worker_update_event, using="default")
     send_event_on_commit(POOL_EVENTS, event, using="default")
 
 

@@ -57,6 +57,14 @@ def worker_frames(workers: list[Worker], *, with_addresses: bool = False) -> lis
     return frames if with_addresses else [without_address(frame) for frame in frames]
 
 
+def pool_aliases() -> list[dict]:
+    """Return the pool aliases as `worker_update` lists them, so a page can offer them as model choices."""
+    return [
+        {"name": pool.name, "query_type": pool.query_type, "realm": pool.realm, "strategy": pool.strategy}
+        for pool in PoolAlias.objects.order_by("name", "realm")
+    ]
+
+
 def without_address(frame: dict) -> dict:
     """Return a worker's frame as anyone may see it: its name, type and health, not its address."""
     return {field: value for field, value in frame.items() if field != "address"}

@@ -9,10 +9,9 @@ from django.conf import settings
 
 from accounts.actions.queries import previous_queries
 from accounts.actions.users import GUID_COOKIE, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
-from accounts.billing import system_totals
 from pools import actions as pools
-from realms import lifecycle
-from realms import chunks
+from realms import chunks, lifecycle
+from realms.sysop import record_presence, sysop_frames
 from realms.frames import parse_submission, require_str
 from realms.routing import find_realm, home_realm_of
 from rentahal.db_threads import on_db_thread
@@ -36,6 +35,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     user = None
     home_realm = None
+    is_counted_online = False
 
     async def __call__(self, scope, receive, send):
         """Serve the socket. Channels makes the socket's channel on the layer before it reads
@@ -77,6 +77,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(user_group(guid), self.channel_name)
         await self.channel_layer.group_add(BROADCAST_GROUP, self.channel_name)
+        record_presence(guid, 1)
+        self.is_counted_online = True
         await self.follow_sysop_alerts()
         await self.join_home_realm(guid)
         await self.send_user_info()
@@ -84,6 +86,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_worker_update()
         # No Hugging Face models are brokered; the frame keeps classic clients' panels drawn.
         await self.send_json({"type": "huggingface_update", "models": []})
+        if self.user.is_sysop:
+            await self.get_stats({})
 
     async def dispatch(self, message):
         """Run the message's handler, without channels' hop to its one sync thread per message
@@ -103,6 +107,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("Redis unavailable while a socket left its groups: %s", exc)
 
     async def leave_groups(self):
+        if self.is_counted_online:
+            record_presence(self.user.guid, -1)
+            self.is_counted_online = False
         if self.user is not None:
             await self.channel_layer.group_discard(user_group(self.user.guid), self.channel_name)
             await self.channel_layer.group_discard(BROADCAST_GROUP, self.channel_name)
@@ -172,7 +179,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.follow_sysop_alerts()
 
     async def user_banned(self, event):
-        """Close this socket when its user is banned (the original left it registered)."""
+        """Tell the page, and close this socket, when its user is banned (the original left it registered)."""
+        await self.send_json({"type": "user_banned", "guid": self.user.guid})
         await self.send_json(error_frame(banned()))
         await self.close(code=4003)
 
@@ -187,8 +195,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "previous_queries", "data": data})
 
     async def send_worker_update(self, content=None):
-        workers = await on_db_thread(pools.list_workers)(with_addresses=self.user.is_sysop)
-        await self.send_json({"type": "worker_update", "workers": workers})
+        await self.send_json(await on_db_thread(pools.worker_update_frame)(with_addresses=self.user.is_sysop))
 
     async def submit_query(self, content):
         submission = parse_submission(content.get("query"), idempotency_key=content.get("idempotency_key"))
@@ -214,8 +221,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         """Heartbeat answer; receiving it is all that matters."""
 
     async def get_stats(self, content):
-        stats = await on_db_thread(gather_system_stats)()
-        await self.send_json({"type": "system_stats", "data": stats})
+        """Send the sysop panel's frames: `system_stats`, `worker_health`, `active_users`, `user_stats`."""
+        for frame in await on_db_thread(sysop_frames)():
+            await self.send_json(frame)
 
     async def add_worker(self, content):
         spec = content.get("worker")
@@ -294,14 +302,3 @@ def decode_frame(raw: str | bytes) -> object:
     except orjson.JSONDecodeError as exc:
         raise BrokerError(f"Malformed JSON: {exc}", code="malformed") from None
 
-
-def gather_system_stats() -> dict:
-    """Return the `system_stats` of a sysop's `get_stats`: totals, and the workers with their addresses."""
-    totals = system_totals()
-    return {
-        "total_queries": totals["total_queries"],
-        "failed_queries": totals["failed_queries"],
-        "total_processing_time": totals["total_processing_time"],
-        "total_cost": float(totals["total_cost"]),
-        "workers": pools.list_workers(with_addresses=True),
-    }
