@@ -300,6 +300,22 @@ def outcome_row(attempt: Attempt) -> SelectionOutcome:
 attempts_recorder = Coalescer(record_attempts)
 
 
+def set_blacklisted(workers, is_blacklisted: bool, *, acting_user=None) -> int:
+    """Take workers out of selection (the operator's blacklist, which no probe lifts) or put
+    them back; every socket then gets the new `worker_update`. Return how many changed."""
+    names = [worker.name for worker in workers]
+    with transaction.atomic(using="default", durable=True):
+        changed = Worker.objects.filter(name__in=names).exclude(is_blacklisted=is_blacklisted).update(
+            is_blacklisted=is_blacklisted
+        )
+        for name in names:
+            publish_worker_change(name, "saved", acting_user)
+    logger.info(
+        "workers %s %s by %s", ", ".join(names), "blacklisted" if is_blacklisted else "restored", describe_actor(acting_user)
+    )
+    return changed
+
+
 def end_cooldowns(workers) -> int:
     """Let operators put cooling workers back into selection at once; return how many."""
     from pools import state

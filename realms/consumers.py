@@ -86,8 +86,6 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_worker_update()
         # No Hugging Face models are brokered; the frame keeps classic clients' panels drawn.
         await self.send_json({"type": "huggingface_update", "models": []})
-        if self.user.is_sysop:
-            await self.get_stats({})
 
     async def dispatch(self, message):
         """Run the message's handler, without channels' hop to its one sync thread per message

@@ -22,6 +22,11 @@ def queue_depth(realm: Realm) -> int:
     return get_queue(realm.queue_name).count
 
 
+def queries_in_flight(realm: Realm) -> int:
+    """Return how many of the realm's jobs a worker is running now (RQ's started registry)."""
+    return get_queue(realm.queue_name).started_job_registry.count
+
+
 def route_query(query_type: str) -> tuple[Realm, int]:
     """Return the realm that takes this query and its queue depth before it.
 

@@ -73,7 +73,7 @@ def system_stats() -> dict:
 
 
 def sysop_frames() -> list[dict]:
-    """Return the frames that answer a sysop's `get_stats` (and greet a sysop's socket)."""
+    """Return the frames that answer a sysop's `get_stats`, in the order they are sent."""
     return [
         {"type": "system_stats", "data": system_stats()},
         {"type": "worker_health", "data": describe_workers()},

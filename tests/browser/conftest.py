@@ -78,8 +78,12 @@ def models(fake_servers, register_worker, transactional_db, default_realms):
 
 
 @pytest.fixture
-def broker(models, start_worker):
-    """A running broker: one concurrent realm worker serving every realm, and daphne."""
+def broker(models, start_worker, monkeypatch):
+    """A running broker: one concurrent realm worker serving every realm, and daphne.
+
+    Its model calls may take 30 s (the unit tests' 3 s would fail a query whenever the box
+    is busy, and the reconnect test keeps an answer coming while daphne restarts)."""
+    monkeypatch.setenv("MODEL_READ_TIMEOUT", "30")
     start_worker("--concurrency", "16", "--shutdown-grace", "5")
     live = LiveBroker()
     live.start()

@@ -89,7 +89,7 @@ def test_imagine_query_shows_the_image_inline_to_enlarge_and_download(open_page)
 
     expect(image).to_be_visible()
     assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", image.element_handle())
-    expect(answer_card(page, "a lighthouse at dusk").get_by_role("link", name="Download")).to_have_attribute("download", r"rentahal-.*\.png")
+    expect(answer_card(page, "a lighthouse at dusk").get_by_role("link", name="Download")).to_have_attribute("download", re.compile(r"rentahal-.*\.png"))
     image.click()
     expect(page.locator("#lightbox")).to_be_visible()
     expect(page.locator("#lightbox-image")).to_have_attribute("src", image.get_attribute("src"))
@@ -124,7 +124,7 @@ def test_vision_upload_over_one_mib_goes_up_in_chunks_with_progress(open_page, t
 
 
 def test_page_reconnects_after_the_server_restarts_and_shows_what_finished_meanwhile(open_page, broker, models):
-    models["chat"].configure(delay=4.0)
+    models["chat"].configure(delay=6.0)
     page = open_page()
     ask(page, "answer me while the server is down")
     card = answer_card(page, "answer me while the server is down")
