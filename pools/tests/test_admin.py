@@ -166,6 +166,6 @@ def test_check_health_now_probes_the_selected_workers(admin_client, chat_pool, f
         follow=True,
     )
 
-    assert "alpha: answered HTTP 500" in response.content.decode()
+    assert [str(message) for message in response.context["messages"]] == ["alpha: answered HTTP 500"]
     assert state.health_of(["alpha", "beta"])["alpha"].score == 60
     assert state.health_of(["alpha", "beta"])["beta"].score == 100
