@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
-from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
+from pools.models import HealthSample, PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
 from rentahal.actors import describe_actor
 from rentahal.batching import Coalescer
 from rentahal.errors import Invalid, NotFound
@@ -344,3 +344,27 @@ def prune_outcomes(*, older_than_days: float) -> int:
         if not batch:
             return deleted
         deleted += SelectionOutcome.objects.filter(id__in=batch).delete()[0]
+
+
+def record_health_samples(*, retention_hours: float) -> int:
+    """Sample every worker's score, state, latency and load now, and delete samples older
+    than `retention_hours`, so the table stays bounded; return how many were taken."""
+    from pools.status import member_rows
+
+    now = timezone.now()
+    workers = list(Worker.objects.all())
+    samples = [
+        HealthSample(
+            worker=row["name"], score=row["health_score"], latency=row["latency"], success_rate=row["success_rate"],
+            in_flight=row["in_flight"], created_at=now,
+            state=(
+                HealthSample.State.BLACKLISTED if row["is_blacklisted"]
+                else HealthSample.State.COOLING if row["cooldown_until"] else HealthSample.State.SERVING
+            ),
+        )
+        for row in member_rows(None, workers)
+    ]
+    with transaction.atomic(using="default", durable=True):
+        HealthSample.objects.bulk_create(samples)
+        HealthSample.objects.filter(created_at__lt=now - datetime.timedelta(hours=retention_hours)).delete()
+    return len(samples)

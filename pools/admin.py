@@ -2,7 +2,7 @@
 blacklist, cooldown, in flight, latency, chosen count) appears as read-only computed columns
 read from Redis; the editable `is_blacklisted` is the operator's own blacklist. Saves and
 deletes go through `pools.actions`, so every open socket sees a worker added here."""
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.template.response import TemplateResponse
@@ -11,10 +11,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from pools import actions, state
+from pools.comparison import compare_pools
 from pools.health import check_worker_health
 from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Worker
 from pools.status import member_rows, pool_graph
 from rentahal.admin import ActionModelAdmin
+from rentahal.errors import BrokerError
 
 
 class SpecializationInline(admin.TabularInline):
@@ -138,6 +140,28 @@ class PoolAliasAdmin(ActionModelAdmin):
     search_fields = ["name"]
     readonly_fields = ["live_members"]
     inlines = [PoolMemberInline]
+    change_list_template = "admin/pools/poolalias/change_list.html"
+
+    def get_urls(self):
+        """Add the A/B comparison of two aliases with their health over time (`compare/?a=$A&b=$B&hours=N`)."""
+        return [path("compare/", self.admin_site.admin_view(self.compare_view), name="pools_poolalias_compare"), *super().get_urls()]
+
+    def compare_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        names = sorted(set(PoolAlias.objects.values_list("name", flat=True)))
+        a, b = request.GET.get("a") or "", request.GET.get("b") or ""
+        hours = request.GET.get("hours") or "24"
+        context = {
+            **self.admin_site.each_context(request), "title": "Compare two pools", "opts": self.model._meta,
+            "names": names, "a": a, "b": b, "hours": hours, "report": None,
+        }
+        if a and b:
+            try:
+                context["report"] = compare_pools(a, b, hours=float(hours))
+            except (BrokerError, ValueError) as exc:
+                self.message_user(request, getattr(exc, "message", str(exc)), messages.ERROR)
+        return TemplateResponse(request, "admin/pools/compare.html", context)
 
     def save_with_action(self, request, form, formsets, change):
         seats = next((formset for formset in formsets if formset.model is PoolMember), None)
