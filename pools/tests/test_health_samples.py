@@ -7,9 +7,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from pools import actions, state
+from pools import actions
 from pools.comparison import compare_pools
-from pools.models import HealthSample, SelectionOutcome
+from pools.models import HealthSample, SelectionOutcome, Worker
 
 pytestmark = pytest.mark.django_db
 
@@ -23,7 +23,7 @@ def two_pools(fake_server, register_worker):
 
 
 def test_a_health_round_samples_every_worker(two_pools):
-    state.change_health("beta", -100)
+    Worker.objects.filter(name="beta").update(is_blacklisted=True)
 
     call_command("check_worker_health", stdout=open("/dev/null", "w"))
 

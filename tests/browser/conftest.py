@@ -5,12 +5,14 @@ Chromium is Debian's package (`apt-get install chromium`, which `.ci/run` does);
 own browser download cannot work here, so it is launched by its `executable_path`. Every
 wait is on a condition with a generous timeout, never a fixed sleep: the box is loaded.
 """
+import concurrent.futures
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import PROJECT_DIR, make_user, worker_environment
@@ -129,6 +131,19 @@ def open_page(browser, broker):
 @pytest.fixture
 def sysop_user(transactional_db):
     return make_user("the-sysop", is_sysop=True)
+
+
+def off_the_browsers_loop(function, *args, **kwargs):
+    """Run an action from a browser test on a thread of its own: its pushes go out through
+    `async_to_sync`, which refuses to run on the thread that holds Playwright's event loop."""
+    def run():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
 
 
 def screenshot(page, name: str) -> Path:

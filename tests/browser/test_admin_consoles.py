@@ -5,7 +5,7 @@ from playwright.sync_api import expect
 
 from pools import actions as pools
 from pools.models import Worker
-from tests.browser.conftest import DESKTOP, screenshot
+from tests.browser.conftest import DESKTOP, off_the_browsers_loop, screenshot
 from tests.browser.test_users_page import answer_card, ask
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,7 +21,7 @@ def log_in(open_page, staff, path: str, password: str = "pw"):
 
 
 def test_pool_graph_draws_every_worker_and_turns_a_blacklisted_one_black(open_page, operator, models):
-    pools.create_pool("$CHAT", query_type="chat", members=["fake-chat"])
+    off_the_browsers_loop(pools.create_pool, "$CHAT", query_type="chat", members=["fake-chat"])
     page = log_in(open_page, operator, "/admin/pools/worker/graph/")
     graph = page.get_by_role("img", name="Pool graph")
 
@@ -32,7 +32,7 @@ def test_pool_graph_draws_every_worker_and_turns_a_blacklisted_one_black(open_pa
 
     worker = Worker.objects.get(name="fake-chat")
     worker.is_blacklisted = True
-    pools.save_worker(worker, acting_user=operator)
+    off_the_browsers_loop(pools.save_worker, worker, acting_user=operator)
 
     expect(graph.locator('[data-node="worker:fake-chat"]')).to_have_attribute("data-colour", "black")
     expect(graph.locator('[data-node="worker:fake-vision"]')).to_have_attribute("data-colour", "green")
@@ -59,8 +59,8 @@ def test_dashboard_numbers_move_under_load(open_page, operator):
 
 @pytest.mark.parametrize("path", ["/admin/pools/worker/", "/admin/pools/poolalias/", "/admin/accounts/query/"])
 def test_admin_lists_with_live_columns_fit_a_1280_pixel_screen(open_page, admin_user, models, path):
-    pools.create_pool("$CHAT", query_type="chat", members=["fake-chat"])
+    off_the_browsers_loop(pools.create_pool, "$CHAT", query_type="chat", members=["fake-chat"])
     page = log_in(open_page, admin_user, path, password="password")
 
-    expect(page.locator("#result_list")).to_be_visible()
+    expect(page.locator("#changelist")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

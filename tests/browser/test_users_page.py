@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from accounts.models import Query
 from pools import actions as pools
-from tests.browser.conftest import DESKTOP, PATIENCE, PHONE, screenshot
+from tests.browser.conftest import DESKTOP, PATIENCE, PHONE, off_the_browsers_loop, screenshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,7 +142,7 @@ def test_page_reconnects_after_the_server_restarts_and_shows_what_finished_meanw
 
 
 def test_model_choice_offers_the_pools_and_workers_of_the_chosen_type(open_page):
-    pools.create_pool("$FAST", query_type="chat", members=["fake-chat"])
+    off_the_browsers_loop(pools.create_pool, "$FAST", query_type="chat", members=["fake-chat"])
     page = open_page()
     choice = page.get_by_label("Model or pool")
 
