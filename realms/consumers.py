@@ -10,14 +10,15 @@ from django.conf import settings
 from accounts.actions.queries import previous_queries
 from accounts.actions.users import GUID_COOKIE, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
 from pools import actions as pools
+from realms import actions as realm_actions
 from realms import chunks, lifecycle
-from realms.sysop import record_presence, sysop_frames
 from realms.frames import parse_submission, require_str
-from realms.routing import find_realm, home_realm_of
+from realms.routing import home_realm_of
+from realms.sysop import record_presence, sysop_frames
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, error_frame, temporarily_unavailable
 from rentahal.metrics import record_connection
-from rentahal.pushes import BROADCAST_GROUP, SYSOP_GROUP, frame_event, user_group
+from rentahal.pushes import BROADCAST_GROUP, SYSOP_GROUP, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -258,12 +259,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def sysop_message(self, content):
         """Broadcast to everyone, or with `realm` only to the sockets whose home is that realm."""
-        message = require_str(content, "message")
-        realm_name = require_str(content, "realm", required=False)
-        group = BROADCAST_GROUP
-        if realm_name:
-            group = (await on_db_thread(find_realm)(realm_name)).group_name
-        await self.channel_layer.group_send(group, frame_event({"type": "sysop_message", "message": message}))
+        await on_db_thread(realm_actions.broadcast_message)(
+            require_str(content, "message"), realm=require_str(content, "realm", required=False), acting_user=self.user
+        )
 
     handlers = {
         "submit_query": submit_query,
