@@ -23,8 +23,11 @@ def queue_depth(realm: Realm) -> int:
 
 
 def queries_in_flight(realm: Realm) -> int:
-    """Return how many of the realm's jobs a worker is running now (RQ's started registry)."""
-    return get_queue(realm.queue_name).started_job_registry.count
+    """Return how many of the realm's jobs a worker is running now (RQ's started registry).
+
+    Read without RQ's cleanup: handing abandoned jobs on is the reconciler's work
+    (`realms.reconcile`), not a side effect of a scrape or a dashboard's tick."""
+    return get_queue(realm.queue_name).started_job_registry.get_job_count(cleanup=False)
 
 
 def route_query(query_type: str) -> tuple[Realm, int]:
