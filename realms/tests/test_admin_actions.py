@@ -26,7 +26,8 @@ async def test_admin_terminates_the_selected_users_queries(admin_client, alice, 
     frame = await sync_to_async(lifecycle.accept_query)(alice.guid, parse_submission({"prompt": "stop me", "query_type": "chat"}))
 
     await sync_to_async(admin_client.post)(
-        "/admin/accounts/user/", {"action": "terminate_queries", "_selected_action": [alice.guid], "shard": shard_for_guid(alice.guid)}
+        f"/admin/accounts/user/?shard={shard_for_guid(alice.guid)}",
+        {"action": "terminate_queries", "_selected_action": [alice.guid]},
     )
 
     frames = await tab.receive_until("query_terminated")
