@@ -174,6 +174,7 @@ class Query(models.Model):
             "error": self.error,
             "processing_time": self.processing_time,
             "cost": float(self.cost),
+            "worker": self.worker,
             "timestamp": self.accepted_at.isoformat() if self.accepted_at else None,
         }
 

@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, close_old_connections, transaction
 from django.utils import timezone
 
-from pools.models import PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
+from pools.models import HealthSample, PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
 from rentahal.actors import describe_actor
 from rentahal.batching import Coalescer
 from rentahal.errors import Invalid, NotFound
@@ -92,15 +92,22 @@ def list_workers(*, with_addresses: bool = False) -> list[dict]:
     return worker_frames(list(Worker.objects.all()), with_addresses=with_addresses)
 
 
+def worker_update_frame(*, with_addresses: bool = False) -> dict:
+    """Return the `worker_update` frame: the workers (addresses only for sysops) and the pool
+    aliases a query may name (rentahal's addition, `pools`)."""
+    from pools.status import pool_aliases
+
+    return {"type": "worker_update", "workers": list_workers(with_addresses=with_addresses), "pools": pool_aliases()}
+
+
 def worker_update_event() -> dict:
     """Return the broadcast `worker_update`: names and health for every socket, and the same
     list with addresses for sysops' sockets."""
     from pools.status import without_address
 
-    workers = list_workers(with_addresses=True)
+    sysop_frame = worker_update_frame(with_addresses=True)
     return frame_event(
-        {"type": "worker_update", "workers": [without_address(worker) for worker in workers]},
-        sysop_frame={"type": "worker_update", "workers": workers},
+        {**sysop_frame, "workers": [without_address(worker) for worker in sysop_frame["workers"]]}, sysop_frame=sysop_frame
     )
 
 
@@ -194,7 +201,9 @@ def delete_pool(pool: PoolAlias, *, acting_user=None) -> None:
 
 
 def publish_pool_change(pool: PoolAlias, op: str, acting_user) -> None:
+    """Once committed, show every open socket the new pool list (model choices) and tell pool subscribers."""
     event = {"type": "pool.changed", "op": op, "name": pool.name, "realm": pool.realm, "by": describe_actor(acting_user)}
+    send_event_on_commit(BROADCAST_GROUP, worker_update_event, using="default")
     send_event_on_commit(POOL_EVENTS, event, using="default")
 
 
@@ -295,6 +304,22 @@ def outcome_row(attempt: Attempt) -> SelectionOutcome:
 attempts_recorder = Coalescer(record_attempts)
 
 
+def set_blacklisted(workers, is_blacklisted: bool, *, acting_user=None) -> int:
+    """Take workers out of selection (the operator's blacklist, which no probe lifts) or put
+    them back; every socket then gets the new `worker_update`. Return how many changed."""
+    names = [worker.name for worker in workers]
+    with transaction.atomic(using="default", durable=True):
+        changed = Worker.objects.filter(name__in=names).exclude(is_blacklisted=is_blacklisted).update(
+            is_blacklisted=is_blacklisted
+        )
+        for name in names:
+            publish_worker_change(name, "saved", acting_user)
+    logger.info(
+        "workers %s %s by %s", ", ".join(names), "blacklisted" if is_blacklisted else "restored", describe_actor(acting_user)
+    )
+    return changed
+
+
 def end_cooldowns(workers) -> int:
     """Let operators put cooling workers back into selection at once; return how many."""
     from pools import state
@@ -323,3 +348,27 @@ def prune_outcomes(*, older_than_days: float) -> int:
         if not batch:
             return deleted
         deleted += SelectionOutcome.objects.filter(id__in=batch).delete()[0]
+
+
+def record_health_samples(*, retention_hours: float) -> int:
+    """Sample every worker's score, state, latency and load now, and delete samples older
+    than `retention_hours`, so the table stays bounded; return how many were taken."""
+    from pools.status import member_rows
+
+    now = timezone.now()
+    workers = list(Worker.objects.all())
+    samples = [
+        HealthSample(
+            worker=row["name"], score=row["health_score"], latency=row["latency"], success_rate=row["success_rate"],
+            in_flight=row["in_flight"], created_at=now,
+            state=(
+                HealthSample.State.BLACKLISTED if row["is_blacklisted"]
+                else HealthSample.State.COOLING if row["cooldown_until"] else HealthSample.State.SERVING
+            ),
+        )
+        for row in member_rows(None, workers)
+    ]
+    with transaction.atomic(using="default", durable=True):
+        HealthSample.objects.bulk_create(samples)
+        HealthSample.objects.filter(created_at__lt=now - datetime.timedelta(hours=retention_hours)).delete()
+    return len(samples)

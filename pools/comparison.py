@@ -1,14 +1,18 @@
 """A/B comparison of two pool aliases from recorded attempts (SelectionOutcome): latency
-distribution, error rate and recovery time, for choosing between two pool configurations."""
+distribution, error rate and recovery time, for choosing between two pool configurations;
+and over time, each alias's members' health (HealthSample, one per health round) and its
+attempts and errors per minute, which the admin draws as charts."""
 from __future__ import annotations
 
 import datetime
 import math
 import statistics
 
+from django.db.models import Count, Q
+from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from pools.models import SelectionOutcome
+from pools.models import HealthSample, PoolMember, SelectionOutcome
 from rentahal.errors import Invalid
 from rentahal.metrics import percentile
 
@@ -56,7 +60,43 @@ def summarize_pool(name: str, *, realm: str | None = None, since: datetime.datet
         "recovery_mean": statistics.fmean(recoveries) if recoveries else None,
         "recovery_max": max(recoveries) if recoveries else None,
         "members": member_counts(attempts),
+        "health_over_time": health_over_time(name, realm=realm, since=since),
+        "errors_over_time": errors_over_time(rows),
     }
+
+
+def health_over_time(name: str, *, realm: str | None = None, since: datetime.datetime | None = None) -> list[dict]:
+    """Return, per health round, the mean score and latency of the alias's current members and how many were serving."""
+    seats = PoolMember.objects.filter(pool__name=name)
+    if realm is not None:
+        seats = seats.filter(pool__realm=realm)
+    samples = HealthSample.objects.filter(worker__in=seats.values("worker__name"))
+    if since is not None:
+        samples = samples.filter(created_at__gte=since)
+    rounds: dict[datetime.datetime, list[tuple[float, float | None, str]]] = {}
+    for at, score, latency, state in samples.order_by("created_at").values_list("created_at", "score", "latency", "state"):
+        rounds.setdefault(at, []).append((score, latency, state))
+    series = []
+    for at, members in rounds.items():
+        latencies = [latency for _, latency, _ in members if latency is not None]
+        series.append({
+            "at": at.isoformat(),
+            "score": statistics.fmean(score for score, _, _ in members),
+            "latency": statistics.fmean(latencies) if latencies else None,
+            "serving": sum(1 for *_, state in members if state == HealthSample.State.SERVING),
+            "members": len(members),
+        })
+    return series
+
+
+def errors_over_time(rows) -> list[dict]:
+    """Return the alias's attempts and failed attempts (a client's bad request is not a failure) per minute."""
+    failed = ~Q(result__in=[SelectionOutcome.Result.OK, SelectionOutcome.Result.CLIENT])
+    minutes = (
+        rows.annotate(minute=TruncMinute("created_at")).values("minute")
+        .annotate(attempts=Count("id"), errors=Count("id", filter=failed)).order_by("minute")
+    )
+    return [{"at": row["minute"].isoformat(), "attempts": row["attempts"], "errors": row["errors"]} for row in minutes]
 
 
 def member_counts(attempts) -> dict[str, int]:

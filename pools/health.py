@@ -159,12 +159,13 @@ def apply_probe(worker: Worker, result: ProbeResult) -> str:
     return outcome
 
 
-def check_worker_health() -> list[tuple[str, str]]:
-    """Probe every worker in parallel and update their health; return (worker, what happened) pairs.
+def check_worker_health(workers: list[Worker] | None = None) -> list[tuple[str, str]]:
+    """Probe every worker (or those given, an operator's "check now") in parallel and update
+    their health; return (worker, what happened) pairs.
 
     `health_changed` is sent after every round, even one with no worker to probe, so a realm
     whose last worker was removed is noticed too."""
-    workers = list(Worker.objects.all())
+    workers = list(Worker.objects.all()) if workers is None else list(workers)
     report = []
     if workers:
         from asgiref.sync import async_to_sync

@@ -258,3 +258,28 @@ class SelectionOutcome(models.Model):
 
     def __str__(self):
         return f"{self.worker} {self.result} ({self.pool or 'direct'})"
+
+
+class HealthSample(models.Model):
+    """One member's health at one moment, taken by every health round, so the A/B comparison
+    can draw each alias's health over time. Rows older than `HEALTH_SAMPLE_RETENTION_HOURS`
+    are pruned by the same round (`pools.actions.record_health_samples`)."""
+
+    class State(models.TextChoices):
+        SERVING = "serving"
+        COOLING = "cooling"
+        BLACKLISTED = "blacklisted"
+
+    worker = models.CharField(max_length=128)
+    score = models.FloatField()
+    state = models.CharField(max_length=16, choices=State.choices)
+    latency = models.FloatField(null=True, blank=True, help_text="EWMA time to first byte, in seconds.")
+    success_rate = models.FloatField(null=True, blank=True)
+    in_flight = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["worker", "created_at"])]
+
+    def __str__(self):
+        return f"{self.worker} {self.score:g} {self.state} at {self.created_at:%H:%M:%S}"

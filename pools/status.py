@@ -57,6 +57,14 @@ def worker_frames(workers: list[Worker], *, with_addresses: bool = False) -> lis
     return frames if with_addresses else [without_address(frame) for frame in frames]
 
 
+def pool_aliases() -> list[dict]:
+    """Return the pool aliases as `worker_update` lists them, so a page can offer them as model choices."""
+    return [
+        {"name": pool.name, "query_type": pool.query_type, "realm": pool.realm, "strategy": pool.strategy}
+        for pool in PoolAlias.objects.order_by("name", "realm")
+    ]
+
+
 def without_address(frame: dict) -> dict:
     """Return a worker's frame as anyone may see it: its name, type and health, not its address."""
     return {field: value for field, value in frame.items() if field != "address"}
@@ -88,3 +96,40 @@ def describe_workers(workers: list[Worker] | None = None) -> list[dict]:
 
 def describe_worker(worker: Worker) -> dict:
     return describe_workers([worker])[0]
+
+
+def health_colour(row: dict) -> str:
+    """Return the colour a worker is drawn in: black when blacklisted (by an operator or the
+    health rules), red under 50, yellow under 80, else green."""
+    if row["is_blacklisted"]:
+        return "black"
+    if row["health_score"] < 50:
+        return "red"
+    return "yellow" if row["health_score"] < 80 else "green"
+
+
+def pool_graph() -> dict:
+    """Return pools and workers as a graph for the admin's pool picture: a node per pool and
+    per worker (its health colour, load and cooldown), an edge per pool membership."""
+    workers = list(Worker.objects.order_by("name"))
+    nodes = [
+        {
+            "id": f"worker:{row['name']}", "kind": "worker", "label": row["name"], "realm": row["realm"],
+            "query_type": worker.query_type, "health_score": row["health_score"], "colour": health_colour(row),
+            "blacklisted_by": row["blacklisted_by"], "in_flight": row["in_flight"],
+            "max_concurrency": row["max_concurrency"], "cooldown_until": row["cooldown_until"],
+            "cooldown_reason": row["cooldown_reason"],
+        }
+        for worker, row in zip(workers, member_rows(None, workers))
+    ]
+    edges = []
+    for pool in PoolAlias.objects.prefetch_related("memberships__worker").order_by("name", "realm"):
+        pool_id = f"pool:{pool.id}"
+        nodes.append({
+            "id": pool_id, "kind": "pool", "label": pool.name + (f" ({pool.realm})" if pool.realm else ""),
+            "realm": pool.realm, "query_type": pool.query_type, "strategy": pool.strategy,
+        })
+        edges.extend(
+            {"source": pool_id, "target": f"worker:{seat.worker.name}", "weight": seat.weight} for seat in pool.memberships.all()
+        )
+    return {"nodes": nodes, "edges": edges}

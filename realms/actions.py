@@ -1,4 +1,5 @@
-"""Every write to realms (registry, backups); a query's own steps are in `realms.lifecycle`.
+"""Every write to realms (registry, backups), and broadcasts to their users; a query's own
+steps are in `realms.lifecycle`.
 
 A realm's writes take the actor keyword-only (`rentahal.actors`), commit in one durable
 transaction on `default`, publish `realm.changed` once committed (`rentahal.pushes`) and
@@ -11,7 +12,7 @@ from django.db import transaction
 from realms.models import Realm, RealmBackup, find_backup_loop
 from rentahal.actors import describe_actor
 from rentahal.errors import BrokerError, Invalid
-from rentahal.pushes import REALM_EVENTS, send_event_on_commit
+from rentahal.pushes import BROADCAST_GROUP, REALM_EVENTS, frame_event, send_event, send_event_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +120,13 @@ def save_realm(realm: Realm) -> None:
 def publish_realm_change(name: str, op: str, acting_user) -> None:
     event = {"type": "realm.changed", "op": op, "name": name, "by": describe_actor(acting_user)}
     send_event_on_commit(REALM_EVENTS, event, using="default")
+
+
+def broadcast_message(message: str, *, realm: str = "", acting_user) -> None:
+    """Send a `sysop_message` to every open socket, or only to those whose home is `realm`
+    (the sysop's frame and the admin's broadcast page both come here)."""
+    from realms.routing import find_realm
+
+    group = find_realm(realm).group_name if realm else BROADCAST_GROUP
+    send_event(group, frame_event({"type": "sysop_message", "message": message}))
+    logger.info("broadcast to %s by %s: %s", realm or "everyone", describe_actor(acting_user), message[:200])

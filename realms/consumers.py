@@ -11,16 +11,16 @@ from accounts.actions.queries import previous_queries
 from accounts.actions.users import (
     GUID_COOKIE, claim_sysop, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname,
 )
-from accounts.billing import system_totals
 from pools import actions as pools
-from realms import lifecycle
-from realms import chunks
+from realms import actions as realm_actions
+from realms import chunks, lifecycle
 from realms.frames import parse_client_id, parse_submission, require_str
-from realms.routing import find_realm, home_realm_of
+from realms.routing import home_realm_of
+from realms.sysop import record_presence, sysop_frames
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, error_frame, temporarily_unavailable
 from rentahal.metrics import record_connection
-from rentahal.pushes import BROADCAST_GROUP, SYSOP_GROUP, frame_event, user_group
+from rentahal.pushes import BROADCAST_GROUP, SYSOP_GROUP, user_group
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     user = None
     home_realm = None
+    is_counted_online = False
 
     async def __call__(self, scope, receive, send):
         """Serve the socket. Channels makes the socket's channel on the layer before it reads
@@ -79,6 +80,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(user_group(guid), self.channel_name)
         await self.channel_layer.group_add(BROADCAST_GROUP, self.channel_name)
+        record_presence(guid, 1)
+        self.is_counted_online = True
         await self.follow_sysop_alerts()
         await self.join_home_realm(guid)
         await self.send_user_info()
@@ -106,6 +109,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("Redis unavailable while a socket left its groups: %s", exc)
 
     async def leave_groups(self):
+        if self.is_counted_online:
+            record_presence(self.user.guid, -1)
+            self.is_counted_online = False
         if self.user is not None:
             await self.channel_layer.group_discard(user_group(self.user.guid), self.channel_name)
             await self.channel_layer.group_discard(BROADCAST_GROUP, self.channel_name)
@@ -175,7 +181,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.follow_sysop_alerts()
 
     async def user_banned(self, event):
-        """Close this socket when its user is banned (the original left it registered)."""
+        """Tell the page, and close this socket, when its user is banned (the original left it registered)."""
+        await self.send_json({"type": "user_banned", "guid": self.user.guid})
         await self.send_json(error_frame(banned()))
         await self.close(code=4003)
 
@@ -190,8 +197,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "previous_queries", "data": data})
 
     async def send_worker_update(self, content=None):
-        workers = await on_db_thread(pools.list_workers)(with_addresses=self.user.is_sysop)
-        await self.send_json({"type": "worker_update", "workers": workers})
+        await self.send_json(await on_db_thread(pools.worker_update_frame)(with_addresses=self.user.is_sysop))
 
     async def submit_query(self, content):
         query = content.get("query")
@@ -224,8 +230,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         """Heartbeat answer; receiving it is all that matters."""
 
     async def get_stats(self, content):
-        stats = await on_db_thread(gather_system_stats)()
-        await self.send_json({"type": "system_stats", "data": stats})
+        """Send the sysop panel's frames: `system_stats`, `worker_health`, `active_users`, `user_stats`."""
+        for frame in await on_db_thread(sysop_frames)():
+            await self.send_json(frame)
 
     async def add_worker(self, content):
         spec = content.get("worker")
@@ -263,12 +270,9 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
 
     async def sysop_message(self, content):
         """Broadcast to everyone, or with `realm` only to the sockets whose home is that realm."""
-        message = require_str(content, "message")
-        realm_name = require_str(content, "realm", required=False)
-        group = BROADCAST_GROUP
-        if realm_name:
-            group = (await on_db_thread(find_realm)(realm_name)).group_name
-        await self.channel_layer.group_send(group, frame_event({"type": "sysop_message", "message": message}))
+        await on_db_thread(realm_actions.broadcast_message)(
+            require_str(content, "message"), realm=require_str(content, "realm", required=False), acting_user=self.user
+        )
 
     handlers = {
         "submit_query": submit_query,
@@ -306,14 +310,3 @@ def decode_frame(raw: str | bytes) -> object:
     except orjson.JSONDecodeError as exc:
         raise BrokerError(f"Malformed JSON: {exc}", code="malformed") from None
 
-
-def gather_system_stats() -> dict:
-    """Return the `system_stats` of a sysop's `get_stats`: totals, and the workers with their addresses."""
-    totals = system_totals()
-    return {
-        "total_queries": totals["total_queries"],
-        "failed_queries": totals["failed_queries"],
-        "total_processing_time": totals["total_processing_time"],
-        "total_cost": float(totals["total_cost"]),
-        "workers": pools.list_workers(with_addresses=True),
-    }

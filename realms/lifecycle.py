@@ -16,6 +16,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from rq import Callback, Retry
+from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
@@ -300,31 +301,42 @@ def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
     async_to_sync(fail_query)(query_id, reason)
 
 
-def terminate_queries(guid: str, *, acting_user: User) -> int:
-    """Fail every unfinished query of the user and stop their jobs; return how many ended."""
-    if not acting_user.is_sysop:
+def terminate_queries(guid: str, *, acting_user) -> int:
+    """Fail every unfinished query of the user and stop their jobs, then tell the user's
+    sockets `query_terminated`; return how many ended.
+
+    The actor is a sysop (the socket's frame) or a staff login (the admin's action, behind
+    its own permission check); a broker user who is not sysop is refused."""
+    if isinstance(acting_user, User) and not acting_user.is_sysop:
         raise Forbidden("Only a sysop may terminate queries.")
     target = find_user(guid)
-    ended = 0
+    ended = []
     for query in queries.unfinished_queries(target.guid):
-        stop_job(str(query.id))
+        # The row is failed first, so a job that still returns is discarded by `finish_query`.
         if async_to_sync(fail_query)(query.id, "terminated by the sysop") is not None:
-            ended += 1
-    return ended
+            ended.append(str(query.id))
+        stop_job(str(query.id))
+    async_to_sync(push_frame)(target.guid, {"type": "query_terminated", "guid": target.guid, "query_ids": ended})
+    return len(ended)
 
 
 def stop_job(job_id: str) -> None:
-    """Cancel a job still waiting in its queue.
+    """Cancel a job still waiting in its queue, or have its worker stop running it.
 
-    A job already running is left to end: its query row is finished first, so whatever it
-    returns is discarded by `finish_query` and nothing is charged.
+    A running job is stopped through RQ's `stop-job` command: the realm worker cancels its
+    model call (`rentahal.worker.ConcurrentWorker.request_stop_execution`), which frees the
+    model server's slot, and records the job as stopped.
     """
+    connection = get_queue("default").connection
     try:
-        job = Job.fetch(job_id, connection=get_queue("default").connection)
+        job = Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
         return
-    if job.get_status(refresh=False) == "queued":
-        try:
+    status = job.get_status(refresh=False)
+    try:
+        if status == "started":
+            send_stop_job_command(connection, job_id)
+        elif status in ("queued", "scheduled", "deferred"):
             job.cancel()
-        except InvalidJobOperation:
-            logger.info("job %s started before it could be cancelled", job_id)
+    except InvalidJobOperation:
+        logger.info("job %s was neither queued nor running when it was stopped", job_id)

@@ -22,6 +22,14 @@ def queue_depth(realm: Realm) -> int:
     return get_queue(realm.queue_name).count
 
 
+def queries_in_flight(realm: Realm) -> int:
+    """Return how many of the realm's jobs a worker is running now (RQ's started registry).
+
+    Read without RQ's cleanup: handing abandoned jobs on is the reconciler's work
+    (`realms.reconcile`), not a side effect of a scrape or a dashboard's tick."""
+    return get_queue(realm.queue_name).started_job_registry.get_job_count(cleanup=False)
+
+
 def route_query(query_type: str) -> tuple[Realm, int]:
     """Return the realm that takes this query and its queue depth before it.
 

@@ -5,7 +5,7 @@ from pools.health import serving_workers
 from pools.models import PoolAlias, Worker
 from pools.status import worker_frames
 from realms.models import Realm, RealmBackup, ScalingAdvice
-from realms.routing import queue_depth
+from realms.routing import queries_in_flight, queue_depth
 from rentahal import metrics
 
 
@@ -55,9 +55,13 @@ def workers_by_realm() -> dict[str, int]:
     return {realm.name: len(available_workers(realm)) for realm in Realm.objects.all()}
 
 
-def realm_gauges() -> dict[str, tuple[int, int]]:
-    """Return {realm: (available workers, queue depth)} for the /metrics scrape."""
-    return {realm.name: (len(available_workers(realm)), queue_depth(realm)) for realm in Realm.objects.all()}
+def realm_gauges() -> dict[str, tuple[int, int, int]]:
+    """Return {realm: (available workers, queue depth, queries in flight)} for the /metrics
+    scrape and the admin's dashboard."""
+    return {
+        realm.name: (len(available_workers(realm)), queue_depth(realm), queries_in_flight(realm))
+        for realm in Realm.objects.all()
+    }
 
 
 def summary() -> dict:

@@ -217,8 +217,8 @@ def summary_metrics(workers_by_realm: dict[str, int]) -> dict:
 class LiveRealmCollector:
     """Gauges read from Redis at scrape time: connections, peaks and recent percentiles.
 
-    `realms_with_workers` returns {realm name: (available workers, queue depth)}; the realms
-    app supplies it so this module needs no import of it.
+    `realms_with_workers` returns {realm name: (available workers, queue depth, in flight)};
+    the realms app supplies it so this module needs no import of it.
     """
 
     def __init__(self, realms_with_workers):
@@ -232,6 +232,7 @@ class LiveRealmCollector:
             ),
             "workers": GaugeMetricFamily("rentahal_realm_workers", "Available workers.", labels=["realm"]),
             "queue_depth": GaugeMetricFamily("rentahal_realm_queue_depth", "Queries waiting.", labels=["realm"]),
+            "in_flight": GaugeMetricFamily("rentahal_realm_in_flight", "Queries being served now.", labels=["realm"]),
             "utilisation": GaugeMetricFamily(
                 "rentahal_realm_utilisation", "Busy fraction of the realm's workers over the window.", labels=["realm"]
             ),
@@ -247,9 +248,10 @@ class LiveRealmCollector:
         worker_utilisation = GaugeMetricFamily(
             "rentahal_worker_utilisation", "Busy fraction of each worker over the window.", labels=["realm", "worker"]
         )
-        for realm, (workers, depth) in self.realms_with_workers().items():
+        for realm, (workers, depth, in_flight) in self.realms_with_workers().items():
             metrics = realm_metrics(realm, workers=workers)
             metrics["queue_depth"] = depth
+            metrics["in_flight"] = in_flight
             for field, gauge in gauges.items():
                 gauge.add_metric([realm], metrics[field])
             for pct in PERCENTILES:

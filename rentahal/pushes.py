@@ -13,7 +13,8 @@ dots becoming underscores):
 |---|---|---|
 | `user.<guid>` (`user_group`) | `send.frame` `{"frame": {...}}` | a job pushes a frame to every tab of the user |
 | `user.<guid>` | `send.frame` `{"frame": {"type": "query_chunk", "query_id", "chunk"}}` | the next piece of a streamed answer (`stream_query_chunks`) |
-| `user.<guid>` | `user.banned` | the user was banned: each socket says so and closes |
+| `user.<guid>` | `user.banned` | the user was banned: each socket sends `user_banned` and the ban's `error`, and closes |
+| `user.<guid>` | `send.frame` `{"frame": {"type": "user_unbanned"}}` | the user was unbanned |
 | `broadcast` (`BROADCAST_GROUP`) | `send.frame` `{"frame": {...}}` | every open /ws socket: `worker_update`, `sysop_message` |
 | | `send.frame` `{"frame": {...}, "sysop_frame": {...}}` | as above, sysops' sockets sending `sysop_frame` instead (`worker_update` with addresses) |
 | `user.<guid>` | `user.changed` | the user's sysop flag changed: each socket re-reads the user and sends `user_info` |

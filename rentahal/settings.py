@@ -182,6 +182,8 @@ RENTAHAL_JOB_TIMEOUT = env.int("QUERY_JOB_TIMEOUT", default=360)
 RENTAHAL_DB_THREADS = env.int("DB_THREADS", default=4)
 # Attempt outcomes (the A/B report's rows) older than this are pruned by the health checker.
 RENTAHAL_OUTCOME_RETENTION_DAYS = env.float("OUTCOME_RETENTION_DAYS", default=30)
+# Health samples (one per worker per health round) for the A/B comparison's charts.
+RENTAHAL_HEALTH_SAMPLE_RETENTION_HOURS = env.float("HEALTH_SAMPLE_RETENTION_HOURS", default=48)
 # Recovery of lost work (README, "Lost work is re-run"). Accepted queries older than
 # RECONCILE_AFTER whose RQ job is gone are re-enqueued by the reconciler, which run_broker
 # runs every RECONCILE_EVERY seconds; a realm worker renews its jobs' place in RQ's started

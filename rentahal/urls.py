@@ -1,13 +1,16 @@
 """URL wiring: the users' page, the operators' admin, django-rq's dashboard (behind its own
 permission, rentahal.rq_dashboard), the APIs."""
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
-from django.views.generic import TemplateView
+from django.views.generic import RedirectView, TemplateView
 
 from rentahal.metrics import metrics_view
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
+    # Browsers ask for /favicon.ico whatever the page's <link rel="icon"> says.
+    path("favicon.ico", RedirectView.as_view(url=static("rentahal/favicon.ico"), permanent=True)),
     path("admin/rq/", include("rentahal.rq_dashboard")),
     path("admin/", admin.site.urls),
     path("api/realms/", include("realms.urls")),

@@ -84,7 +84,9 @@ def test_page_and_admin_are_served_with_their_static_files(broker_without_model)
     base = f"http://127.0.0.1:{broker_without_model}"
 
     with urllib.request.urlopen(f"{base}/") as page:
-        assert b'new WebSocket' in page.read()
+        assert b'src="/static/rentahal/page.js"' in page.read()
+    with urllib.request.urlopen(f"{base}/static/rentahal/page.js") as script:
+        assert b"new WebSocket" in script.read()
     with urllib.request.urlopen(f"{base}/admin/login/") as login:
         assert login.status == 200
     with urllib.request.urlopen(f"{base}/static/admin/css/base.css") as css:

@@ -117,6 +117,7 @@ async def test_sysop_ban_closes_every_socket_of_the_banned_user(sysop, alice, co
     await sysop_tab.send({"type": "ban_user", "user_guid": alice.guid})
 
     assert await sysop_tab.receive() == {"type": "user_banned", "guid": alice.guid}
+    assert await alice_tab.receive() == {"type": "user_banned", "guid": alice.guid}
     assert await alice_tab.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}
     assert (await sync_to_async(User.objects.get)(pk=alice.guid)).is_banned
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from accounts.models import FoundingUser, SysopClaim, User
 from rentahal.actors import describe_actor
 from rentahal.errors import BrokerError, Forbidden, NotFound
-from rentahal.pushes import send_event_on_commit, user_group
+from rentahal.pushes import frame_event, send_event_on_commit, user_group
 from rentahal.sharding import serialised_across_shards, shard_aliases, shard_for_guid, writing_for
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ def set_nickname(user: User, nickname: str) -> User:
 
 
 def set_banned(guid: str, is_banned: bool, *, acting_user) -> User:
-    """Ban or unban a user; once committed, a ban closes every open socket of theirs.
+    """Ban or unban a user; once committed, a ban closes every open socket of theirs (each
+    told `user_banned` first) and an unban sends them `user_unbanned`.
 
     The one ban action, for the sysop's `ban_user`/`unban_user` frames and the admin's
     actions: who may ban is their check (sysop-only frames, the admin's permissions); the
@@ -193,6 +194,8 @@ def set_banned(guid: str, is_banned: bool, *, acting_user) -> User:
         User.objects.using(alias).filter(pk=user.pk).update(is_banned=is_banned)
         if is_banned:
             send_event_on_commit(user_group(user.guid), {"type": "user.banned"}, using=alias)
+        else:
+            send_event_on_commit(user_group(user.guid), frame_event({"type": "user_unbanned", "guid": user.guid}), using=alias)
     user.is_banned = is_banned
     logger.info("user %s %s by %s", user.guid, "banned" if is_banned else "unbanned", describe_actor(acting_user))
     return user

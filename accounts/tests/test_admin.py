@@ -66,5 +66,6 @@ async def test_staff_ban_closes_every_open_socket_of_the_user(admin_client, alic
         {"action": "ban_users", "_selected_action": [alice.guid]},
     )
 
+    assert await tab.receive() == {"type": "user_banned", "guid": alice.guid}
     assert await tab.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}
     assert (await tab.communicator.receive_output(timeout=2))["type"] == "websocket.close"

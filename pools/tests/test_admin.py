@@ -29,8 +29,7 @@ def test_pool_change_list_shows_members_live_state(admin_client, chat_pool):
 
     page = admin_client.get("/admin/pools/poolalias/").content.decode()
 
-    assert "alpha: 100, 1 in flight" in page
-    assert "beta: 100, 0 in flight" in page
+    assert "alpha: 100 · 1 · - · 0<br>beta: 100 · 0 · - · 0</td>" in page
     state.release_lease("alpha", lease)
 
 
@@ -40,8 +39,7 @@ def test_pool_change_list_shows_the_runtime_score_and_blacklist(admin_client, ch
 
     page = admin_client.get("/admin/pools/poolalias/").content.decode()
 
-    assert "alpha: 0, 0 in flight, -, chosen 0, blacklisted;" in page
-    assert "beta: 75, 0 in flight, -, chosen 0<" in page
+    assert "alpha: 0 · 0 · - · 0 · blacklisted<br>beta: 75 · 0 · - · 0</td>" in page
 
 
 def test_worker_change_list_shows_the_runtime_health_score(admin_client, chat_pool):
@@ -49,7 +47,7 @@ def test_worker_change_list_shows_the_runtime_health_score(admin_client, chat_po
 
     page = admin_client.get("/admin/pools/worker/").content.decode()
 
-    assert '<td class="field-health_score">62.5</td>' in page
+    assert '<td class="field-health">62.5</td>' in page
 
 
 def test_worker_change_list_renders_live_columns(admin_client, chat_pool):
@@ -138,3 +136,36 @@ def test_admin_deletes_selected_pools(admin_client, chat_pool):
 
     assert response.status_code == 302
     assert not PoolAlias.objects.exists()
+
+
+def test_a_worker_blacklisted_by_health_says_so_in_its_health_column(admin_client, chat_pool):
+    state.change_health("beta", -100)
+
+    page = admin_client.get("/admin/pools/worker/").content.decode()
+
+    assert '<td class="field-health"><span title="score 0">blacklisted by health</span></td>' in page
+
+
+def test_blacklist_and_restore_actions_change_the_operators_switch(admin_client, chat_pool):
+    alpha = Worker.objects.get(name="alpha")
+
+    admin_client.post("/admin/pools/worker/", {"action": "blacklist", "_selected_action": [alpha.pk]})
+    assert Worker.objects.get(name="alpha").is_blacklisted
+    assert "blacklisted by operator" in admin_client.get("/admin/pools/worker/").content.decode()
+
+    admin_client.post("/admin/pools/worker/", {"action": "restore", "_selected_action": [alpha.pk]})
+    assert not Worker.objects.get(name="alpha").is_blacklisted
+
+
+def test_check_health_now_probes_the_selected_workers(admin_client, chat_pool, fake_server):
+    state.change_health("alpha", -30)
+    fake_server.configure(health_status=500)
+
+    response = admin_client.post(
+        "/admin/pools/worker/", {"action": "check_health_now", "_selected_action": [Worker.objects.get(name="alpha").pk]},
+        follow=True,
+    )
+
+    assert [str(message) for message in response.context["messages"]] == ["alpha: answered HTTP 500"]
+    assert state.health_of(["alpha", "beta"])["alpha"].score == 60
+    assert state.health_of(["alpha", "beta"])["beta"].score == 100
