@@ -65,7 +65,12 @@ def ticket_pool(plan: Plan) -> int | None:
 
 
 async def serve(
-    request: ModelRequest, *, realm: str, affinity_key: str = "", on_chunk: ChunkCallback | None = None
+    request: ModelRequest,
+    *,
+    realm: str,
+    affinity_key: str = "",
+    on_chunk: ChunkCallback | None = None,
+    allow_remote: bool = True,
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
 
@@ -75,9 +80,13 @@ async def serve(
     answer have reached the user, a failure is final: a retry would stream a second answer
     into the first.
 
+    `allow_remote=False` leaves peer brokers out (a query that may not cross another broker).
+
     Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
     """
     plan = await current_plan(request, realm)
+    if not allow_remote:
+        plan = plan.local
     advance = ticket_pool(plan)
     failed: set[str] = set()
     full: set[str] = set()

@@ -26,6 +26,7 @@ from accounts.actions.users import find_user
 from accounts.models import Query, User
 from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
+from pools.models import broker_of_worker
 from pools.dispatch import Served, serve
 from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
@@ -34,6 +35,7 @@ from rentahal.batching import Coalescer
 from rentahal.errors import STORE_OUTAGES, Forbidden
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame
+from rentahal.query_context import QueryContext, serving_query
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -177,7 +179,8 @@ async def serve_query(query: Query) -> Served:
         model_name=query.model_name,
         image=query.image or None,
     )
-    return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
+    with serving_query(QueryContext(str(query.id), guid)):
+        return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
 
 
 async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
@@ -205,7 +208,8 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
 
 
 def result_frame(query: Query) -> dict:
-    """Return the `query_result` frame of an answered query; `processing_time` is the billed time."""
+    """Return the `query_result` frame of an answered query; `processing_time` is the billed
+    time and `broker` the federation id of the broker whose worker answered."""
     return {
         "type": "query_result",
         "query_id": str(query.id),
@@ -214,6 +218,7 @@ def result_frame(query: Query) -> dict:
         "processing_time": query.processing_time,
         "cost": float(query.cost),
         "worker": query.worker,
+        "broker": broker_of_worker(query.worker) or settings.RENTAHAL_FEDERATION_ID,
     }
 
 

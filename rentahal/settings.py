@@ -3,6 +3,8 @@
 Every value has a default that works on a developer machine with the local Postgres and
 Redis, so `manage.py` runs with no configuration at all.
 """
+import re
+import socket
 from pathlib import Path
 
 import environ
@@ -229,3 +231,25 @@ RENTAHAL_SCALING_HOOK = env("SCALING_HOOK", default="realms.scaling.log_advice")
 RENTAHAL_METRICS_TOKEN = env("METRICS_TOKEN", default="")
 RENTAHAL_METRICS_ALLOWED_ADDRESSES = env.list("METRICS_ALLOWED_ADDRESSES", default=[])
 RENTAHAL_FIRST_VISITOR_IS_SYSOP = env.bool("FIRST_VISITOR_IS_SYSOP", default=False)
+# Federation (docs/federation.md): this broker's id among peers, the public base URL peers
+# call it at (signatures cover it), and its Ed25519 private key, from the environment (PEM
+# or base64 of the 32-byte seed) or else a file `manage.py federation_keys create` writes.
+# Retired public keys stay published for KEY_OVERLAP seconds after a rotation.
+RENTAHAL_FEDERATION_ID = env("FEDERATION_ID", default=re.sub(r"[^a-z0-9.-]+", "-", socket.gethostname().lower()).strip("-.") or "rentahal")
+RENTAHAL_FEDERATION_BASE_URL = env("FEDERATION_BASE_URL", default="http://127.0.0.1:8000")
+RENTAHAL_FEDERATION_PRIVATE_KEY = env("FEDERATION_PRIVATE_KEY", default="")
+RENTAHAL_FEDERATION_KEY_FILE = env("FEDERATION_KEY_FILE", default=str(BASE_DIR / "federation_key.pem"))
+RENTAHAL_FEDERATION_KEY_OVERLAP = env.float("FEDERATION_KEY_OVERLAP_SECONDS", default=7 * 86400.0)
+# Signed peer calls: `created` may be this many seconds off either way; nonces are kept as long.
+RENTAHAL_FEDERATION_SIGNATURE_WINDOW = env.int("FEDERATION_SIGNATURE_WINDOW_SECONDS", default=300)
+# Brokers a query may pass through beyond its own (1: a peer serves it itself).
+RENTAHAL_FEDERATION_MAX_HOPS = env.int("FEDERATION_MAX_HOPS", default=1)
+RENTAHAL_FEDERATION_MAX_BODY_BYTES = env.int("FEDERATION_MAX_BODY_BYTES", default=12 * 1024 * 1024)
+RENTAHAL_FEDERATION_INVITATION_HOURS = env.float("FEDERATION_INVITATION_HOURS", default=24.0)
+# What this broker asks of peers it serves (advertised), and the limits a new peer is granted.
+RENTAHAL_FEDERATION_PRICE_PER_QUERY = env.float("FEDERATION_PRICE_PER_QUERY", default=RENTAHAL_BASE_COST_PER_QUERY)
+RENTAHAL_FEDERATION_PRICE_PER_SECOND = env.float("FEDERATION_PRICE_PER_SECOND", default=RENTAHAL_COST_PER_SECOND)
+RENTAHAL_FEDERATION_PEER_QUERIES_PER_MINUTE = env.int("FEDERATION_PEER_QUERIES_PER_MINUTE", default=60)
+RENTAHAL_FEDERATION_PEER_IN_FLIGHT = env.int("FEDERATION_PEER_IN_FLIGHT", default=8)
+RENTAHAL_FEDERATION_PEER_SPEND = env.float("FEDERATION_PEER_SPEND", default=10.0)
+RENTAHAL_FEDERATION_SPEND_PERIOD = env.int("FEDERATION_SPEND_PERIOD_SECONDS", default=86400)
