@@ -71,6 +71,7 @@ async def serve(
     affinity_key: str = "",
     on_chunk: ChunkCallback | None = None,
     allow_remote: bool = True,
+    exclude: frozenset[str] = frozenset(),
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
 
@@ -80,7 +81,8 @@ async def serve(
     answer have reached the user, a failure is final: a retry would stream a second answer
     into the first.
 
-    `allow_remote=False` leaves peer brokers out (a query that may not cross another broker).
+    `allow_remote=False` leaves peer brokers out (a query that may not cross another broker);
+    `exclude` names workers not to try (the peer brokers a routed query came through).
 
     Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
     """
@@ -88,7 +90,7 @@ async def serve(
     if not allow_remote:
         plan = plan.local
     advance = ticket_pool(plan)
-    failed: set[str] = set()
+    failed: set[str] = set(exclude)
     full: set[str] = set()
     last_error: ModelServerError | None = None
     streamed = False

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "channels",
     "django_rq",
     "rest_framework",
+    "drf_spectacular",
     "rentahal",
     "accounts",
     "pools",
@@ -136,6 +137,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rentahal.permissions.StaffModelPermissions"],
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "rentahal",
+    "DESCRIPTION": "The broker's HTTP APIs: realms, pools and federation.",
+    "VERSION": "0.1.0",
 }
 
 LOGGING = {
@@ -244,7 +251,7 @@ RENTAHAL_FEDERATION_KEY_OVERLAP = env.float("FEDERATION_KEY_OVERLAP_SECONDS", de
 RENTAHAL_FEDERATION_SIGNATURE_WINDOW = env.int("FEDERATION_SIGNATURE_WINDOW_SECONDS", default=300)
 # Brokers a query may pass through beyond its own (1: a peer serves it itself).
 RENTAHAL_FEDERATION_MAX_HOPS = env.int("FEDERATION_MAX_HOPS", default=1)
-RENTAHAL_FEDERATION_MAX_BODY_BYTES = env.int("FEDERATION_MAX_BODY_BYTES", default=12 * 1024 * 1024)
+
 RENTAHAL_FEDERATION_INVITATION_HOURS = env.float("FEDERATION_INVITATION_HOURS", default=24.0)
 # What this broker asks of peers it serves (advertised), and the limits a new peer is granted.
 RENTAHAL_FEDERATION_PRICE_PER_QUERY = env.float("FEDERATION_PRICE_PER_QUERY", default=RENTAHAL_BASE_COST_PER_QUERY)
