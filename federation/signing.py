@@ -21,6 +21,7 @@ from django.conf import settings
 from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, algorithms
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 from http_message_signatures.resolvers import HTTPSignatureKeyResolver
+from rest_framework.exceptions import AuthenticationFailed
 
 from federation import identity
 from pools.state import client as redis_client
@@ -32,8 +33,11 @@ TAG = "rentahal-federation"
 NONCE_PREFIX = "federation:nonce:"
 
 
-class BadSignature(BrokerError):
-    """A peer request that is not proven to come from an active peer, unchanged and fresh."""
+class BadSignature(BrokerError, AuthenticationFailed):
+    """A peer request that is not proven to come from an active peer, unchanged and fresh.
+
+    Also DRF's AuthenticationFailed, so the 401 carries `WWW-Authenticate: Signature`.
+    """
 
     code = "bad_signature"
     http_status = 401

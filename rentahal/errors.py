@@ -190,4 +190,7 @@ def drf_exception_handler(exc, context):
     response.status_code = error.http_status
     if isinstance(error, TooManyQueries):
         response["Retry-After"] = str(max(1, round(error.retry_after)))
+    if getattr(exc, "auth_header", None):
+        # Set by DRF on an authentication failure: the scheme the client must use.
+        response["WWW-Authenticate"] = exc.auth_header
     return response
