@@ -54,7 +54,7 @@ class Peer(models.Model):
     federation_id = models.CharField(max_length=63, unique=True, validators=[federation_id_validator])
     base_url = models.CharField(max_length=512, validators=[validate_peer_url])
     keys = models.JSONField(
-        default=list, help_text="Its published public keys: [{key_id, public_key, valid_until}], newest first."
+        default=list, blank=True, help_text="Its published public keys: [{key_id, public_key, valid_until}], newest first."
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     introduced_by = models.CharField(
@@ -65,6 +65,7 @@ class Peer(models.Model):
     )
     advertised = models.JSONField(
         default=dict,
+        blank=True,
         help_text="What it serves now: query_types, aliases, capacity, price_per_query, price_per_second.",
     )
     last_seen = models.DateTimeField(null=True, blank=True)
