@@ -145,10 +145,8 @@ class PeerClient(ModelClient):
         url = worker.base_url + ROUTE_PATH
         headers = sign_request("POST", url, orjson.dumps(payload))
         chunks: list[str] = []
-        accepted = False
         try:
             async with post_for_answer(session, worker, ROUTE_PATH, payload, limits=limits, headers=headers) as body:
-                accepted = True
                 async for line in body.lines():
                     item = parse_line(worker, line)
                     if "chunk" in item:
@@ -161,8 +159,10 @@ class PeerClient(ModelClient):
                     break
                 else:
                     raise malformed(worker, "the stream ended without its final line")
-        except ModelServerError:
-            if accepted:
+        except ModelServerError as exc:
+            # A refusal (4xx, 429) served nothing; a fault or a timeout may have cut a query
+            # the peer took, and the peer records that one as failed too.
+            if exc.kind in ("server", "timeout"):
                 await sync_to_async(settle_sent)(peer_id, query_id, user, request.query_type, 0.0, Settlement.Status.FAILED)
             raise
         await sync_to_async(settle_sent)(peer_id, query_id, user, request.query_type, answer[1], Settlement.Status.DONE)
