@@ -23,8 +23,10 @@ class WorkerAdmin(ActionModelAdmin):
     ]
     list_filter = ["query_type", "realm", "wire_format", "is_blacklisted"]
     search_fields = ["name", "address", "model"]
+    # A price is a peer broker's advertised one (federation sets it), not the operator's to edit.
     readonly_fields = [
         "health_score", "blacklisted_by_health", "last_active", "created_at", "in_flight", "cooling_until", "latency",
+        "price",
     ]
     inlines = [SpecializationInline]
     actions = ["end_cooldowns"]
