@@ -41,10 +41,11 @@ def advertisement() -> actions.Advertisement:
     snapshot = snapshot_cache.current()
     local = [worker for worker in snapshot.workers.values() if not worker.is_remote and not worker.is_blacklisted]
     healthy = {name for realm in Realm.objects.all() for name in serving_workers(realm.name, None)}
-    serving = [worker for worker in local if worker.name in healthy or not worker.realm]
+    serving = [worker for worker in local if worker.name in healthy]
+    names = {worker.name for worker in serving}
     return actions.Advertisement(
         query_types=sorted({worker.query_type for worker in serving}),
-        aliases=sorted({pool.name for pool in snapshot.pools if any(name in {w.name for w in serving} for name in pool.members)}),
+        aliases=sorted({pool.name for pool in snapshot.pools if names.intersection(pool.members)}),
         capacity=sum(worker.max_concurrency for worker in serving),
         price_per_query=decimal.Decimal(str(settings.RENTAHAL_FEDERATION_PRICE_PER_QUERY)),
         price_per_second=decimal.Decimal(str(settings.RENTAHAL_FEDERATION_PRICE_PER_SECOND)),

@@ -104,3 +104,12 @@ def test_join_signed_with_a_key_other_than_the_one_it_sends_is_refused(peer):
 
     assert response.status_code == 401
     assert not Peer.objects.exists()
+
+
+def test_oversized_body_is_refused_with_400_not_a_server_error(peer, settings):
+    body = route_body(prompt="x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1))
+
+    response = send(peer, body)
+
+    assert response.status_code == 400
+    assert not Settlement.objects.exists()
