@@ -1,8 +1,11 @@
 """This broker's identity: its key made and rotated by command, the well-known document that
 publishes current and retired keys, and a peer's rotated key verifying until it expires."""
+import contextlib
 import datetime
+import http.server
 import os
 import stat
+import threading
 
 import orjson
 from django.core.management import call_command
@@ -73,3 +76,40 @@ def test_openapi_schema_lists_the_federation_endpoints(db):
     paths = orjson.loads(response.content)["paths"]
     for name in ("join", "advertise", "discover", "route", "status", "settlement"):
         assert f"/api/federation/{name}" in paths
+
+
+@contextlib.contextmanager
+def serving_document(document: dict):
+    """Serve a well-known document on a loopback port, as a peer's broker would."""
+    body = orjson.dumps(document)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == WELL_KNOWN else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_a_peer_that_rotated_its_key_is_verified_after_its_keys_are_fetched_again(peer):
+    rotated = PeerPersona(peer.federation_id, new_key_b64())
+    later = (timezone.now() + datetime.timedelta(days=1)).isoformat()
+    keys = [rotated.key_entry, {**peer.key_entry, "valid_until": later}]
+    with serving_document({"federation_id": peer.federation_id, "base_url": "", "keys": keys}) as url:
+        Peer.objects.filter(pk=peer.row.pk).update(base_url=url)
+
+        response = advertise_signed_with(rotated)
+
+    assert response.status_code == 200
+    assert Peer.objects.get(pk=peer.row.pk).keys == keys
