@@ -63,7 +63,8 @@ async def call_peer(base_url: str, method: str, path: str, payload: dict | None 
     headers = {**sign_request(method, url, body), "Content-Type": "application/json"}
     client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, settings.RENTAHAL_CONNECT_TIMEOUT))
     try:
-        outbound.check_url(url)
+        # The policy judges where a call connects; the query string (settlement's `since`) is not its business.
+        outbound.check_url(base_url.rstrip("/") + path.partition("?")[0])
         async with model_session() as session:
             async with session.request(method, yarl.URL(url, encoded=True), data=body, headers=headers, timeout=client_timeout, allow_redirects=False) as response:
                 raw = await response.content.read(settings.RENTAHAL_MAX_ANSWER_BYTES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import urllib.parse
 
 from asgiref.sync import async_to_sync
 from django.db.models import Count, Sum
@@ -47,8 +48,7 @@ MIRROR = {Settlement.Direction.SENT: Settlement.Direction.SERVED, Settlement.Dir
 def reconcile(peer: Peer, since: datetime.datetime | None = None) -> list[Mismatch]:
     """Compare our rows with the peer's (its `settlement` endpoint, signed) and return every
     mismatch: a query only one side recorded, or recorded with another status, time or amount."""
-    path = "/api/federation/settlement" + (f"?since={since.isoformat()}" if since else "")
-    path = path.replace("+", "%2B")
+    path = "/api/federation/settlement" + (f"?{urllib.parse.urlencode({'since': since.isoformat()})}" if since else "")
     answer = async_to_sync(call_peer)(peer.base_url, "GET", path)
     theirs = {(MIRROR.get(row.get("direction")), row.get("query_id")): row for row in answer.get("rows", []) if isinstance(row, dict)}
     ours_rows = Settlement.objects.filter(peer=peer)
