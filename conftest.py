@@ -111,6 +111,14 @@ def bob(db):
 
 
 @pytest.fixture
+def peer(db):
+    """Another broker, active here: its row, its key, and requests signed as it."""
+    from federation.testing import make_peer
+
+    return make_peer("peer-b")
+
+
+@pytest.fixture
 def banned_user(db):
     return make_user("mallory", is_banned=True)
 

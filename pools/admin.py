@@ -62,8 +62,10 @@ class WorkerAdmin(ActionModelAdmin):
     list_display = ["name", "query_type", "realm", "wire_format", "health", "in_flight", "cooling_until", "latency", "max_concurrency"]
     list_filter = ["query_type", "realm", "wire_format", "is_blacklisted"]
     search_fields = ["name", "address", "model"]
+    # A price is a peer broker's advertised one (federation sets it), not the operator's to edit.
     readonly_fields = [
         "health_score", "blacklisted_by_health", "last_active", "created_at", "in_flight", "cooling_until", "latency",
+        "price",
     ]
     inlines = [SpecializationInline]
     actions = ["blacklist", "restore", "check_health_now", "end_cooldowns"]

@@ -34,6 +34,7 @@ def load_snapshot(version: str) -> Snapshot:
             # A worker without its own cap gets the default one, so a server that hangs
             # holds at most that many realm-worker slots (README.md, Fair share).
             max_concurrency=worker.max_concurrency or settings.RENTAHAL_DEFAULT_WORKER_CONCURRENCY,
+            price=float(worker.price),
             topics=tuple(topics.get(worker.id, ())),
         )
         for worker in Worker.objects.all()

@@ -91,7 +91,13 @@ def ticket_pool(plan: Plan) -> int | None:
 
 
 async def serve(
-    request: ModelRequest, *, realm: str, affinity_key: str = "", on_chunk: ChunkCallback | None = None
+    request: ModelRequest,
+    *,
+    realm: str,
+    affinity_key: str = "",
+    on_chunk: ChunkCallback | None = None,
+    allow_remote: bool = True,
+    exclude: frozenset[str] = frozenset(),
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
 
@@ -101,11 +107,16 @@ async def serve(
     answer have reached the user, a failure is final: a retry would stream a second answer
     into the first.
 
+    `allow_remote=False` leaves peer brokers out (a query that may not cross another broker);
+    `exclude` names workers not to try (the peer brokers a routed query came through).
+
     Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
     """
     plan = await current_plan(request, realm)
+    if not allow_remote:
+        plan = plan.local
     advance = ticket_pool(plan)
-    failed: set[str] = set()
+    failed: set[str] = set(exclude)
     full: set[str] = set()
     last_error: ModelServerError | None = None
     streamed = False

@@ -52,6 +52,24 @@ class WireFormat(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible /v1/chat/completions"
     ANTHROPIC = "anthropic", "Anthropic Messages API /v1/messages"
     HUGGINGFACE = "huggingface", "Hugging Face text-generation-inference"
+    # Another rentahal broker, reached by signed calls to its /api/federation/route. Its client
+    # is registered by the federation app (pools imports no other app): pools.clients.register_client.
+    PEER = "peer", "Peer broker (federation)"
+
+
+PEER_WORKER_PREFIX = "peer:"
+
+
+def peer_worker_name(federation_id: str, query_type: str) -> str:
+    """Return the name of the worker that stands for a peer broker's service of one type."""
+    return f"{PEER_WORKER_PREFIX}{federation_id}:{query_type}"
+
+
+def broker_of_worker(name: str) -> str:
+    """Return the federation id of the peer broker a worker name stands for, "" for a model server."""
+    if not name.startswith(PEER_WORKER_PREFIX):
+        return ""
+    return name[len(PEER_WORKER_PREFIX):].rpartition(":")[0]
 
 
 class Strategy(models.TextChoices):
@@ -105,6 +123,12 @@ class Worker(models.Model):
     max_concurrency = models.PositiveIntegerField(
         default=0, help_text="Queries this server takes at once; 0 means no limit."
     )
+    price = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        default=0,
+        help_text="What one query costs here: a peer broker's advertised price per query; among peers the cheaper is tried first.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -130,6 +154,11 @@ class Worker(models.Model):
     def base_url(self) -> str:
         """Return the address as a URL; classic workers were stored as bare host:port."""
         return worker_url(self.address)
+
+    @property
+    def is_remote(self) -> bool:
+        """Return whether this is another broker rather than a model server."""
+        return self.wire_format == WireFormat.PEER
 
     def as_frame_data(self, health: Health) -> dict:
         """Return the worker as a `worker_update` frame lists it, with its runtime health

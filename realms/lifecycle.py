@@ -28,6 +28,7 @@ from accounts.models import Query, User
 from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
 from pools.dispatch import Served, check_hosted_query, serve
+from pools.models import broker_of_worker
 from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
@@ -35,6 +36,7 @@ from rentahal.batching import Coalescer
 from rentahal.errors import STORE_OUTAGES, Forbidden
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame, stream_query_chunks
+from rentahal.query_context import QueryContext, serving_query
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -183,7 +185,8 @@ async def serve_query(query: Query) -> Served:
         image=query.image or None,
     )
     async with stream_query_chunks(query.user_id, str(query.id)) as forward_chunk:
-        return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
+        with serving_query(QueryContext(str(query.id), query.user_id)):
+            return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
 
 
 def affinity_key_of(query: Query) -> str:
@@ -217,7 +220,8 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
 
 
 def result_frame(query: Query) -> dict:
-    """Return the `query_result` frame of an answered query; `processing_time` is the billed time."""
+    """Return the `query_result` frame of an answered query; `processing_time` is the billed
+    time and `broker` the federation id of the broker whose worker answered."""
     return {
         "type": "query_result",
         "query_id": str(query.id),
@@ -226,6 +230,7 @@ def result_frame(query: Query) -> dict:
         "processing_time": query.processing_time,
         "cost": float(query.cost),
         "worker": query.worker,
+        "broker": broker_of_worker(query.worker) or settings.RENTAHAL_FEDERATION_ID,
     }
 
 

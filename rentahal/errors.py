@@ -204,6 +204,9 @@ def drf_exception_handler(exc, context):
     response.data = {"error": error_body(error)}
     response.status_code = error.http_status
     set_retry_after(response, error)
+    if getattr(exc, "auth_header", None):
+        # Set by DRF on an authentication failure: the scheme the client must use.
+        response["WWW-Authenticate"] = exc.auth_header
     return response
 
 

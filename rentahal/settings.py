@@ -3,6 +3,8 @@
 Every value has a default that works on a developer machine with the local Postgres and
 Redis, so `manage.py` runs with no configuration at all.
 """
+import re
+import socket
 from pathlib import Path
 
 import environ
@@ -35,6 +37,7 @@ INSTALLED_APPS = [
     "channels",
     "django_rq",
     "rest_framework",
+    "drf_spectacular",
     "rentahal",
     "accounts",
     "pools",
@@ -135,6 +138,12 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rentahal.permissions.StaffModelPermissions"],
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "rentahal",
+    "DESCRIPTION": "The broker's HTTP APIs: realms, pools and federation.",
+    "VERSION": "0.1.0",
 }
 
 LOGGING = {
@@ -251,3 +260,25 @@ RENTAHAL_FIRST_VISITOR_IS_SYSOP = env.bool("FIRST_VISITOR_IS_SYSOP", default=Fal
 # How long a sysop claim token (`manage.py sysop_claim_token`, printed by `run_broker`) may
 # be used before it expires.
 RENTAHAL_SYSOP_CLAIM_TTL = env.float("SYSOP_CLAIM_TTL_SECONDS", default=3600.0)
+# Federation (docs/federation.md): this broker's id among peers, the public base URL peers
+# call it at (signatures cover it), and its Ed25519 private key, from the environment (PEM
+# or base64 of the 32-byte seed) or else a file `manage.py federation_keys create` writes.
+# Retired public keys stay published for KEY_OVERLAP seconds after a rotation.
+RENTAHAL_FEDERATION_ID = env("FEDERATION_ID", default=re.sub(r"[^a-z0-9.-]+", "-", socket.gethostname().lower()).strip("-.") or "rentahal")
+RENTAHAL_FEDERATION_BASE_URL = env("FEDERATION_BASE_URL", default="http://127.0.0.1:8000")
+RENTAHAL_FEDERATION_PRIVATE_KEY = env("FEDERATION_PRIVATE_KEY", default="")
+RENTAHAL_FEDERATION_KEY_FILE = env("FEDERATION_KEY_FILE", default=str(BASE_DIR / "federation_key.pem"))
+RENTAHAL_FEDERATION_KEY_OVERLAP = env.float("FEDERATION_KEY_OVERLAP_SECONDS", default=7 * 86400.0)
+# Signed peer calls: `created` may be this many seconds off either way; nonces are kept as long.
+RENTAHAL_FEDERATION_SIGNATURE_WINDOW = env.int("FEDERATION_SIGNATURE_WINDOW_SECONDS", default=300)
+# Brokers a query may pass through beyond its own (1: a peer serves it itself).
+RENTAHAL_FEDERATION_MAX_HOPS = env.int("FEDERATION_MAX_HOPS", default=1)
+
+RENTAHAL_FEDERATION_INVITATION_HOURS = env.float("FEDERATION_INVITATION_HOURS", default=24.0)
+# What this broker asks of peers it serves (advertised), and the limits a new peer is granted.
+RENTAHAL_FEDERATION_PRICE_PER_QUERY = env.float("FEDERATION_PRICE_PER_QUERY", default=RENTAHAL_BASE_COST_PER_QUERY)
+RENTAHAL_FEDERATION_PRICE_PER_SECOND = env.float("FEDERATION_PRICE_PER_SECOND", default=RENTAHAL_COST_PER_SECOND)
+RENTAHAL_FEDERATION_PEER_QUERIES_PER_MINUTE = env.int("FEDERATION_PEER_QUERIES_PER_MINUTE", default=60)
+RENTAHAL_FEDERATION_PEER_IN_FLIGHT = env.int("FEDERATION_PEER_IN_FLIGHT", default=8)
+RENTAHAL_FEDERATION_PEER_SPEND = env.float("FEDERATION_PEER_SPEND", default=10.0)
+RENTAHAL_FEDERATION_SPEND_PERIOD = env.int("FEDERATION_SPEND_PERIOD_SECONDS", default=86400)

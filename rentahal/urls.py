@@ -1,9 +1,14 @@
 """URL wiring: the users' page, the operators' admin, django-rq's dashboard (behind its own
-permission, rentahal.rq_dashboard), the APIs."""
+permission, rentahal.rq_dashboard), the APIs and their OpenAPI schema, and the federation
+identity at its well-known URL."""
 from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView, TemplateView
+from drf_spectacular.views import SpectacularAPIView
+
+from federation.api import WellKnownView
+from federation.identity import WELL_KNOWN_PATH
 
 from rentahal.metrics import metrics_view
 
@@ -16,4 +21,7 @@ urlpatterns = [
     path("api/realms/", include("realms.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("api/pools/", include("pools.urls")),
+    path("api/federation/", include("federation.urls")),
+    path(WELL_KNOWN_PATH.lstrip("/"), WellKnownView.as_view(), name="federation-well-known"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
 ]

@@ -33,3 +33,7 @@ RENTAHAL_JOB_TIMEOUT = 30
 RENTAHAL_WORKER_HEARTBEAT = 2
 # The fake model servers listen on loopback.
 RENTAHAL_OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
+# This broker's federation identity in the test process (a fixed key: tests sign as it).
+RENTAHAL_FEDERATION_ID = f"test-{SLOT}-a"
+RENTAHAL_FEDERATION_BASE_URL = os.environ.get("FEDERATION_BASE_URL", "http://testserver")
+RENTAHAL_FEDERATION_PRIVATE_KEY = os.environ.get("FEDERATION_PRIVATE_KEY", "A" * 43 + "=")

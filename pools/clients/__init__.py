@@ -15,6 +15,7 @@ __all__ = [
     "ModelRequest",
     "ModelServerError",
     "client_for",
+    "register_client",
 ]
 
 # Clients hold no state, so one instance per format serves every worker and task.
@@ -24,6 +25,12 @@ CLIENTS: dict[str, ModelClient] = {
         PredictClient(), A1111Client(), OllamaClient(), OpenAIClient(), AnthropicClient(), HuggingFaceClient()
     )
 }
+
+
+def register_client(client: ModelClient) -> None:
+    """Add the client of a wire format another app speaks (the federation app's peer calls),
+    from that app's `AppConfig.ready()`: pools imports no other app."""
+    CLIENTS[client.wire_format] = client
 
 
 def client_for(wire_format: str) -> ModelClient:

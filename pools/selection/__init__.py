@@ -10,7 +10,7 @@ import random
 from pools.selection.planning import Plan, Tier, plan_selection
 from pools.selection.runtime import MAX_HEALTH, MemberState, SharedState
 from pools.selection.snapshot import PoolInfo, Snapshot, WorkerInfo, tokens_of
-from pools.selection.strategies import choose, healthiest
+from pools.selection.strategies import best_peer, choose, healthiest
 from rentahal.errors import BrokerError
 
 __all__ = [
@@ -82,7 +82,7 @@ def select_worker(
     words: frozenset[str] | None = None
     for tier in plan.tiers:
         available, left_out, tier_busy = available_workers(tier.workers, state, exclude, full)
-        if not available and tier.pool is None:
+        if not available and tier.pool is None and not tier.is_remote:
             available = last_resort(tier.workers, state, exclude, full)
         if not available:
             busy_only = busy_only and tier_busy
@@ -93,6 +93,8 @@ def select_worker(
             elif left_out:
                 reasons.append(left_out)
             continue
+        if tier.is_remote:
+            return Selection(best_peer(available, state, rng), None, "peer", plan.realm)
         if tier.pool is None:
             strategy = "named" if tier.is_named else "direct"
             return Selection(healthiest(available, state, rng), None, strategy, plan.realm)

@@ -16,6 +16,7 @@ class Tier:
     workers: tuple[WorkerInfo, ...]
     pool: PoolInfo | None = None
     is_named: bool = False  # model_name named this worker
+    is_remote: bool = False  # peer brokers, tried after every local worker of the type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,17 @@ class Plan:
     def pools(self) -> list[PoolInfo]:
         return [tier.pool for tier in self.tiers if tier.pool is not None]
 
+    @functools.cached_property
+    def local(self) -> Plan:
+        """Return this plan without peer brokers: a query that already crossed as many
+        brokers as it may is served here or not at all."""
+        tiers = tuple(
+            dataclasses.replace(tier, workers=tuple(worker for worker in tier.workers if not worker.is_remote))
+            for tier in self.tiers
+            if not tier.is_remote
+        )
+        return Plan(self.query_type, self.realm, tiers, self.missing_alias)
+
 
 def in_realm(item_realm: str, realm: str) -> bool:
     return item_realm in ("", realm)
@@ -62,10 +74,11 @@ def plan_selection(snapshot: Snapshot, *, query_type: str, realm: str, model_nam
     (a) model_name names a worker: that worker only. (b) model_name is an alias: that alias
     in the realm, then in other realms. (c) the pool of the query's type in the realm, then
     (d) the same alias in other realms, then (e) the healthiest worker of the type in the
-    realm, then in any realm. A model_name that is neither is ignored, as classic clients
-    send free text there. A model_type naming a hosted provider (`claude`, `huggingface`)
-    keeps only the workers of its wire format in every tier, so such a query is never
-    served by a local model.
+    realm, then in any realm, then (f) the peer brokers that advertised the type. A
+    model_name that is neither is ignored, as classic clients send free text there. A pool
+    may seat a peer broker beside its local members. A model_type naming a hosted provider
+    (`claude`, `huggingface`) keeps only the workers of its wire format in every tier, so
+    such a query is never served by a local model.
     """
     hosted_type = model_type if model_type in HOSTED_WIRE_FORMATS else ""
     key = (query_type, realm, model_name, hosted_type)
@@ -110,12 +123,15 @@ def build_plan(snapshot: Snapshot, *, query_type: str, realm: str, model_name: s
         seen.update(other.id for other in typed if other.name == pool.name)
     tiers += pool_tiers(snapshot, ordered)
     of_type = snapshot.by_type.get(query_type, ())
-    local = tuple(worker for worker in of_type if in_realm(worker.realm, realm))
-    foreign = tuple(worker for worker in of_type if not in_realm(worker.realm, realm))
+    remote = tuple(worker for worker in of_type if worker.is_remote)
+    local = tuple(worker for worker in of_type if in_realm(worker.realm, realm) and not worker.is_remote)
+    foreign = tuple(worker for worker in of_type if not in_realm(worker.realm, realm) and not worker.is_remote)
     if local:
         tiers.append(Tier(local))
     if foreign:
         tiers.append(Tier(foreign))
+    if remote:
+        tiers.append(Tier(remote, is_remote=True))
     return Plan(query_type, realm, tuple(tiers), missing_alias=missing_alias)
 
 

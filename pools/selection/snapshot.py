@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from pools.selection.planning import Plan
 
 WORD = re.compile(r"\w+")
+# pools.models.WireFormat.PEER; selection imports no models.
+REMOTE_WIRE_FORMAT = "peer"
 
 
 def tokens_of(text: str) -> frozenset[str]:
@@ -36,6 +38,7 @@ class WorkerInfo:
     api_key: str = dataclasses.field(default="", repr=False)  # a secret: never in a log line
     is_blacklisted: bool = False
     max_concurrency: int = 0
+    price: float = 0.0
     # Each topic's keywords, each keyword as the words it is made of.
     topics: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
 
@@ -43,6 +46,12 @@ class WorkerInfo:
     def base_url(self) -> str:
         address = self.address.rstrip("/")
         return address if "://" in address else f"http://{address}"
+
+    @property
+    def is_remote(self) -> bool:
+        """Return whether this is a peer broker (pools.models.WireFormat.PEER), tried only
+        after every local worker of the type."""
+        return self.wire_format == REMOTE_WIRE_FORMAT
 
     def matches(self, words: frozenset[str]) -> bool:
         """Return whether any of the worker's topics has a keyword whose words all occur in `words`."""

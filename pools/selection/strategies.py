@@ -116,3 +116,17 @@ def fastest(candidates: list[WorkerInfo], state: SharedState, rng, explore: floa
         return member.latency / max(success, 0.01)
 
     return best_by(candidates, expected, rng)
+
+
+def best_peer(candidates: list[WorkerInfo], state: SharedState, rng) -> WorkerInfo:
+    """Return the peer broker to ask: the cheapest advertised price, then the lowest expected
+    latency (recent time to first byte over recent success, so errors count), then the most
+    room left of its advertised capacity (peers at capacity were already left out)."""
+
+    def rank(worker: WorkerInfo) -> tuple[float, float, float]:
+        member = state.of(worker.name)
+        latency = (member.latency or 0.0) / max(member.success if member.success is not None else 1.0, 0.01)
+        load = member.in_flight / worker.max_concurrency if worker.max_concurrency else 0.0
+        return worker.price, latency, load
+
+    return best_by(candidates, rank, rng)

@@ -450,3 +450,39 @@ class TestRealms:
         selection = pick([worker("anywhere", realm="")])
 
         assert selection.is_cross_realm is False
+
+
+def peer_broker(name, *, price=0.01, **fields) -> WorkerInfo:
+    return worker(name, wire_format="peer", price=price, **fields)
+
+
+def test_a_peer_broker_is_not_chosen_while_a_local_worker_of_any_realm_can_serve():
+    selection = pick([peer_broker("peer:east:chat", price=0.0), worker("far", realm="$OTHER")], state=scores(far=1))
+
+    assert selection.worker.name == "far"
+
+
+def test_a_peer_broker_serves_when_no_local_worker_can():
+    cooling = state_with(local={"cooldown_until": NOW + 60, "cooldown_kind": "auth"})
+
+    selection = pick([worker("local"), peer_broker("peer:east:chat")], state=cooling)
+
+    assert (selection.worker.name, selection.strategy) == ("peer:east:chat", "peer")
+
+
+def test_the_cheapest_peer_is_asked_first_then_the_faster():
+    cheap, dear = peer_broker("peer:cheap:chat", price=0.01), peer_broker("peer:dear:chat", price=0.05)
+    fast, slow = peer_broker("peer:fast:chat"), peer_broker("peer:slow:chat")
+    latencies = state_with(**{"peer:fast:chat": {"latency": 0.2, "success": 1.0}, "peer:slow:chat": {"latency": 0.2, "success": 0.1}})
+
+    assert pick([dear, cheap]).worker.name == "peer:cheap:chat"
+    assert pick([slow, fast], state=latencies).worker.name == "peer:fast:chat"
+
+
+def test_a_pool_may_seat_a_peer_beside_local_members():
+    local, remote = worker("local"), peer_broker("peer:east:chat")
+    chat = pool("$CHAT", [local, remote], strategy="round_robin", realm="$CHAT")
+
+    chosen = {pick([local, remote], [chat], state=scores(tickets={1: ticket})).worker.name for ticket in (1, 2)}
+
+    assert chosen == {"local", "peer:east:chat"}

@@ -264,7 +264,11 @@ class Command(BaseCommand):
             "FIRST_VISITOR_IS_SYSOP": os.environ.get("FIRST_VISITOR_IS_SYSOP", "true"),
             "METRICS_ALLOWED_ADDRESSES": os.environ.get("METRICS_ALLOWED_ADDRESSES", "127.0.0.1,::1"),
             "OUTBOUND_ALLOWED_NETWORKS": ",".join(settings.RENTAHAL_OUTBOUND_ALLOWED_NETWORKS),
+            # Peers call this broker where it listens unless the operator names a public URL.
+            "FEDERATION_BASE_URL": os.environ.get("FEDERATION_BASE_URL", f"http://{options['host']}:{options['port']}"),
         }
+        # The federation key pair is made on first start (docs/federation.md).
+        call_command("federation_keys", "create", "--if-missing", verbosity=0)
 
         def stop(signum, frame):
             nonlocal stopping
@@ -297,6 +301,8 @@ class Command(BaseCommand):
                 Child("reconciler", manage("reconcile_queries", "--every", str(settings.RENTAHAL_RECONCILE_EVERY)), env),
                 Child("health checker", manage("check_worker_health", "--every", every), env),
                 Child("scaling advisor", manage("evaluate_scaling", "--every", every), env),
+                # Advertise to peers, take their offers and learn the peers they know.
+                Child("federation discovery", manage("federation_discover", "--every", every), env),
                 Child("daphne", daphne_command(options["host"], options["port"]), env),
             ]:
                 child.start()
