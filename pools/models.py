@@ -49,6 +49,7 @@ class WireFormat(models.TextChoices):
     A1111 = "a1111", "AUTOMATIC1111 txt2img"
     OLLAMA = "ollama", "Ollama /api/chat"
     OPENAI = "openai", "OpenAI-compatible /v1/chat/completions"
+    OPENAI_AUDIO = "openai_audio", "OpenAI-compatible /v1/audio (transcriptions, speech)"
 
 
 class Strategy(models.TextChoices):

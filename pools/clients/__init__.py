@@ -3,6 +3,7 @@ from .a1111 import A1111Client
 from .base import CallLimits, ChunkCallback, ModelAnswer, ModelClient, ModelRequest, ModelServerError
 from .ollama import OllamaClient
 from .openai import OpenAIClient
+from .openai_audio import OpenAIAudioClient
 from .predict import PredictClient
 
 __all__ = [
@@ -17,7 +18,7 @@ __all__ = [
 
 # Clients hold no state, so one instance per format serves every worker and task.
 CLIENTS: dict[str, ModelClient] = {
-    client.wire_format: client for client in (PredictClient(), A1111Client(), OllamaClient(), OpenAIClient())
+    client.wire_format: client for client in (PredictClient(), A1111Client(), OllamaClient(), OpenAIClient(), OpenAIAudioClient())
 }
 
 

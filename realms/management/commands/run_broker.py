@@ -19,6 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from pools import actions as pools
+from pools import speech
 from pools.local_model import MODEL_NAME
 from realms.models import Realm
 from rentahal.errors import Invalid
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 LOCAL_WORKER_NAME = "smollm2-local"
 CHAT_POOL = "$CHAT"
+# The bundled speech models (the `speech` extra): worker, command, model, packages, pool.
+SPEECH_WORKERS = [
+    ("whisper-local", "serve_speech_to_text", speech.TRANSCRIBE_MODEL, speech.SPEECH_TO_TEXT_PACKAGES, "$SPEECH_TO_TEXT"),
+    ("piper-local", "serve_text_to_speech", speech.SPEAK_MODEL, speech.TEXT_TO_SPEECH_PACKAGES, "$TEXT_TO_SPEECH"),
+]
+SPEECH_REALM = "$SPEECH"
 # Where the local run may call model servers when the operator named no networks: its
 # bundled model and a developer's own servers listen on loopback (rentahal.outbound).
 LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
@@ -146,6 +153,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--model-port", type=int, default=8090)
         parser.add_argument("--no-local-model", action="store_true", help="Do not start the bundled chat model.")
+        parser.add_argument("--speech-ports", type=int, nargs=2, default=[8091, 8092], metavar=("STT", "TTS"))
+        parser.add_argument("--no-speech", action="store_true", help="Do not start the bundled speech models.")
         parser.add_argument("--housekeeping-every", type=float, default=30.0)
 
     def handle(self, *args, **options):
@@ -190,6 +199,8 @@ class Command(BaseCommand):
                     raise CommandError(f"the bundled model cannot be registered: {exc.message}") from None
                 pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME], acting_user=None)
                 self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
+            if not options["no_speech"]:
+                self.start_speech_models(options["speech_ports"], env, children)
             every = str(options["housekeeping_every"])
             for child in [
                 *realm_workers(env),
@@ -212,3 +223,25 @@ class Command(BaseCommand):
             for child in children:
                 child.wait(timeout=15)
             self.stdout.write("rentahal stopped")
+
+    def start_speech_models(self, ports: list[int], env: dict[str, str], children: list[Child]) -> None:
+        """Start and register each bundled speech model whose packages are installed (the
+        `speech` extra), in its pool of the speech realm (`realms.speech` reads those pools);
+        each joins `children` as soon as it runs, so a failure later still stops it."""
+        for (name, command, model, packages, pool), port in zip(SPEECH_WORKERS, ports):
+            if not speech.is_installed(packages):
+                self.stdout.write(f"{model} not installed ({speech.INSTALL_HINT}); {pool} has no bundled worker")
+                continue
+            child = Child(model, manage(command, "--port", str(port)), {**env, "HF_HUB_OFFLINE": "1"})
+            child.start()
+            children.append(child)
+            url = f"http://127.0.0.1:{port}"
+            wait_for_http(f"{url}/v1/models", timeout=60, child=child)
+            try:
+                pools.add_worker(
+                    name=name, address=url, query_type="speech", wire_format="openai_audio", model=model, acting_user=None
+                )
+            except Invalid as exc:
+                raise CommandError(f"the bundled {model} cannot be registered: {exc.message}") from None
+            pools.ensure_pool(pool, query_type="speech", realm=SPEECH_REALM, members=[name], acting_user=None)
+            self.stdout.write(f"speech model {model} registered as worker {name} in pool {pool}")
