@@ -13,7 +13,7 @@ from accounts.billing import system_totals
 from pools import actions as pools
 from realms import lifecycle
 from realms import chunks
-from realms.frames import parse_submission, require_str
+from realms.frames import parse_speech_to_text, parse_submission, parse_text_to_speech, require_str
 from realms.routing import find_realm, home_realm_of
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, error_frame, temporarily_unavailable
@@ -195,6 +195,15 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         frame = await on_db_thread(lifecycle.accept_query)(self.user.guid, submission)
         await self.send_json(frame)
 
+    async def speech_to_text(self, content):
+        """Transcribe `audio`: a speech query acknowledged with `queue_update`, answered with
+        `transcription_result` and billed as any query."""
+        await self.send_json(await on_db_thread(lifecycle.accept_query)(self.user.guid, parse_speech_to_text(content)))
+
+    async def text_to_speech(self, content):
+        """Speak `text`: acknowledged with `queue_update`, answered with `speech_result`."""
+        await self.send_json(await on_db_thread(lifecycle.accept_query)(self.user.guid, parse_text_to_speech(content)))
+
     async def vision_chunk(self, content):
         progress = await chunks.store_vision_chunk(self.user.guid, content)
         if progress.image is None:
@@ -262,6 +271,8 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     handlers = {
         "submit_query": submit_query,
         "vision_chunk": vision_chunk,
+        "speech_to_text": speech_to_text,
+        "text_to_speech": text_to_speech,
         "set_nickname": set_nickname,
         "get_previous_queries": send_previous_queries,
         "pong": pong,

@@ -27,13 +27,14 @@ from accounts.models import Query, User
 from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
 from pools.dispatch import Served, serve
-from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
+from realms.speech import serve_speech
 from rentahal.batching import Coalescer
-from rentahal.errors import STORE_OUTAGES, Forbidden
+from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame
+from rentahal.query_types import QueryType
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ def accept_query(guid: str, submission: QuerySubmission) -> dict:
             model_type=submission.model_type,
             model_name=submission.model_name,
             image=submission.image,
+            audio=submission.audio,
+            audio_format=submission.audio_format,
+            speech_task=submission.speech_task,
             realm=realm.name,
             idempotency_key=submission.idempotency_key,
         )
@@ -146,15 +150,16 @@ async def run_query(query_id: str) -> str:
         return "already finished"
     began = time.monotonic()
     try:
-        served = await serve_query(query)
-    except NoWorkerAvailable as exc:
+        served, heard = await serve_query(query)
+    except BrokerError as exc:
+        # Nobody could serve it (NoWorkerAvailable), or a speech query heard no words.
         await fail_query(query_id, exc.message)
         return "failed"
     except ModelServerError as exc:
         # The server's own words went to the operators' log and the attempt's outcome row.
         await fail_query(query_id, exc.public_reason)
         return "failed"
-    await finish_query(query, served, busy_seconds=time.monotonic() - began)
+    await finish_query(query, served, busy_seconds=time.monotonic() - began, heard=heard)
     return "done"
 
 
@@ -163,12 +168,17 @@ async def start_query(query_id: str) -> Query | None:
     return await write_through_outage(starts, query_id)
 
 
-async def serve_query(query: Query) -> Served:
-    """Have a worker answer the query, streaming its chunks to the user's sockets."""
+async def serve_query(query: Query) -> tuple[Served, str]:
+    """Have a worker answer the query, streaming its chunks to the user's sockets; return
+    the answer and, for a speech query, the words heard in its audio."""
     guid = query.user_id
 
     async def forward_chunk(text: str) -> None:
         await push_frame(guid, {"type": "query_chunk", "query_id": str(query.id), "chunk": text})
+
+    if query.query_type == QueryType.SPEECH:
+        spoken = await serve_speech(query, on_chunk=forward_chunk)
+        return spoken.served, spoken.heard
 
     request = ModelRequest(
         prompt=query.prompt,
@@ -177,18 +187,21 @@ async def serve_query(query: Query) -> Served:
         model_name=query.model_name,
         image=query.image or None,
     )
-    return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
+    return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk), ""
 
 
-async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
-    """Store the answer and charge for it, count it, then push `query_result`; a query
-    finished meanwhile (a rerun, the sysop) is left as it was and nothing is pushed."""
+async def finish_query(query: Query, served: Served, *, busy_seconds: float, heard: str = "") -> None:
+    """Store the answer and charge for it, count it, then push `query_result` (or the
+    speech frames' own results); a query finished meanwhile (a rerun, the sysop) is left as
+    it was and nothing is pushed. `heard` (a spoken query's words) becomes its prompt, so
+    it reads and is found like a typed one."""
     answer = Answer(
         query,
         result=served.answer.result,
         result_type=served.answer.result_type,
         worker=served.worker,
         processing_time=served.service_seconds,
+        prompt=heard,
     )
     finished = await write_through_outage(finishes, answer)
     if finished is None:
@@ -205,16 +218,20 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
 
 
 def result_frame(query: Query) -> dict:
-    """Return the `query_result` frame of an answered query; `processing_time` is the billed time."""
-    return {
-        "type": "query_result",
+    """Return the frame of an answered query: `query_result`, or for the speech frames
+    `transcription_result` (`text`) and `speech_result` (`audio`, base64 WAV);
+    `processing_time` is the billed time."""
+    billed = {
         "query_id": str(query.id),
-        "result": query.result,
-        "result_type": query.result_type,
         "processing_time": query.processing_time,
         "cost": float(query.cost),
         "worker": query.worker,
     }
+    if query.speech_task == Query.SpeechTask.TRANSCRIBE:
+        return {"type": "transcription_result", "text": query.result, **billed}
+    if query.speech_task == Query.SpeechTask.SPEAK:
+        return {"type": "speech_result", "audio": query.result, **billed}
+    return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed}
 
 
 def failure_frame(query: Query) -> dict:

@@ -156,6 +156,10 @@ RENTAHAL_MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=32_000)
 RENTAHAL_MAX_IMAGE_BYTES = env.int("MAX_IMAGE_BYTES", default=8 * 1024 * 1024)
 RENTAHAL_MAX_UPLOADS_PER_USER = env.int("MAX_UPLOADS_PER_USER", default=4)
 RENTAHAL_UPLOAD_TTL_SECONDS = env.int("UPLOAD_TTL_SECONDS", default=600)
+# Largest recording (decoded bytes) and longest one (seconds) a speech query may carry; the
+# bytes fit in one frame as base64.
+RENTAHAL_MAX_AUDIO_BYTES = env.int("MAX_AUDIO_BYTES", default=1024 * 1024)
+RENTAHAL_MAX_AUDIO_SECONDS = env.float("MAX_AUDIO_SECONDS", default=60.0)
 # Queries waiting in one realm's queue before new ones are refused.
 RENTAHAL_QUEUE_LIMIT = env.int("QUEUE_LIMIT", default=1000)
 # Fair share (README.md, Fair share): a user's queries not yet answered (waiting or being

@@ -43,7 +43,7 @@ class Resubmitted(Exception):
 
 def accept_query(
     guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
-    idempotency_key: str = "",
+    idempotency_key: str = "", audio: str = "", audio_format: str = "", speech_task: str = "",
 ) -> Query:
     """Write the query row, with status `accepted`, and return it once it is committed.
 
@@ -65,6 +65,9 @@ def accept_query(
             model_type=model_type,
             model_name=model_name,
             image=image,
+            audio=audio,
+            audio_format=audio_format,
+            speech_task=speech_task,
             realm=realm,
             idempotency_key=idempotency_key,
         )
@@ -190,6 +193,7 @@ class Answer:
     result_type: str
     worker: str
     processing_time: float
+    prompt: str = ""  # the words a speech query's audio was heard to say; blank keeps the prompt
 
 
 def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
@@ -220,13 +224,14 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
         WITH answer AS (
             SELECT * FROM unnest(
                 %(ids)s::uuid[], %(results)s::text[], %(result_types)s::text[], %(workers)s::text[],
-                %(times)s::float8[], %(costs)s::numeric[]
-            ) AS given (id, result, result_type, worker, processing_time, cost)
+                %(times)s::float8[], %(costs)s::numeric[], %(prompts)s::text[]
+            ) AS given (id, result, result_type, worker, processing_time, cost, prompt)
         ), done AS (
             UPDATE {table} AS q SET
                 status = %(done)s, result = answer.result, result_type = answer.result_type,
                 worker = answer.worker, finished_at = %(now)s,
-                processing_time = answer.processing_time, cost = answer.cost
+                processing_time = answer.processing_time, cost = answer.cost,
+                prompt = COALESCE(NULLIF(answer.prompt, ''), q.prompt)
             FROM answer
             WHERE q.id = answer.id AND q.status <> ALL(%(finished)s::text[])
             RETURNING q.*
@@ -240,6 +245,7 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
             "workers": [answer.worker for answer in firsts],
             "times": times,
             "costs": [billing.cost_of(seconds) for seconds in times],
+            "prompts": [answer.prompt for answer in firsts],
             "done": Query.Status.DONE,
             "finished": list(Query.FINISHED),
             "now": now,

@@ -22,18 +22,29 @@ from pools import actions as pools
 from pools import speech
 from pools.local_model import MODEL_NAME
 from realms.models import Realm
+from realms.speech import SPEECH_TO_TEXT_POOL, TEXT_TO_SPEECH_POOL
 from rentahal.errors import Invalid
 
 logger = logging.getLogger(__name__)
 
 LOCAL_WORKER_NAME = "smollm2-local"
 CHAT_POOL = "$CHAT"
-# The bundled speech models (the `speech` extra): worker, command, model, packages, pool.
-SPEECH_WORKERS = [
-    ("whisper-local", "serve_speech_to_text", speech.TRANSCRIBE_MODEL, speech.SPEECH_TO_TEXT_PACKAGES, "$SPEECH_TO_TEXT"),
-    ("piper-local", "serve_text_to_speech", speech.SPEAK_MODEL, speech.TEXT_TO_SPEECH_PACKAGES, "$TEXT_TO_SPEECH"),
-]
 SPEECH_REALM = "$SPEECH"
+
+
+def speech_workers() -> list[tuple[str, list[str], str, tuple[str, ...], str]]:
+    """Return the bundled speech models (the `speech` extra): worker name, command, model,
+    packages, and the pool of the speech realm it joins (realms.speech)."""
+    return [
+        (
+            "whisper-local", ["serve_speech_to_text", "--max-seconds", str(settings.RENTAHAL_MAX_AUDIO_SECONDS)],
+            speech.TRANSCRIBE_MODEL, speech.SPEECH_TO_TEXT_PACKAGES, SPEECH_TO_TEXT_POOL,
+        ),
+        (
+            "piper-local", ["serve_text_to_speech"],
+            speech.SPEAK_MODEL, speech.TEXT_TO_SPEECH_PACKAGES, TEXT_TO_SPEECH_POOL,
+        ),
+    ]
 # Where the local run may call model servers when the operator named no networks: its
 # bundled model and a developer's own servers listen on loopback (rentahal.outbound).
 LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
@@ -228,11 +239,11 @@ class Command(BaseCommand):
         """Start and register each bundled speech model whose packages are installed (the
         `speech` extra), in its pool of the speech realm (`realms.speech` reads those pools);
         each joins `children` as soon as it runs, so a failure later still stops it."""
-        for (name, command, model, packages, pool), port in zip(SPEECH_WORKERS, ports):
+        for (name, command, model, packages, pool), port in zip(speech_workers(), ports):
             if not speech.is_installed(packages):
                 self.stdout.write(f"{model} not installed ({speech.INSTALL_HINT}); {pool} has no bundled worker")
                 continue
-            child = Child(model, manage(command, "--port", str(port)), {**env, "HF_HUB_OFFLINE": "1"})
+            child = Child(model, manage(*command, "--port", str(port)), {**env, "HF_HUB_OFFLINE": "1"})
             child.start()
             children.append(child)
             url = f"http://127.0.0.1:{port}"
