@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP goes to Django, /ws to the realms consumer once its Origin passes
+"""ASGI entry point: HTTP goes to Django (and /mcp to the agents' MCP server), /ws to the
+realms consumer and /ws/events to the agents' event stream once its Origin passes
 (rentahal.origins)."""
 import os
 
@@ -7,16 +8,27 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rentahal.settings")
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from agents.events import EventConsumer  # noqa: E402
 from realms.consumers import QueryConsumer  # noqa: E402
 from rentahal.origins import ConfiguredHostsOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": ConfiguredHostsOriginValidator(CookieMiddleware(URLRouter([path("ws", QueryConsumer.as_asgi())]))),
+        "websocket": ConfiguredHostsOriginValidator(
+            CookieMiddleware(
+                URLRouter(
+                    [
+                        path("ws", QueryConsumer.as_asgi()),
+                        path("ws/events", AuthMiddlewareStack(EventConsumer.as_asgi())),
+                    ]
+                )
+            )
+        ),
     }
 )

@@ -19,6 +19,7 @@ from accounts import billing
 from accounts.actions.users import find_user
 from accounts.models import Query, User
 from rentahal.errors import BrokerError, Forbidden, TooManyQueries
+from rentahal.pushes import QUERY_EVENTS, send_event_on_commit
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
 
 logger = logging.getLogger(__name__)
@@ -73,9 +74,12 @@ def accept_query(
         )
         with writing_for_each([guid]) as by_alias:
             using = next(iter(by_alias))
-            if insert_if_user_may_query(query, using=using):
-                return query
-            refuse_unless_slot_was_taken(query, using=using)
+            accepted = insert_if_user_may_query(query, using=using)
+            if not accepted:
+                refuse_unless_slot_was_taken(query, using=using)
+        if accepted:
+            publish_query_events("accepted", [query])
+            return query
     raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
 
 
@@ -168,7 +172,34 @@ def start_queries(query_ids: list) -> list[Query | None | Exception]:
     and changes nothing. A query listed twice is started once and returned to both.
     """
     ids = [uuid.UUID(str(query_id)) for query_id in query_ids]
-    return write_by_shard(ids, ids, store_started)
+    return published("started", write_by_shard(ids, ids, store_started))
+
+
+def published(op: str, outcomes: list) -> list:
+    """Publish the queries a batch wrote (`queries.changed`), and return the batch's outcomes."""
+    written = [outcome for outcome in outcomes if isinstance(outcome, Query)]
+    if written:
+        publish_query_events(op, written)
+    return outcomes
+
+
+def publish_query_events(op: str, queries: list[Query]) -> None:
+    """Tell subscribers of `events.queries` what happened to these queries, while any listen.
+
+    Batch writes commit statement by statement, outside any transaction, so the event goes
+    out at once (`send_event_on_commit` outside a transaction)."""
+    event = {
+        "type": "queries.changed",
+        "op": op,
+        "queries": [
+            {
+                "query_id": str(query.pk), "user": query.user_id, "realm": query.realm, "query_type": query.query_type,
+                "status": query.status, "worker": query.worker,
+            }
+            for query in queries
+        ],
+    }
+    send_event_on_commit(QUERY_EVENTS, event, using="default", if_listened=True)
 
 
 def store_started(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
@@ -200,7 +231,7 @@ def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
     """Store each answer, mark its query done and charge for it; return each query as
     stored, or None if it was already finished (nothing is charged), or the exception that
     kept it from being written."""
-    return write_by_shard(answers, [answer.query.pk for answer in answers], store_answers)
+    return published("completed", write_by_shard(answers, [answer.query.pk for answer in answers], store_answers))
 
 
 def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
@@ -271,7 +302,7 @@ def fail_queries(failures: list[Failure]) -> list[Query | None | Exception]:
     for failure, outcome in zip(failures, outcomes):
         if isinstance(outcome, Query):
             logger.info("query %s failed: %s", failure.query_id, failure.error)
-    return outcomes
+    return published("failed", outcomes)
 
 
 def store_failed(failures: list[Failure], *, using: str) -> list[Query | None]:
