@@ -8,6 +8,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.actions.queries import previous_queries
+from accounts.actions import search
 from accounts.actions.users import GUID_COOKIE, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname
 from accounts.billing import system_totals
 from pools import actions as pools
@@ -214,6 +215,18 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "vision_upload_complete", "message": "Image received, submitting query"})
         await self.submit_query({"query": {**progress.query, "image": progress.image}})
 
+    async def search_queries(self, content):
+        """Search past queries: a user's own; a sysop's across users, or one user's (`user`)."""
+        user = require_str(content, "user", required=False) or None
+        if not self.user.is_sysop:
+            if user not in (None, self.user.guid):
+                raise Forbidden("Only sysops search other users' queries.")
+            user = self.user.guid
+        found = await on_db_thread(search.search_queries)(
+            content.get("query"), user=user, page=content.get("page", 1), per_page=content.get("per_page", 20)
+        )
+        await self.send_json({"type": "search_results", **found})
+
     async def set_nickname(self, content):
         nickname = require_str(content, "nickname")
         self.user = await on_db_thread(set_nickname)(self.user, nickname)
@@ -274,6 +287,7 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         "speech_to_text": speech_to_text,
         "text_to_speech": text_to_speech,
         "set_nickname": set_nickname,
+        "search_queries": search_queries,
         "get_previous_queries": send_previous_queries,
         "pong": pong,
         "get_stats": get_stats,

@@ -14,12 +14,22 @@ from channels.sessions import CookieMiddleware  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from agents.events import EventConsumer  # noqa: E402
+from agents.mcp_server import http_app as mcp_app  # noqa: E402
 from realms.consumers import QueryConsumer  # noqa: E402
 from rentahal.origins import ConfiguredHostsOriginValidator  # noqa: E402
 
+
+async def http(scope, receive, send):
+    """Send /mcp to the agents' MCP server (it authenticates its callers), the rest to Django."""
+    if scope["path"] == "/mcp" or scope["path"].startswith("/mcp/"):
+        await mcp_app(scope, receive, send)
+    else:
+        await django_asgi_app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http,
         "websocket": ConfiguredHostsOriginValidator(
             CookieMiddleware(
                 URLRouter(

@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/realms/", include("realms.urls")),
     path("metrics", metrics_view, name="metrics"),
     path("api/pools/", include("pools.urls")),
+    path("api/agents/", include("agents.urls")),
 ]
