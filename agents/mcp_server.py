@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+from typing import Any
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -53,47 +54,51 @@ def caller_of_context(ctx: Context) -> Caller:
     return caller
 
 
-async def call(ctx: Context, name: str, **arguments) -> dict:
+async def call(ctx: Context, tool_name: str, /, **arguments) -> dict[str, Any]:
     """Run the tool on a thread (it reads and writes the database, and may wait for a query)."""
     try:
         caller = caller_of_context(ctx)
     except NotAuthenticated as exc:
         return tools.refusal(exc)
-    return await sync_to_async(TOOLS[name], thread_sensitive=False)(caller, **arguments)
+    return await sync_to_async(TOOLS[tool_name], thread_sensitive=False)(caller, **arguments)
 
 
 @server.tool()
-async def pool_list(ctx: Context) -> dict:
+async def pool_list(ctx: Context) -> dict[str, Any]:
     """List every pool alias with its members' live state (health, cooldown, in flight, latency)."""
     return await call(ctx, "pool_list")
 
 
 @server.tool()
-async def pool_health(ctx: Context, pool: str = "", realm: str = "") -> dict:
+async def pool_health(ctx: Context, pool: str = "", realm: str = "") -> dict[str, Any]:
     """Health of every pool (or one, by alias and realm): serving members, in-flight work, capacity, load."""
     return await call(ctx, "pool_health", pool=pool, realm=realm)
 
 
 @server.tool()
-async def pool_spawn(ctx: Context, name: str, query_type: str, members: list[str], strategy: str = "auto", realm: str = "") -> dict:
+async def pool_spawn(
+    ctx: Context, name: str, query_type: str, members: list[str], strategy: str = "auto", realm: str = ""
+) -> dict[str, Any]:
     """Create a pool alias (e.g. $RESEARCH) of workers of one query type, with a selection strategy."""
     return await call(ctx, "pool_spawn", name=name, query_type=query_type, members=members, strategy=strategy, realm=realm)
 
 
 @server.tool()
-async def pool_scale(ctx: Context, name: str, realm: str = "", add: list[str] | None = None, remove: list[str] | None = None) -> dict:
+async def pool_scale(
+    ctx: Context, name: str, realm: str = "", add: list[str] | None = None, remove: list[str] | None = None
+) -> dict[str, Any]:
     """Add workers to a pool or remove them, by worker name."""
     return await call(ctx, "pool_scale", name=name, realm=realm, add=add or [], remove=remove or [])
 
 
 @server.tool()
-async def pool_close(ctx: Context, name: str, realm: str = "") -> dict:
+async def pool_close(ctx: Context, name: str, realm: str = "") -> dict[str, Any]:
     """Close (delete) a pool alias; its workers stay registered."""
     return await call(ctx, "pool_close", name=name, realm=realm)
 
 
 @server.tool()
-async def pool_execute(ctx: Context, pool: str, prompt: str, realm: str = "") -> dict:
+async def pool_execute(ctx: Context, pool: str, prompt: str, realm: str = "") -> dict[str, Any]:
     """Run a query on the named pool and return its answer, cost and routing record."""
     return await call(ctx, "pool_execute", pool=pool, prompt=prompt, realm=realm)
 
@@ -102,7 +107,7 @@ async def pool_execute(ctx: Context, pool: str, prompt: str, realm: str = "") ->
 async def pool_route_execute(
     ctx: Context, prompt: str, selector: str = "least_loaded", query_type: str = "chat", affinity_key: str = "",
     pools: list[str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Run a query on the pool a selector picks (round_robin, least_loaded, random, affinity by
     `affinity_key`), among the pools of the query type (or those named); the answer comes with
     the routing record: every candidate's load and the reason for the choice."""
@@ -113,7 +118,9 @@ async def pool_route_execute(
 
 
 @server.tool()
-async def pool_search_memory(ctx: Context, query: str, page: int = 1, per_page: int = 20, user: str = "") -> dict:
+async def pool_search_memory(
+    ctx: Context, query: str, page: int = 1, per_page: int = 20, user: str = ""
+) -> dict[str, Any]:
     """Full-text search over past queries' prompts and answers, best first (staff: across users, or one `user`)."""
     return await call(ctx, "pool_search_memory", query=query, page=page, per_page=per_page, user=user)
 
