@@ -33,11 +33,31 @@ AGENT_NAMESPACE = uuid.UUID("6f1c8f0e-7d0a-4a8e-9a62-5d1f3c2b9e10")
 POLL_SECONDS = (0.05, 0.1, 0.2, 0.5)
 
 
+class NoPool(BrokerError):
+    """No pool of the type has a member that can serve; `routing` is the record that found so."""
+
+    code = "no_pool"
+    http_status = 503
+
+    def __init__(self, routing: dict):
+        super().__init__(routing["reason"])
+        self.routing = routing
+
+
+# Refusals that waiting may cure: they carry a `retry_after`.
+PASSING_CODES = ("no_worker", "no_pool", "realm_full", "temporarily_unavailable")
+
+
 def refusal(error: BrokerError) -> dict:
+    """Return a refusal as data, with `retry_after` where waiting may help and the routing
+    record of a route that found no pool."""
     body = error_body(error)
-    if isinstance(error, TooManyQueries) or error.code in ("no_worker", "realm_full", "temporarily_unavailable"):
+    if isinstance(error, TooManyQueries) or error.code in PASSING_CODES:
         body.setdefault("retry_after", getattr(error, "retry_after", settings.RENTAHAL_BUSY_WAIT_SECONDS))
-    return {"ok": False, "error": body}
+    refused = {"ok": False, "error": body}
+    if isinstance(error, NoPool):
+        refused["routing"] = error.routing
+    return refused
 
 
 def tool(function):
@@ -148,7 +168,7 @@ def pool_route_execute(
     candidates = [pool for pool in describe_pools() if pool["query_type"] == query_type and (not pools or pool["name"] in pools)]
     routing = pool_routing.route(candidates, selector=selector, query_type=query_type, affinity_key=affinity_key)
     if routing["chosen"] is None:
-        return {"ok": False, "error": {"code": "no_pool", "message": routing["reason"], "retry_after": settings.RENTAHAL_BUSY_WAIT_SECONDS}, "routing": routing}
+        raise NoPool(routing)
     answer = run_query(caller, prompt=prompt, query_type=query_type, pool=routing["chosen"])
     return {**answer, "routing": routing}
 
