@@ -88,6 +88,7 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     pools: frozenset[str] = frozenset()
     realms: frozenset[str] = frozenset()
     events: frozenset[str] = frozenset()
+    is_dropped = False
 
     async def connect(self):
         await self.accept()
@@ -162,6 +163,8 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
 
     async def publish(self, event: dict):
         """Queue the event's frames this subscriber wants; drop the subscriber if it is too far behind."""
+        if self.is_dropped:
+            return
         for frame in frames_of(event):
             if not self.wants(frame):
                 continue
@@ -169,6 +172,7 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
                 self.outbox.put_nowait(frame)
             except asyncio.QueueFull:
                 logger.warning("event subscriber %s fell %d frames behind; dropped", self.channel_name, self.outbox.qsize())
+                self.is_dropped = True
                 await self.close(code=TOO_SLOW)
                 return
 

@@ -160,7 +160,9 @@ class HTTPDoor:
     """
 
     def __init__(self):
-        # DNS-rebinding protection is the broker's own Host and Origin checks (ALLOWED_HOSTS).
+        # The SDK's Host check guards servers that trust whoever reaches them. Here every
+        # request needs a bearer token, which a browser never adds by itself, so a page
+        # loaded under a rebound host name has nothing to call with.
         self.app = server.streamable_http_app(
             stateless_http=True, json_response=True, streamable_http_path="/mcp",
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
