@@ -29,7 +29,7 @@ from pools.health import serving_workers
 from pools.dispatch import Served, serve
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
-from realms.speech import serve_speech
+from realms.speech import Spoken, serve_speech
 from rentahal.batching import Coalescer
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden
 from rentahal.metrics import record_query_outcome
@@ -150,7 +150,7 @@ async def run_query(query_id: str) -> str:
         return "already finished"
     began = time.monotonic()
     try:
-        served, heard = await serve_query(query)
+        served = await serve_query(query)
     except BrokerError as exc:
         # Nobody could serve it (NoWorkerAvailable), or a speech query heard no words.
         await fail_query(query_id, exc.message)
@@ -159,7 +159,7 @@ async def run_query(query_id: str) -> str:
         # The server's own words went to the operators' log and the attempt's outcome row.
         await fail_query(query_id, exc.public_reason)
         return "failed"
-    await finish_query(query, served, busy_seconds=time.monotonic() - began, heard=heard)
+    await finish_query(query, served, busy_seconds=time.monotonic() - began)
     return "done"
 
 
@@ -168,17 +168,16 @@ async def start_query(query_id: str) -> Query | None:
     return await write_through_outage(starts, query_id)
 
 
-async def serve_query(query: Query) -> tuple[Served, str]:
-    """Have a worker answer the query, streaming its chunks to the user's sockets; return
-    the answer and, for a speech query, the words heard in its audio."""
+async def serve_query(query: Query) -> Served:
+    """Have a worker answer the query (a speech query: its steps, realms.speech), streaming
+    its chunks to the user's sockets."""
     guid = query.user_id
 
     async def forward_chunk(text: str) -> None:
         await push_frame(guid, {"type": "query_chunk", "query_id": str(query.id), "chunk": text})
 
     if query.query_type == QueryType.SPEECH:
-        spoken = await serve_speech(query, on_chunk=forward_chunk)
-        return spoken.served, spoken.heard
+        return await serve_speech(query, on_chunk=forward_chunk)
 
     request = ModelRequest(
         prompt=query.prompt,
@@ -187,21 +186,21 @@ async def serve_query(query: Query) -> tuple[Served, str]:
         model_name=query.model_name,
         image=query.image or None,
     )
-    return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk), ""
+    return await serve(request, realm=query.realm, affinity_key=guid, on_chunk=forward_chunk)
 
 
-async def finish_query(query: Query, served: Served, *, busy_seconds: float, heard: str = "") -> None:
+async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
     """Store the answer and charge for it, count it, then push `query_result` (or the
     speech frames' own results); a query finished meanwhile (a rerun, the sysop) is left as
-    it was and nothing is pushed. `heard` (a spoken query's words) becomes its prompt, so
-    it reads and is found like a typed one."""
+    it was and nothing is pushed. The words a spoken query was heard to say become its
+    prompt, so it reads and is found like a typed one."""
     answer = Answer(
         query,
         result=served.answer.result,
         result_type=served.answer.result_type,
         worker=served.worker,
         processing_time=served.service_seconds,
-        prompt=heard,
+        prompt=served.heard if isinstance(served, Spoken) else "",
     )
     finished = await write_through_outage(finishes, answer)
     if finished is None:

@@ -33,14 +33,13 @@ class NothingHeard(BrokerError):
 
 
 @dataclasses.dataclass(frozen=True)
-class SpeechServed:
-    """The last step's answer with the whole query's bill, and what was heard."""
+class Spoken(Served):
+    """A speech query's last answer, billed for all its steps, and the words heard in its audio."""
 
-    served: Served
     heard: str = ""
 
 
-async def serve_speech(query: Query, *, on_chunk: ChunkCallback | None = None) -> SpeechServed:
+async def serve_speech(query: Query, *, on_chunk: ChunkCallback | None = None) -> Spoken:
     """Run the steps of the query's speech task and return the last answer, billed for all.
 
     A chat answer is streamed as `query_chunk` frames only when it is the result (a text
@@ -71,16 +70,20 @@ async def serve_speech(query: Query, *, on_chunk: ChunkCallback | None = None) -
             prompt=text[:MAX_SPEECH_TEXT_CHARS], query_type=QueryType.SPEECH, model_name=TEXT_TO_SPEECH_POOL
         )
         steps.append(await serve(request, realm=query.realm, affinity_key=query.user_id))
-    return SpeechServed(served=billed_together(steps), heard=heard)
+    return billed_together(steps, heard=heard)
 
 
-def billed_together(steps: list[Served]) -> Served:
+def billed_together(steps: list[Served], *, heard: str) -> Spoken:
     """Return the last step's answer, naming every worker and adding up what is billed."""
     last = steps[-1]
-    return dataclasses.replace(
-        last,
+    return Spoken(
         worker=", ".join(dict.fromkeys(step.worker for step in steps))[:WORKER_NAME_CHARS],
+        answer=last.answer,
+        pool=last.pool,
+        strategy=last.strategy,
+        worker_realm=last.worker_realm,
+        is_cross_realm=any(step.is_cross_realm for step in steps),
         attempts=sum(step.attempts for step in steps),
         service_seconds=sum(step.service_seconds for step in steps),
-        is_cross_realm=any(step.is_cross_realm for step in steps),
+        heard=heard,
     )
