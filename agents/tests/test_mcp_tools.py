@@ -16,16 +16,9 @@ from rest_framework.authtoken.models import Token
 from conftest import OPERATOR_PERMISSIONS, PROJECT_DIR, make_staff, worker_environment
 from pools import actions as pools
 from pools.models import PoolAlias
+from pools.testing.speech_servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
