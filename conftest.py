@@ -176,6 +176,24 @@ def fake_servers():
         handle.stop()
 
 
+@pytest.fixture(scope="session")
+def speech_to_text_url():
+    """`manage.py serve_speech_to_text` (Whisper tiny.en) on a free port, for the whole run."""
+    from pools.testing.speech_servers import running
+
+    with running("serve_speech_to_text") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def text_to_speech_url():
+    """`manage.py serve_text_to_speech` (Piper's joe voice) on a free port, for the whole run."""
+    from pools.testing.speech_servers import running
+
+    with running("serve_text_to_speech") as url:
+        yield url
+
+
 @pytest.fixture
 def register_worker(db):
     """Register a worker that talks to the fake server in the given wire format; `health_score`

@@ -93,6 +93,14 @@ class Query(models.Model):
         IMAGE = "image"
         AUDIO = "audio"
 
+    class SpeechTask(models.TextChoices):
+        """What a speech query asks for (realms.speech); blank for other types."""
+
+        ANSWER = "answer", "Transcribe, answer as text"
+        ANSWER_ALOUD = "answer_aloud", "Transcribe, answer, speak the answer"
+        TRANSCRIBE = "transcribe", "Transcribe only (speech_to_text)"
+        SPEAK = "speak", "Speak the prompt (text_to_speech)"
+
     FINISHED = (Status.DONE, Status.FAILED)
     UNFINISHED = (Status.ACCEPTED, Status.RUNNING)
 
@@ -105,6 +113,9 @@ class Query(models.Model):
     realm = models.CharField(max_length=64)
     prompt = models.TextField()
     image = models.TextField(blank=True, help_text="Base64 image sent with a vision query.")
+    audio = models.TextField(blank=True, help_text="Base64 audio sent with a speech query.")
+    audio_format = models.CharField(max_length=8, blank=True, help_text="The audio's container: wav or webm.")
+    speech_task = models.CharField(max_length=16, choices=SpeechTask.choices, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACCEPTED)
     result = models.TextField(blank=True)
     result_type = models.CharField(max_length=8, choices=ResultType.choices, blank=True)

@@ -150,9 +150,14 @@ def resolve_workers(names: list[str]) -> list[Worker]:
 def save_pool(
     pool: PoolAlias, *, members: list[str] | None = None, weights: dict[str, int] | None = None, acting_user=None
 ) -> PoolAlias:
-    """Validate and save a pool alias and, when given, replace its members (by worker name)."""
+    """Validate and save a pool alias and, when given, replace its members (by worker name).
+
+    Subscribers of `events.pools` learn whether it was created, scaled (members added or
+    removed, named in the event) or otherwise saved."""
     validate(pool)
+    is_new = pool.pk is None
     with transaction.atomic(using="default", durable=True):
+        before = [] if is_new else list(pool.memberships.values_list("worker__name", flat=True))
         if members is None:
             workers = [seat.worker for seat in pool.memberships.select_related("worker")] if pool.pk else []
             check_members(pool, workers)
@@ -165,7 +170,11 @@ def save_pool(
             weights = weights or {}
             for worker in workers:
                 PoolMember.objects.update_or_create(pool=pool, worker=worker, defaults={"weight": weights.get(worker.name, 1)})
-        publish_pool_change(pool, "saved", acting_user)
+        after = [worker.name for worker in workers]
+        added = [name for name in after if name not in before]
+        removed = [name for name in before if name not in after]
+        op = "created" if is_new else "scaled" if added or removed else "saved"
+        publish_pool_change(pool, op, acting_user, added=added, removed=removed)
     logger.info("pool %s (%s, %s) saved with %s by %s", pool, pool.query_type, pool.strategy, members, describe_actor(acting_user))
     return pool
 
@@ -200,9 +209,12 @@ def delete_pool(pool: PoolAlias, *, acting_user=None) -> None:
     logger.info("pool %s deleted by %s", pool, describe_actor(acting_user))
 
 
-def publish_pool_change(pool: PoolAlias, op: str, acting_user) -> None:
-    """Once committed, show every open socket the new pool list (model choices) and tell pool subscribers."""
+def publish_pool_change(pool: PoolAlias, op: str, acting_user, *, added=(), removed=()) -> None:
+    """Once committed, show every open socket the new pool list (model choices) and publish the
+    pool's change on `events.pools`, naming members added or removed."""
     event = {"type": "pool.changed", "op": op, "name": pool.name, "realm": pool.realm, "by": describe_actor(acting_user)}
+    if added or removed:
+        event.update(added=list(added), removed=list(removed))
     send_event_on_commit(BROADCAST_GROUP, worker_update_event, using="default")
     send_event_on_commit(POOL_EVENTS, event, using="default")
 

@@ -24,7 +24,7 @@ from pools.clients import ModelServerError, client_for
 from pools.config import snapshot_cache
 from pools.models import Worker
 from rentahal import outbound
-from rentahal.pushes import alert_sysops
+from rentahal.pushes import POOL_EVENTS, alert_sysops, send_event_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,24 @@ def announce_health_changed() -> None:
 
 
 def alert_worker(worker: str, change: str, reason: str) -> None:
-    """Tell sysops the health rules blacklisted (`change`='blacklisted') or restored the worker, and why."""
+    """Tell sysops the health rules blacklisted (`change`='blacklisted') or restored the
+    worker, and why; subscribers of `events.pools` learn it as a `worker.health` event."""
     logger.warning("worker %s %s: %s", worker, change, reason)
     alert_sysops({"type": "worker_alert", "worker": worker, "state": change, "reason": reason})
+    publish_worker_health(worker, change, reason)
+
+
+def publish_worker_health(worker: str, op: str, reason: str) -> None:
+    """Publish a worker's health on `events.pools`, naming the pools it sits in so a
+    subscriber can follow one pool; a probe's heartbeat only while someone listens.
+
+    Runtime health lives in Redis, so there is no transaction to wait for: outside one,
+    `send_event_on_commit` sends at once."""
+    from pools.config import snapshot_cache
+
+    pools = sorted({pool.name for pool in snapshot_cache.current().pools if worker in pool.members})
+    event = {"type": "worker.health", "op": op, "name": worker, "pools": pools, "reason": reason}
+    send_event_on_commit(POOL_EVENTS, event, using="default", if_listened=op == "heartbeat")
 
 
 def cooldown_seconds(error: ModelServerError, consecutive_failures: int = 1) -> float | None:
@@ -156,6 +171,8 @@ def apply_probe(worker: Worker, result: ProbeResult) -> str:
         outcome = f"answered HTTP {result.status}"
     if change:
         alert_worker(worker.name, change, f"health probe: {outcome}")
+    else:
+        publish_worker_health(worker.name, "heartbeat", f"health probe: {outcome}")
     return outcome
 
 

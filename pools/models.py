@@ -52,6 +52,7 @@ class WireFormat(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible /v1/chat/completions"
     ANTHROPIC = "anthropic", "Anthropic Messages API /v1/messages"
     HUGGINGFACE = "huggingface", "Hugging Face text-generation-inference"
+    OPENAI_AUDIO = "openai_audio", "OpenAI-compatible /v1/audio (transcriptions, speech)"
     # Another rentahal broker, reached by signed calls to its /api/federation/route. Its client
     # is registered by the federation app (pools imports no other app): pools.clients.register_client.
     PEER = "peer", "Peer broker (federation)"

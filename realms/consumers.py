@@ -8,13 +8,14 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.actions.queries import previous_queries
+from accounts.actions import search
 from accounts.actions.users import (
     GUID_COOKIE, claim_sysop, find_user, get_or_create_user, normalise_guid, set_banned, set_nickname,
 )
 from pools import actions as pools
 from realms import actions as realm_actions
 from realms import chunks, lifecycle
-from realms.frames import parse_client_id, parse_submission, require_str
+from realms.frames import parse_client_id, parse_speech_to_text, parse_submission, parse_text_to_speech, require_str
 from realms.routing import home_realm_of
 from realms.sysop import record_presence, sysop_frames
 from rentahal.db_threads import on_db_thread
@@ -206,6 +207,15 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         frame = await on_db_thread(lifecycle.accept_query)(self.user.guid, submission, conversation_id=conversation_id)
         await self.send_json(frame)
 
+    async def speech_to_text(self, content):
+        """Transcribe `audio`: a speech query acknowledged with `queue_update`, answered with
+        `transcription_result` and billed as any query."""
+        await self.send_json(await on_db_thread(lifecycle.accept_query)(self.user.guid, parse_speech_to_text(content)))
+
+    async def text_to_speech(self, content):
+        """Speak `text`: acknowledged with `queue_update`, answered with `speech_result`."""
+        await self.send_json(await on_db_thread(lifecycle.accept_query)(self.user.guid, parse_text_to_speech(content)))
+
     async def vision_chunk(self, content):
         progress = await chunks.store_vision_chunk(self.user.guid, content)
         if progress.image is None:
@@ -215,6 +225,18 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.send_json({"type": "vision_upload_complete", "message": "Image received, submitting query"})
         await self.submit_query({"query": {**progress.query, "image": progress.image}})
+
+    async def search_queries(self, content):
+        """Search past queries: a user's own; a sysop's across users, or one user's (`user`)."""
+        user = require_str(content, "user", required=False) or None
+        if not self.user.is_sysop:
+            if user not in (None, self.user.guid):
+                raise Forbidden("Only sysops search other users' queries.")
+            user = self.user.guid
+        found = await on_db_thread(search.search_queries)(
+            content.get("query"), user=user, page=content.get("page", 1), per_page=content.get("per_page", 20)
+        )
+        await self.send_json({"type": "search_results", **found})
 
     async def set_nickname(self, content):
         nickname = require_str(content, "nickname")
@@ -277,8 +299,11 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
     handlers = {
         "submit_query": submit_query,
         "vision_chunk": vision_chunk,
+        "speech_to_text": speech_to_text,
+        "text_to_speech": text_to_speech,
         "set_nickname": set_nickname,
         "claim_sysop": claim_sysop,
+        "search_queries": search_queries,
         "get_previous_queries": send_previous_queries,
         "pong": pong,
         "get_stats": get_stats,

@@ -2,6 +2,8 @@
 import base64
 import binascii
 import dataclasses
+import io
+import wave
 
 from django.conf import settings
 
@@ -19,6 +21,9 @@ class QuerySubmission:
     model_name: str
     image: str
     idempotency_key: str = ""
+    audio: str = ""
+    audio_format: str = ""
+    speech_task: str = ""
 
 
 def require_str(data: dict, field: str, *, required: bool = True, default: str | None = "") -> str | None:
@@ -48,6 +53,77 @@ def strip_data_url(image: str) -> str:
             f"The image is {size} bytes; the limit is {settings.RENTAHAL_MAX_IMAGE_BYTES} bytes.", code="image_too_large"
         )
     return payload
+
+
+# What the speech realm takes (docs/protocol.md §1): the original's recordings were WebM
+# (the browser's MediaRecorder) or WAV; each is known by its first bytes.
+AUDIO_SIGNATURES = {"wav": (b"RIFF", b"WAVE"), "webm": (b"\x1a\x45\xdf\xa3", None)}
+# OpenAI's limit on one /v1/audio/speech text, which any speech server of that format keeps.
+MAX_SPEECH_TEXT_CHARS = 4096
+
+
+def audio_format_of(audio: bytes) -> str:
+    """Return "wav" or "webm" from the file's signature, or refuse anything else."""
+    for audio_format, (magic, form) in AUDIO_SIGNATURES.items():
+        if audio.startswith(magic) and (form is None or audio[8:12] == form):
+            return audio_format
+    raise BrokerError("Audio must be a WAV or WebM recording.", code="unsupported_audio")
+
+
+def wav_seconds(audio: bytes) -> float:
+    """Return how long a WAV file plays, read from its header, or refuse a broken one."""
+    try:
+        with wave.open(io.BytesIO(audio)) as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError, ZeroDivisionError):
+        raise BrokerError("The WAV file is damaged or holds no audio.", code="unsupported_audio") from None
+
+
+def parse_audio(value: object) -> tuple[str, str]:
+    """Return the base64 payload of a recording (a data: URL accepted) and its format, or
+    refuse it: not base64, larger than RENTAHAL_MAX_AUDIO_BYTES, neither WAV nor WebM, or a
+    WAV longer than RENTAHAL_MAX_AUDIO_SECONDS (a WebM's length is only known once decoded:
+    the speech-to-text server refuses one that is too long, and nothing is charged)."""
+    if not isinstance(value, str) or not value:
+        raise BrokerError("A speech query needs its 'audio' (base64 WAV or WebM).", code="missing_field")
+    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        audio = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BrokerError("Field 'audio' is not valid base64.", code="bad_field") from None
+    if len(audio) > settings.RENTAHAL_MAX_AUDIO_BYTES:
+        raise BrokerError(
+            f"The audio is {len(audio)} bytes; the limit is {settings.RENTAHAL_MAX_AUDIO_BYTES} bytes.", code="audio_too_large"
+        )
+    audio_format = audio_format_of(audio)
+    if audio_format == "wav":
+        seconds = wav_seconds(audio)
+        if seconds > settings.RENTAHAL_MAX_AUDIO_SECONDS:
+            raise BrokerError(
+                f"The audio lasts {seconds:.1f} s; the limit is {settings.RENTAHAL_MAX_AUDIO_SECONDS:g} s.", code="audio_too_long"
+            )
+    return payload, audio_format
+
+
+def parse_speech_to_text(content: dict) -> QuerySubmission:
+    """Return the speech query a `speech_to_text` frame asks for: transcription only."""
+    audio, audio_format = parse_audio(content.get("audio"))
+    return QuerySubmission(
+        prompt="", query_type=QueryType.SPEECH, model_type="speech", model_name="", image="",
+        audio=audio, audio_format=audio_format, speech_task="transcribe",
+    )
+
+
+def parse_text_to_speech(content: dict) -> QuerySubmission:
+    """Return the speech query a `text_to_speech` frame asks for: its `text` spoken."""
+    text = require_str(content, "text")
+    if not text.strip():
+        raise BrokerError("Field 'text' is empty.", code="missing_field")
+    if len(text) > MAX_SPEECH_TEXT_CHARS:
+        raise BrokerError(f"Text is {len(text)} characters; the limit is {MAX_SPEECH_TEXT_CHARS}.", code="prompt_too_long")
+    return QuerySubmission(
+        prompt=text, query_type=QueryType.SPEECH, model_type="speech", model_name="", image="", speech_task="speak"
+    )
 
 
 MAX_CLIENT_ID_CHARS = 128
@@ -85,7 +161,14 @@ def parse_submission(query: object, *, idempotency_key: object = None) -> QueryS
     image = require_str(query, "image", required=False)
     if query_type == QueryType.VISION and not image:
         raise BrokerError("A vision query needs an 'image'.", code="missing_field")
-    if not prompt.strip() and query_type != QueryType.VISION:
+    audio = audio_format = speech_task = ""
+    if query_type == QueryType.SPEECH:
+        audio, audio_format = parse_audio(query.get("audio"))
+        result_type = require_str(query, "result_type", required=False, default="text")
+        if result_type not in ("text", "audio"):
+            raise BrokerError("Field 'result_type' of a speech query is text or audio.", code="bad_field")
+        speech_task = "answer_aloud" if result_type == "audio" else "answer"
+    elif not prompt.strip() and query_type != QueryType.VISION:
         raise BrokerError("Prompt is empty.", code="missing_field")
     return QuerySubmission(
         prompt=prompt,
@@ -94,4 +177,7 @@ def parse_submission(query: object, *, idempotency_key: object = None) -> QueryS
         model_name=require_str(query, "model_name", required=False)[:128],
         image=strip_data_url(image) if image else "",
         idempotency_key=parse_client_id(idempotency_key, "idempotency_key"),
+        audio=audio,
+        audio_format=audio_format,
+        speech_task=speech_task,
     )

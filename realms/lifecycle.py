@@ -29,14 +29,15 @@ from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
 from pools.dispatch import Served, check_hosted_query, serve
 from pools.models import broker_of_worker
-from pools.selection import NoWorkerAvailable
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
+from realms.speech import Spoken, serve_speech
 from rentahal.batching import Coalescer
-from rentahal.errors import STORE_OUTAGES, Forbidden
+from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame, stream_query_chunks
 from rentahal.query_context import QueryContext, serving_query
+from rentahal.query_types import QueryType
 from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
             model_type=submission.model_type,
             model_name=submission.model_name,
             image=submission.image,
+            audio=submission.audio,
+            audio_format=submission.audio_format,
+            speech_task=submission.speech_task,
             realm=realm.name,
             idempotency_key=submission.idempotency_key,
             conversation_id=conversation_id,
@@ -159,7 +163,8 @@ async def run_query(query_id: str) -> str:
     began = time.monotonic()
     try:
         served = await serve_query(query)
-    except NoWorkerAvailable as exc:
+    except BrokerError as exc:
+        # Nobody could serve it (NoWorkerAvailable), or a speech query heard no words.
         await fail_query(query_id, exc.message)
         return "failed"
     except ModelServerError as exc:
@@ -176,15 +181,18 @@ async def start_query(query_id: str) -> Query | None:
 
 
 async def serve_query(query: Query) -> Served:
-    """Have a worker answer the query, streaming its chunks to the user's sockets."""
-    request = ModelRequest(
-        prompt=query.prompt,
-        query_type=query.query_type,
-        model_type=query.model_type,
-        model_name=query.model_name,
-        image=query.image or None,
-    )
+    """Have a worker answer the query (a speech query: its steps, realms.speech), streaming
+    its chunks to the user's sockets."""
     async with stream_query_chunks(query.user_id, str(query.id)) as forward_chunk:
+        if query.query_type == QueryType.SPEECH:
+            return await serve_speech(query, on_chunk=forward_chunk)
+        request = ModelRequest(
+            prompt=query.prompt,
+            query_type=query.query_type,
+            model_type=query.model_type,
+            model_name=query.model_name,
+            image=query.image or None,
+        )
         with serving_query(QueryContext(str(query.id), query.user_id)):
             return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
 
@@ -196,14 +204,17 @@ def affinity_key_of(query: Query) -> str:
 
 
 async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
-    """Store the answer and charge for it, count it, then push `query_result`; a query
-    finished meanwhile (a rerun, the sysop) is left as it was and nothing is pushed."""
+    """Store the answer and charge for it, count it, then push `query_result` (or the
+    speech frames' own results); a query finished meanwhile (a rerun, the sysop) is left as
+    it was and nothing is pushed. The words a spoken query was heard to say become its
+    prompt, so it reads and is found like a typed one."""
     answer = Answer(
         query,
         result=served.answer.result,
         result_type=served.answer.result_type,
         worker=served.worker,
         processing_time=served.service_seconds,
+        prompt=served.heard if isinstance(served, Spoken) else "",
     )
     finished = await write_through_outage(finishes, answer)
     if finished is None:
@@ -220,18 +231,22 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
 
 
 def result_frame(query: Query) -> dict:
-    """Return the `query_result` frame of an answered query; `processing_time` is the billed
-    time and `broker` the federation id of the broker whose worker answered."""
-    return {
-        "type": "query_result",
+    """Return the frame of an answered query: `query_result`, or for the speech frames
+    `transcription_result` (`text`) and `speech_result` (`audio`, base64 WAV);
+    `processing_time` is the billed time and `broker` the federation id of the broker whose
+    worker answered."""
+    billed = {
         "query_id": str(query.id),
-        "result": query.result,
-        "result_type": query.result_type,
         "processing_time": query.processing_time,
         "cost": float(query.cost),
         "worker": query.worker,
         "broker": broker_of_worker(query.worker) or settings.RENTAHAL_FEDERATION_ID,
     }
+    if query.speech_task == Query.SpeechTask.TRANSCRIBE:
+        return {"type": "transcription_result", "text": query.result, **billed}
+    if query.speech_task == Query.SpeechTask.SPEAK:
+        return {"type": "speech_result", "audio": query.result, **billed}
+    return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed}
 
 
 def failure_frame(query: Query) -> dict:

@@ -21,16 +21,27 @@ dots becoming underscores):
 | `sysops` (`SYSOP_GROUP`) | `send.frame` `{"frame": {...}}` | every sysop's open /ws socket (`alert_sysops`): `worker_alert`, `realm_alert` |
 | `events.pools` (`POOL_EVENTS`) | `worker.changed`, `pool.changed` | a worker or a pool alias was saved or deleted |
 | `events.realms` (`REALM_EVENTS`) | `realm.changed` | a realm or its backups were saved, or it was deleted |
+| `events.pools` | `worker.health` | a health probe answered or not (`op` `heartbeat`), or the health rules blacklisted or restored a worker (`op` `blacklisted`, `restored`) |
+| `events.queries` (`QUERY_EVENTS`) | `queries.changed` | queries were accepted, started, completed or failed (`op`), listed in `queries` (one event per batch the worker wrote) |
 
 A `*.changed` event reads `{"type": ..., "op": "saved" | "deleted", "name": ..., "by": ...}`
-(`by` from `rentahal.actors.describe_actor`; a pool adds its `realm`): enough for a staff
+(`by` from `rentahal.actors.describe_actor`; a pool adds its `realm`, and `op` is `created`,
+`saved`, `scaled` with the members `added` and `removed`, or `deleted`): enough for a staff
 dashboard or an agent tool that joined the group to re-read the one object that changed.
+
+Query events come with every query, so they are published only while someone listens
+(`is_listened`): a subscriber marks its groups listened (`mark_listened`) and renews the
+mark; a publisher reads the mark at most once a second per process, so the query path pays
+nothing while no one subscribes.
 """
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -41,6 +52,11 @@ logger = logging.getLogger(__name__)
 BROADCAST_GROUP = "broadcast"
 POOL_EVENTS = "events.pools"
 REALM_EVENTS = "events.realms"
+QUERY_EVENTS = "events.queries"
+# A subscriber's mark lasts this long; it renews it at a third of that.
+LISTENED_TTL_SECONDS = 30
+# How long a publisher trusts what it read of a group's mark.
+LISTENED_CACHE_SECONDS = 1.0
 # Only sysops' sockets join it (realms/consumers.py), on connect and when a user is made sysop.
 SYSOP_GROUP = "sysops"
 
@@ -151,14 +167,60 @@ def frame_event(frame: dict, *, sysop_frame: dict | None = None) -> dict:
     return event
 
 
-def send_event_on_commit(group: str, event: dict | Callable[[], dict], *, using: str) -> None:
+def send_event_on_commit(group: str, event: dict | Callable[[], dict], *, using: str, if_listened: bool = False) -> None:
     """Send `event` to `group` once the transaction on `using` commits (at once outside one).
 
     Give a callable to build the event after the commit, from the committed rows (the
     worker list of a `worker_update`). A failed send is logged, never raised: the change it
-    reports has already committed.
+    reports has already committed. `if_listened` sends it only while a subscriber listens
+    to the group (`is_listened`), for events as frequent as queries.
     """
-    transaction.on_commit(lambda: send_event(group, event() if callable(event) else event), using=using, robust=True)
+
+    def send() -> None:
+        if not if_listened or is_listened(group):
+            send_event(group, event() if callable(event) else event)
+
+    transaction.on_commit(send, using=using, robust=True)
+
+
+_listened: dict[str, tuple[float, bool]] = {}
+_listened_lock = threading.Lock()
+_redis_client = None
+
+
+def _redis() -> redis.Redis:
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    return _redis_client
+
+
+def listened_key(group: str) -> str:
+    return f"rentahal:listened:{group}"
+
+
+def is_listened(group: str) -> bool:
+    """Return whether a subscriber marked `group` listened lately; read from Redis at most
+    once every LISTENED_CACHE_SECONDS per process, and taken as unheard if Redis fails."""
+    now = time.monotonic()
+    checked_at, listened = _listened.get(group, (-LISTENED_CACHE_SECONDS, False))
+    if now - checked_at < LISTENED_CACHE_SECONDS:
+        return listened
+    try:
+        listened = bool(_redis().exists(listened_key(group)))
+    except redis.RedisError:
+        listened = False
+    with _listened_lock:
+        _listened[group] = (now, listened)
+    return listened
+
+
+def mark_listened(groups: list[str]) -> None:
+    """Mark the groups listened for LISTENED_TTL_SECONDS (a subscriber renews the mark)."""
+    with _redis().pipeline(transaction=False) as pipeline:
+        for group in groups:
+            pipeline.set(listened_key(group), 1, ex=LISTENED_TTL_SECONDS)
+        pipeline.execute()
 
 
 def send_event(group: str, event: dict) -> None:

@@ -38,11 +38,13 @@ INSTALLED_APPS = [
     "django_rq",
     "rest_framework",
     "drf_spectacular",
+    "rest_framework.authtoken",
     "rentahal",
     "accounts",
     "pools",
     "realms",
     "federation",
+    "agents",
 ]
 
 MIDDLEWARE = [
@@ -135,6 +137,8 @@ REST_FRAMEWORK = {
         # Session logins only (with CSRF on every write): no HTTP Basic, which would take a
         # staff password on every request and invite guessing it.
         "rest_framework.authentication.SessionAuthentication",
+        # Staff tokens for agents and tools (agents.callers, the one place they are checked).
+        "agents.authentication.StaffTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rentahal.permissions.StaffModelPermissions"],
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
@@ -166,6 +170,12 @@ RENTAHAL_MAX_PROMPT_CHARS = env.int("MAX_PROMPT_CHARS", default=32_000)
 RENTAHAL_MAX_IMAGE_BYTES = env.int("MAX_IMAGE_BYTES", default=8 * 1024 * 1024)
 RENTAHAL_MAX_UPLOADS_PER_USER = env.int("MAX_UPLOADS_PER_USER", default=4)
 RENTAHAL_UPLOAD_TTL_SECONDS = env.int("UPLOAD_TTL_SECONDS", default=600)
+# Largest recording (decoded bytes) and longest one (seconds) a speech query may carry; the
+# bytes fit in one frame as base64.
+RENTAHAL_MAX_AUDIO_BYTES = env.int("MAX_AUDIO_BYTES", default=1024 * 1024)
+RENTAHAL_MAX_AUDIO_SECONDS = env.float("MAX_AUDIO_SECONDS", default=60.0)
+# Frames an event-stream subscriber (/ws/events) may fall behind before it is dropped.
+RENTAHAL_EVENT_BUFFER = env.int("EVENT_BUFFER", default=1000)
 # Queries waiting in one realm's queue before new ones are refused.
 RENTAHAL_QUEUE_LIMIT = env.int("QUEUE_LIMIT", default=1000)
 # Fair share (README.md, Fair share): a user's queries not yet answered (waiting or being

@@ -1,6 +1,8 @@
 """The broker as a newcomer runs it: `manage.py run_broker` serving the page, the admin and
 /ws through daphne, with the bundled real model answering."""
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,15 +28,21 @@ def start_broker(*extra: str, env: dict[str, str] | None = None, stdout=None) ->
     """Start `run_broker` on free ports, with `env` added to the test environment, and wait until it serves the page."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "run_broker", "--port", str(port), "--model-port", str(free_port()), *extra],
+        [
+            sys.executable, "manage.py", "run_broker", "--port", str(port), "--model-port", str(free_port()),
+            "--speech-ports", str(free_port()), str(free_port()), *extra,
+        ],
         cwd=PROJECT_DIR,
         # The bundled model answers in about a second on a quiet machine; the unit tests'
         # 3 s read timeout would fail it whenever the machine is busy.
         env={**worker_environment(), "MODEL_READ_TIMEOUT": "60", **(env or {})},
         stdout=stdout,
         text=True,
+        # Its own process group, so `stop_broker` takes its children down even if it hangs.
+        start_new_session=True,
     )
-    # Migrating (checking) four databases and booting a dozen processes on a loaded machine.
+    # Migrating (checking) four databases, booting a dozen processes and loading the bundled
+    # models together, on a loaded machine.
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -42,25 +50,37 @@ def start_broker(*extra: str, env: dict[str, str] | None = None, stdout=None) ->
                 return process, port
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
+                stop_broker(process)
                 pytest.fail("run_broker did not come up")
             time.sleep(0.2)
+
+
+def stop_broker(process: subprocess.Popen) -> None:
+    """Stop run_broker (it stops its children); kill the whole group if that takes too long."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 @pytest.fixture
 def broker(transactional_db, default_realms):
     process, port = start_broker()
     yield port
-    process.terminate()
-    process.wait(timeout=90)
+    stop_broker(process)
 
 
 @pytest.fixture
 def broker_without_model(transactional_db, default_realms):
-    process, port = start_broker("--no-local-model")
+    process, port = start_broker("--no-local-model", "--no-speech")
     yield port
-    process.terminate()
-    process.wait(timeout=90)
+    stop_broker(process)
 
 
 async def read_until(ws, frame_type: str, timeout: float = 30) -> dict:
@@ -78,6 +98,18 @@ async def test_newcomer_gets_a_real_answer_from_the_bundled_model(broker):
 
     assert "paris" in result["result"].lower()
     assert result["worker"] == "smollm2-local"
+
+
+async def test_the_bundled_speech_models_speak_and_transcribe_through_the_broker(broker):
+    async with websockets.connect(f"ws://127.0.0.1:{broker}/ws") as ws:
+        await read_until(ws, "huggingface_update")
+        await ws.send(orjson.dumps({"type": "text_to_speech", "text": "The capital of France is Paris."}).decode())
+        spoken = await read_until(ws, "speech_result", timeout=60)
+        await ws.send(orjson.dumps({"type": "speech_to_text", "audio": spoken["audio"]}).decode())
+        heard = await read_until(ws, "transcription_result", timeout=60)
+
+    assert (spoken["worker"], heard["worker"]) == ("piper-local", "whisper-local")
+    assert "capital" in heard["text"].lower() and "paris" in heard["text"].lower()
 
 
 def test_page_and_admin_are_served_with_their_static_files(broker_without_model):

@@ -19,6 +19,7 @@ from accounts import billing
 from accounts.actions.users import find_user
 from accounts.models import Query, User
 from rentahal.errors import BrokerError, Forbidden, TooManyQueries
+from rentahal.pushes import QUERY_EVENTS, send_event_on_commit
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class Resubmitted(Exception):
 
 def accept_query(
     guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
-    idempotency_key: str = "", conversation_id: str = "",
+    idempotency_key: str = "", conversation_id: str = "", audio: str = "", audio_format: str = "", speech_task: str = "",
 ) -> Query:
     """Write the query row, with status `accepted`, and return it once it is committed.
 
@@ -65,15 +66,21 @@ def accept_query(
             model_type=model_type,
             model_name=model_name,
             image=image,
+            audio=audio,
+            audio_format=audio_format,
+            speech_task=speech_task,
             realm=realm,
             idempotency_key=idempotency_key,
             conversation_id=conversation_id,
         )
         with writing_for_each([guid]) as by_alias:
             using = next(iter(by_alias))
-            if insert_if_user_may_query(query, using=using):
-                return query
-            refuse_unless_slot_was_taken(query, using=using)
+            accepted = insert_if_user_may_query(query, using=using)
+            if not accepted:
+                refuse_unless_slot_was_taken(query, using=using)
+        if accepted:
+            publish_query_events("accepted", [query])
+            return query
     raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
 
 
@@ -177,7 +184,34 @@ def start_queries(query_ids: list) -> list[Query | None | Exception]:
     and changes nothing. A query listed twice is started once and returned to both.
     """
     ids = [uuid.UUID(str(query_id)) for query_id in query_ids]
-    return write_by_shard(ids, ids, store_started)
+    return published("started", write_by_shard(ids, ids, store_started))
+
+
+def published(op: str, outcomes: list) -> list:
+    """Publish the queries a batch wrote (`queries.changed`), and return the batch's outcomes."""
+    written = [outcome for outcome in outcomes if isinstance(outcome, Query)]
+    if written:
+        publish_query_events(op, written)
+    return outcomes
+
+
+def publish_query_events(op: str, queries: list[Query]) -> None:
+    """Tell subscribers of `events.queries` what happened to these queries, while any listen.
+
+    Batch writes commit statement by statement, outside any transaction, so the event goes
+    out at once (`send_event_on_commit` outside a transaction)."""
+    event = {
+        "type": "queries.changed",
+        "op": op,
+        "queries": [
+            {
+                "query_id": str(query.pk), "user": query.user_id, "realm": query.realm, "query_type": query.query_type,
+                "status": query.status, "worker": query.worker,
+            }
+            for query in queries
+        ],
+    }
+    send_event_on_commit(QUERY_EVENTS, event, using="default", if_listened=True)
 
 
 def store_started(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
@@ -202,13 +236,14 @@ class Answer:
     result_type: str
     worker: str
     processing_time: float
+    prompt: str = ""  # the words a speech query's audio was heard to say; blank keeps the prompt
 
 
 def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
     """Store each answer, mark its query done and charge for it; return each query as
     stored, or None if it was already finished (nothing is charged), or the exception that
     kept it from being written."""
-    return write_by_shard(answers, [answer.query.pk for answer in answers], store_answers)
+    return published("completed", write_by_shard(answers, [answer.query.pk for answer in answers], store_answers))
 
 
 def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
@@ -232,13 +267,14 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
         WITH answer AS (
             SELECT * FROM unnest(
                 %(ids)s::uuid[], %(results)s::text[], %(result_types)s::text[], %(workers)s::text[],
-                %(times)s::float8[], %(costs)s::numeric[]
-            ) AS given (id, result, result_type, worker, processing_time, cost)
+                %(times)s::float8[], %(costs)s::numeric[], %(prompts)s::text[]
+            ) AS given (id, result, result_type, worker, processing_time, cost, prompt)
         ), done AS (
             UPDATE {table} AS q SET
                 status = %(done)s, result = answer.result, result_type = answer.result_type,
                 worker = answer.worker, finished_at = %(now)s,
-                processing_time = answer.processing_time, cost = answer.cost
+                processing_time = answer.processing_time, cost = answer.cost,
+                prompt = COALESCE(NULLIF(answer.prompt, ''), q.prompt)
             FROM answer
             WHERE q.id = answer.id AND q.status <> ALL(%(finished)s::text[])
             RETURNING q.*
@@ -252,6 +288,7 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
             "workers": [answer.worker for answer in firsts],
             "times": times,
             "costs": [billing.cost_of(seconds) for seconds in times],
+            "prompts": [answer.prompt for answer in firsts],
             "done": Query.Status.DONE,
             "finished": list(Query.FINISHED),
             "now": now,
@@ -277,7 +314,7 @@ def fail_queries(failures: list[Failure]) -> list[Query | None | Exception]:
     for failure, outcome in zip(failures, outcomes):
         if isinstance(outcome, Query):
             logger.info("query %s failed: %s", failure.query_id, failure.error)
-    return outcomes
+    return published("failed", outcomes)
 
 
 def store_failed(failures: list[Failure], *, using: str) -> list[Query | None]:

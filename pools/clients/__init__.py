@@ -5,6 +5,7 @@ from .base import CallLimits, ChunkCallback, ModelAnswer, ModelClient, ModelRequ
 from .huggingface import HuggingFaceClient
 from .ollama import OllamaClient
 from .openai import OpenAIClient
+from .openai_audio import OpenAIAudioClient
 from .predict import PredictClient
 
 __all__ = [
@@ -22,7 +23,8 @@ __all__ = [
 CLIENTS: dict[str, ModelClient] = {
     client.wire_format: client
     for client in (
-        PredictClient(), A1111Client(), OllamaClient(), OpenAIClient(), AnthropicClient(), HuggingFaceClient()
+        PredictClient(), A1111Client(), OllamaClient(), OpenAIClient(), AnthropicClient(), HuggingFaceClient(),
+        OpenAIAudioClient(),
     )
 }
 

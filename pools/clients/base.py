@@ -28,6 +28,7 @@ class ModelRequest:
     model_name: str = ""
     image: str | None = None  # base64, no data: prefix
     audio: str | None = None  # base64
+    audio_format: str = ""  # the audio's container: wav or webm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,9 +242,13 @@ class AnswerBody:
                     raise self.too_large()
                 yield chunk
 
+    async def read(self) -> bytes:
+        """Return the whole body."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
     async def json(self):
         """Return the whole body parsed as JSON."""
-        body = b"".join([chunk async for chunk in self.chunks()])
+        body = await self.read()
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -291,12 +296,13 @@ async def post_for_answer(
     session: aiohttp.ClientSession,
     worker,
     path: str,
-    payload: dict,
+    payload: dict | aiohttp.FormData,
     *,
     limits: CallLimits,
     headers: dict[str, str] | None = None,
 ) -> AsyncIterator[AnswerBody]:
-    """POST JSON to the worker and yield its body once the status says it is an answer.
+    """POST JSON (or a multipart form) to the worker and yield its body once the status says
+    it is an answer.
 
     The total timeout covers reading the body too, so a server that stalls mid-stream is a
     timeout like one that never answers.
@@ -307,11 +313,16 @@ async def post_for_answer(
             url = worker.base_url + path
             outbound.check_url(url)
             started = time.monotonic()
+            if isinstance(payload, aiohttp.FormData):
+                # aiohttp writes the multipart Content-Type with its boundary itself.
+                data, content_headers = payload, {}
+            else:
+                data, content_headers = orjson.dumps(payload), {"Content-Type": "application/json"}
             response = await stack.enter_async_context(
                 session.post(
                     url,
-                    data=orjson.dumps(payload),
-                    headers={"Content-Type": "application/json", **(headers or {})},
+                    data=data,
+                    headers={**content_headers, **(headers or {})},
                     timeout=timeout,
                     allow_redirects=False,
                 )

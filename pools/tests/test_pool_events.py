@@ -35,7 +35,21 @@ async def test_a_pool_created_changed_and_deleted_is_published_with_who_did_it(s
     await database_sync_to_async(actions.delete_pool)(pool, acting_user=admin_user)
 
     saved = {"type": "pool.changed", "op": "saved", "name": "$CHAT", "realm": "", "by": "staff admin"}
-    assert [await subscriber() for _ in range(3)] == [saved, saved, {**saved, "op": "deleted"}]
+    created = {**saved, "op": "created", "added": ["alpha"], "removed": []}
+    assert [await subscriber() for _ in range(3)] == [created, saved, {**saved, "op": "deleted"}]
+
+
+async def test_a_pool_scaled_names_the_members_added_and_removed(subscriber):
+    for name in ("alpha", "beta"):
+        await database_sync_to_async(actions.add_worker)(name=name, address="127.0.0.1:1", query_type="chat")
+    pool = await database_sync_to_async(actions.create_pool)("$CHAT", query_type="chat", members=["alpha"])
+    for _ in range(3):
+        await subscriber()
+
+    await database_sync_to_async(actions.save_pool)(pool, members=["beta"])
+
+    event = await subscriber()
+    assert (event["op"], event["added"], event["removed"]) == ("scaled", ["beta"], ["alpha"])
 
 
 async def test_a_refused_pool_publishes_nothing(subscriber):

@@ -1,5 +1,6 @@
 """Run the whole broker on one machine: migrations, a real local chat model registered as a
 worker, RQ realm workers, housekeeping, and daphne serving the page, /ws and the admin."""
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,8 +24,10 @@ from rq import Worker as RQWorker
 
 from accounts.actions.users import has_sysop, issue_sysop_claim
 from pools import actions as pools
+from pools import speech
 from pools.local_model import MODEL_NAME
 from realms.models import Realm
+from realms.speech import SPEECH_TO_TEXT_POOL, TEXT_TO_SPEECH_POOL
 from rentahal.errors import REDIS_OUTAGES, Invalid
 from rentahal.queues import redis_connection
 from rentahal.supervision import kill_group, start_in_own_group
@@ -33,6 +36,49 @@ logger = logging.getLogger(__name__)
 
 LOCAL_WORKER_NAME = "smollm2-local"
 CHAT_POOL = "$CHAT"
+SPEECH_REALM = "$SPEECH"
+# How long a bundled model server may take to load and answer (a busy machine loads slowly).
+MODEL_STARTUP_SECONDS = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class BundledModel:
+    """A model server the local run starts, and the worker and pool it is registered as."""
+
+    worker: str
+    command: list[str]
+    model: str
+    query_type: str
+    wire_format: str
+    pool: str
+    realm: str
+    port: int
+
+
+def bundled_models(options: dict) -> list[BundledModel]:
+    """Return the bundled models to start: SmolLM2 (the `model` extra) unless --no-local-model,
+    and the speech models (the `speech` extra, when installed) unless --no-speech; their pools
+    are the ones the chat and speech realms read (realms.speech)."""
+    models = []
+    if not options["no_local_model"]:
+        models.append(BundledModel(
+            LOCAL_WORKER_NAME, ["serve_local_model"], MODEL_NAME, "chat", "openai", CHAT_POOL, CHAT_POOL, options["model_port"],
+        ))
+    if options["no_speech"]:
+        return models
+    transcribe_port, speak_port = options["speech_ports"]
+    if speech.is_installed(speech.SPEECH_TO_TEXT_PACKAGES):
+        command = ["serve_speech_to_text", "--max-seconds", str(settings.RENTAHAL_MAX_AUDIO_SECONDS)]
+        models.append(BundledModel(
+            "whisper-local", command, speech.TRANSCRIBE_MODEL, "speech", "openai_audio", SPEECH_TO_TEXT_POOL, SPEECH_REALM,
+            transcribe_port,
+        ))
+    if speech.is_installed(speech.TEXT_TO_SPEECH_PACKAGES):
+        models.append(BundledModel(
+            "piper-local", ["serve_text_to_speech"], speech.SPEAK_MODEL, "speech", "openai_audio", TEXT_TO_SPEECH_POOL,
+            SPEECH_REALM, speak_port,
+        ))
+    return models
 # Where the local run may call model servers when the operator named no networks: its
 # bundled model and a developer's own servers listen on loopback (rentahal.outbound).
 LOCAL_RUN_NETWORKS = ["127.0.0.0/8", "::1/128"]
@@ -244,6 +290,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--model-port", type=int, default=8090)
         parser.add_argument("--no-local-model", action="store_true", help="Do not start the bundled chat model.")
+        parser.add_argument("--speech-ports", type=int, nargs=2, default=[8091, 8092], metavar=("STT", "TTS"))
+        parser.add_argument("--no-speech", action="store_true", help="Do not start the bundled speech models.")
         parser.add_argument("--housekeeping-every", type=float, default=30.0)
 
     def handle(self, *args, **options):
@@ -266,6 +314,8 @@ class Command(BaseCommand):
             "OUTBOUND_ALLOWED_NETWORKS": ",".join(settings.RENTAHAL_OUTBOUND_ALLOWED_NETWORKS),
             # Peers call this broker where it listens unless the operator names a public URL.
             "FEDERATION_BASE_URL": os.environ.get("FEDERATION_BASE_URL", f"http://{options['host']}:{options['port']}"),
+            # The speech models are read from their packages; nothing may be fetched from a hub.
+            "HF_HUB_OFFLINE": "1",
         }
         # The federation key pair is made on first start (docs/federation.md).
         call_command("federation_keys", "create", "--if-missing", verbosity=0)
@@ -277,21 +327,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         try:
-            if not options["no_local_model"]:
-                model = Child("local model", manage("serve_local_model", "--port", str(options["model_port"])), env)
-                model.start()
-                children.append(model)
-                url = f"http://127.0.0.1:{options['model_port']}"
-                wait_for_http(f"{url}/v1/models", timeout=60, child=model)
-                try:
-                    pools.add_worker(
-                        name=LOCAL_WORKER_NAME, address=url, query_type="chat", wire_format="openai", model=MODEL_NAME,
-                        acting_user=None,
-                    )
-                except Invalid as exc:
-                    raise CommandError(f"the bundled model cannot be registered: {exc.message}") from None
-                pools.ensure_pool(CHAT_POOL, query_type="chat", realm=CHAT_POOL, members=[LOCAL_WORKER_NAME], acting_user=None)
-                self.stdout.write(f"local model {MODEL_NAME} registered as worker {LOCAL_WORKER_NAME} in pool {CHAT_POOL}")
+            self.start_bundled_models(bundled_models(options), env, children)
             every = str(options["housekeeping_every"])
             workers = realm_workers(env)
             watchdog = Watchdog(workers)
@@ -326,3 +362,26 @@ class Command(BaseCommand):
             for child in children:
                 child.wait(timeout=15)
             self.stdout.write("rentahal stopped")
+
+    def start_bundled_models(self, models: list["BundledModel"], env: dict[str, str], children: list[Child]) -> None:
+        """Start every bundled model server at once (each loads its model meanwhile), then
+        register each as a worker in its pool once it answers. Each joins `children` as soon
+        as it runs, so a failure later still stops it."""
+        started = []
+        for bundled in models:
+            child = Child(bundled.model, manage(*bundled.command, "--port", str(bundled.port)), env)
+            child.start()
+            children.append(child)
+            started.append((bundled, child))
+        for bundled, child in started:
+            url = f"http://127.0.0.1:{bundled.port}"
+            wait_for_http(f"{url}/v1/models", timeout=MODEL_STARTUP_SECONDS, child=child)
+            try:
+                pools.add_worker(
+                    name=bundled.worker, address=url, query_type=bundled.query_type, wire_format=bundled.wire_format,
+                    model=bundled.model, acting_user=None,
+                )
+            except Invalid as exc:
+                raise CommandError(f"the bundled {bundled.model} cannot be registered: {exc.message}") from None
+            pools.ensure_pool(bundled.pool, query_type=bundled.query_type, realm=bundled.realm, members=[bundled.worker], acting_user=None)
+            self.stdout.write(f"{bundled.model} registered as worker {bundled.worker} in pool {bundled.pool}")
