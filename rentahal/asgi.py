@@ -13,8 +13,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from agents.events import EventConsumer  # noqa: E402
-from agents.mcp_server import http_app as mcp_app  # noqa: E402
+from realms.agents.events import EventConsumer  # noqa: E402
+from realms.agents.mcp_server import http_app as mcp_app  # noqa: E402
 from realms.consumers import QueryConsumer  # noqa: E402
 from realms.dashboard import DashboardConsumer  # noqa: E402
 from rentahal.origins import ConfiguredHostsOriginValidator  # noqa: E402

@@ -44,7 +44,6 @@ INSTALLED_APPS = [
     "pools",
     "realms",
     "federation",
-    "agents",
 ]
 
 MIDDLEWARE = [
@@ -137,8 +136,8 @@ REST_FRAMEWORK = {
         # Session logins only (with CSRF on every write): no HTTP Basic, which would take a
         # staff password on every request and invite guessing it.
         "rest_framework.authentication.SessionAuthentication",
-        # Staff tokens for agents and tools (agents.callers, the one place they are checked).
-        "agents.authentication.StaffTokenAuthentication",
+        # Staff tokens for agents and tools (realms.agents.callers, the one place they are checked).
+        "realms.agents.authentication.StaffTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rentahal.permissions.StaffModelPermissions"],
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",

@@ -24,5 +24,5 @@ urlpatterns = [
     path("api/federation/", include("federation.urls")),
     path(WELL_KNOWN_PATH.lstrip("/"), WellKnownView.as_view(), name="federation-well-known"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/agents/", include("agents.urls")),
+    path("api/agents/", include("realms.agents.urls")),
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 PLUMBING = "rentahal"
-APPS = ("realms", "pools", "accounts", "federation", "agents")
+APPS = ("realms", "pools", "accounts", "federation")
 WIRING = {"rentahal.settings", "rentahal.urls", "rentahal.asgi"}
 BOTTOM_APPS = ("pools", "accounts")
 

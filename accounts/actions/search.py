@@ -53,7 +53,7 @@ def parse_search(text: object, page: object = 1, per_page: object = 20) -> tuple
 
 def search_queries(text: object, *, user: str | None, page: object = 1, per_page: object = 20) -> dict:
     """Return the page of queries matching `text`, best first: only `user`'s when given
-    (a guid), everyone's when None. Callers decide the scope (agents.callers.Caller.search_scope,
+    (a guid), everyone's when None. Callers decide the scope (realms.agents.callers.Caller.search_scope,
     the socket's sysop check): this function searches what it is told to."""
     words, page, per_page = parse_search(text, page, per_page)
     depth = page * per_page

@@ -1,7 +1,7 @@
 """Routes of the agents' API, mounted at /api/agents/."""
 from django.urls import path
 
-from agents import api
+from realms.agents import api
 
 urlpatterns = [
     path("pools/health/", api.PoolHealth.as_view(), name="agent-pool-health"),

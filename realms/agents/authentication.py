@@ -1,5 +1,5 @@
 """The staff-token door of the APIs (REST_FRAMEWORK's authentication classes); the token is
-checked by `agents.callers`. DRF imports this module with its settings, before the project's
+checked by `realms.agents.callers`. DRF imports this module with its settings, before the project's
 modules are ready, so it imports them only when a request arrives."""
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
@@ -9,7 +9,7 @@ class StaffTokenAuthentication(BaseAuthentication):
     """`Authorization: Bearer <token>` (or DRF's `Token <token>`) of a staff login."""
 
     def authenticate(self, request):
-        from agents.callers import NotAuthenticated, authenticate_token, bearer_token
+        from realms.agents.callers import NotAuthenticated, authenticate_token, bearer_token
 
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header.lower().startswith(("bearer ", "token ")):

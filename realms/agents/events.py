@@ -18,7 +18,7 @@ import orjson
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from agents.callers import Caller, NotAuthenticated, authenticate_token, bearer_token, caller_of
+from realms.agents.callers import Caller, NotAuthenticated, authenticate_token, bearer_token, caller_of
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import BrokerError, error_frame
 from rentahal.pushes import LISTENED_TTL_SECONDS, POOL_EVENTS, QUERY_EVENTS, REALM_EVENTS, mark_listened

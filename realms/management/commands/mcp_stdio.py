@@ -4,8 +4,8 @@ import os
 import anyio
 from django.core.management.base import BaseCommand, CommandError
 
-from agents.callers import NotAuthenticated, authenticate_token
-from agents.mcp_server import server, stdio_caller
+from realms.agents.callers import NotAuthenticated, authenticate_token
+from realms.agents.mcp_server import server, stdio_caller
 
 
 class Command(BaseCommand):

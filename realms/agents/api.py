@@ -7,8 +7,8 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents import tools
-from agents.callers import caller_of
+from realms.agents import tools
+from realms.agents.callers import caller_of
 from pools.pool_routing import SELECTORS
 
 

@@ -19,8 +19,8 @@ from mcp.server.mcpserver import Context
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent
 
-from agents import tools
-from agents.callers import Caller, NotAuthenticated, authenticate_token, bearer_token
+from realms.agents import tools
+from realms.agents.callers import Caller, NotAuthenticated, authenticate_token, bearer_token
 from rentahal.errors import error_body
 
 CALLER_SCOPE_KEY = "rentahal.caller"
