@@ -7,10 +7,12 @@ frame calls it too), so they respect a shard move's write fence and close the us
 """
 from urllib.parse import parse_qs
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from accounts.actions.keys import create_key, revoke_key
 from accounts.actions.users import set_banned
-from accounts.models import Charge, Query, User
+from accounts.models import ApiKey, Charge, Query, User
+from rentahal.admin import ActionModelAdmin
 from rentahal.sharding import shard_aliases
 
 
@@ -92,3 +94,39 @@ class ChargeAdmin(ShardedAdmin):
     list_display = ["query_id", "user", "amount", "processing_time", "created_at"]
     search_fields = ["=query__id", "=user__guid"]
     list_select_related = ["user"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ActionModelAdmin):
+    """Operators make and revoke any user's keys here (users do it over /ws); the secret of
+    a new key is shown once, in the message after saving. Keys are never edited: revoke and
+    make another."""
+
+    list_display = ["prefix", "name", "user_guid", "created_at", "revoked_at", "requests_per_minute", "max_in_flight", "daily_budget", "total_budget"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["=user_guid", "prefix", "name"]
+    fields = ["user_guid", "name", "requests_per_minute", "max_in_flight", "allowed_models", "daily_budget", "total_budget"]
+    actions = ["revoke_keys"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_with_action(self, request, form, formsets, change) -> None:
+        data = form.cleaned_data
+        key, secret = create_key(
+            data["user_guid"],
+            acting_user=request.user,
+            **{field: data[field] for field in self.fields if field != "user_guid"},
+        )
+        form.instance = key
+        self.message_user(request, f"Key {key.prefix}… made. Its secret, shown only now: {secret}", messages.WARNING)
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        keys = list(queryset)
+        for key in keys:
+            revoke_key(key.pk, acting_user=request.user)
+        self.message_user(request, f"{len(keys)} key(s) revoked.")

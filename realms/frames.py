@@ -19,6 +19,10 @@ class QuerySubmission:
     model_name: str
     image: str
     idempotency_key: str = ""
+    # From the HTTP doors (realms.doors): what the model server is asked beyond the prompt
+    # (accounts.Query.options), and the API key the query is billed under.
+    options: dict = dataclasses.field(default_factory=dict)
+    api_key: int | None = None
 
 
 def require_str(data: dict, field: str, *, required: bool = True, default: str = "") -> str:

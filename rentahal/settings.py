@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "channels",
     "django_rq",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "rentahal",
     "accounts",
     "pools",
@@ -134,6 +136,20 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rentahal.permissions.StaffModelPermissions"],
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI schema of the APIs at /api/schema/, browsed at /api/docs/ with Swagger UI
+# served from drf-spectacular-sidecar's files through WhiteNoise (no CDN).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "rentahal",
+    "DESCRIPTION": "The pools and realms APIs of the rentahal broker. The OpenAI-compatible /v1 and the classic "
+    "/api/chat routes are described in README.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -15,10 +15,12 @@ from django.db import DatabaseError, DataError, IntegrityError, connections
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from accounts import billing
+from psycopg.types.json import Jsonb
+
+from accounts import billing, limits
 from accounts.actions.users import find_user
 from accounts.models import Query, User
-from rentahal.errors import BrokerError, Forbidden, TooManyQueries
+from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, TooManyQueries
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class Resubmitted(Exception):
 
 def accept_query(
     guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
-    idempotency_key: str = "",
+    idempotency_key: str = "", options: dict | None = None, api_key: int | None = None,
 ) -> Query:
     """Write the query row, with status `accepted`, and return it once it is committed.
 
@@ -67,6 +69,8 @@ def accept_query(
             image=image,
             realm=realm,
             idempotency_key=idempotency_key,
+            options=options or {},
+            api_key=api_key,
         )
         with writing_for_each([guid]) as by_alias:
             using = next(iter(by_alias))
@@ -190,13 +194,23 @@ class Answer:
     result_type: str
     worker: str
     processing_time: float
+    usage: dict = dataclasses.field(default_factory=dict)
 
 
 def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
     """Store each answer, mark its query done and charge for it; return each query as
     stored, or None if it was already finished (nothing is charged), or the exception that
-    kept it from being written."""
-    return write_by_shard(answers, [answer.query.pk for answer in answers], store_answers)
+    kept it from being written.
+
+    What a query made with an API key was charged counts against the key's budgets
+    (`accounts.limits`) once it is committed."""
+    outcomes = write_by_shard(answers, [answer.query.pk for answer in answers], store_answers)
+    spends = [(query.api_key, query.cost) for query in outcomes if isinstance(query, Query) and query.api_key]
+    try:
+        limits.record_spend(spends)
+    except STORE_OUTAGES as exc:
+        logger.warning("spend of %d API-key queries not counted, Redis is down: %s", len(spends), exc)
+    return outcomes
 
 
 def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
@@ -220,13 +234,13 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
         WITH answer AS (
             SELECT * FROM unnest(
                 %(ids)s::uuid[], %(results)s::text[], %(result_types)s::text[], %(workers)s::text[],
-                %(times)s::float8[], %(costs)s::numeric[]
-            ) AS given (id, result, result_type, worker, processing_time, cost)
+                %(times)s::float8[], %(costs)s::numeric[], %(usages)s::jsonb[]
+            ) AS given (id, result, result_type, worker, processing_time, cost, usage)
         ), done AS (
             UPDATE {table} AS q SET
                 status = %(done)s, result = answer.result, result_type = answer.result_type,
                 worker = answer.worker, finished_at = %(now)s,
-                processing_time = answer.processing_time, cost = answer.cost
+                processing_time = answer.processing_time, cost = answer.cost, usage = answer.usage
             FROM answer
             WHERE q.id = answer.id AND q.status <> ALL(%(finished)s::text[])
             RETURNING q.*
@@ -240,6 +254,7 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
             "workers": [answer.worker for answer in firsts],
             "times": times,
             "costs": [billing.cost_of(seconds) for seconds in times],
+            "usages": [Jsonb(answer.usage) for answer in firsts],
             "done": Query.Status.DONE,
             "finished": list(Query.FINISHED),
             "now": now,

@@ -34,6 +34,7 @@ class FakeConfig:
     fail_status: int = knob(500, "HTTP status of a failure")
     fail_message: str = knob("", 'the "error" text of a failure; blank says "fake failure (HTTP <status>)"')
     retry_after: float = knob(1.0, "Retry-After seconds sent with a 429 failure")
+    chunk_delay: float = knob(0.0, "seconds to wait before each streamed piece of an answer")
     hang: bool = knob(False, "accept model requests and never answer")
     reset: bool = knob(False, "read model requests, then drop the connection without a word")
     oversized_bytes: int = knob(0, "when set, answer model routes with a body this many bytes long")
@@ -57,7 +58,7 @@ class FakeConfig:
         config = dataclasses.replace(self, **knobs)
         if not 0.0 <= config.failure_rate <= 1.0:
             raise ValueError("knob 'failure_rate' must be between 0 and 1")
-        if config.delay < 0 or config.oversized_bytes < 0 or config.retry_after < 0:
+        if config.chunk_delay < 0 or config.delay < 0 or config.oversized_bytes < 0 or config.retry_after < 0:
             raise ValueError("knobs 'delay', 'oversized_bytes' and 'retry_after' cannot be negative")
         for name in ("fail_status", "health_status"):
             if not 100 <= getattr(config, name) <= 599:
@@ -92,6 +93,16 @@ def answer_text(prompt, image: str | None) -> str:
     except (binascii.Error, TypeError, ValueError) as exc:
         raise BadRequest(f"image is not base64: {exc}") from exc
     return f"echo: {prompt} [image: {size} bytes]"
+
+
+def embedding_of(text: str) -> list[float]:
+    """Return a deterministic 8-number embedding of a text, so equal inputs embed equally."""
+    return [round(byte / 255, 4) for byte in hashlib.sha256(text.encode()).digest()[:8]]
+
+
+def token_count(text: str) -> int:
+    """Return the fake tokenizer's count: one token a word."""
+    return len(text.split())
 
 
 def words_of(text: str) -> list[str]:

@@ -21,6 +21,8 @@ from pools.testing.fake_answers import (
     FakeConfig,
     answer_text,
     chat_prompt,
+    embedding_of,
+    token_count,
     json_response,
     png_for,
     redirect_response,
@@ -73,6 +75,8 @@ class FakeModelServer:
             "/api/chat": self.answer_ollama_chat,
             "/api/generate": self.answer_ollama_generate,
             "/v1/chat/completions": self.answer_openai_chat,
+            "/v1/embeddings": self.answer_openai_embeddings,
+            "/api/embed": self.answer_ollama_embed,
         }
         health_routes = {
             "/health": lambda ok: {"status": "healthy" if ok else "unhealthy"},
@@ -196,7 +200,10 @@ class FakeModelServer:
             {"model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": word}, "done": False}
             for word in words_of(text)
         ]
-        last = {"model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": True}
+        last = {
+            "model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": True,
+            "prompt_eval_count": token_count(prompt), "eval_count": token_count(text),
+        }
         return await self.stream_ndjson(request, lines, last, config)
 
     async def answer_ollama_generate(self, request, payload, config) -> web.StreamResponse:
@@ -215,6 +222,8 @@ class FakeModelServer:
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         for line in lines[:1] if config.malformed else [*lines, last]:
+            if config.chunk_delay:
+                await asyncio.sleep(config.chunk_delay)
             await response.write(orjson.dumps(line) + b"\n")
         await response.write_eof()
         return response
@@ -237,13 +246,35 @@ class FakeModelServer:
         events = [event({"role": "assistant", "content": ""})]
         events += [event({"content": word}) for word in words_of(text)]
         # A malformed stream is cut off after its first words: no finish event, no [DONE].
-        events = events[:2] if config.malformed else [*events, event({}, "stop"), b"data: [DONE]\n\n"]
+        last = [event({}, "stop")]
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": token_count(prompt), "completion_tokens": token_count(text)}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            last.append(b"data: " + orjson.dumps({**completion, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")
+        events = events[:2] if config.malformed else [*events, *last, b"data: [DONE]\n\n"]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         for data in events:
+            if config.chunk_delay:
+                await asyncio.sleep(config.chunk_delay)
             await response.write(data)
         await response.write_eof()
         return response
+
+    async def answer_openai_embeddings(self, request, payload, config) -> web.StreamResponse:
+        inputs = embedding_inputs(payload)
+        data = [{"object": "embedding", "index": index, "embedding": embedding_of(text)} for index, text in enumerate(inputs)]
+        tokens = sum(token_count(text) for text in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return json_response({"object": "list", "data": data, "model": payload.get("model") or FAKE_MODEL, "usage": usage})
+
+    async def answer_ollama_embed(self, request, payload, config) -> web.StreamResponse:
+        inputs = embedding_inputs(payload)
+        return json_response({
+            "model": payload.get("model") or FAKE_MODEL,
+            "embeddings": [embedding_of(text) for text in inputs],
+            "prompt_eval_count": sum(token_count(text) for text in inputs),
+        })
 
     async def get_config(self, request: web.Request) -> web.Response:
         return json_response(dataclasses.asdict(self.config))
@@ -264,6 +295,15 @@ class FakeModelServer:
     async def delete_stats(self, request: web.Request) -> web.Response:
         self.reset_stats()
         return json_response(self.stats())
+
+
+def embedding_inputs(payload: dict) -> list[str]:
+    """Return the texts of an embeddings request (OpenAI and Ollama both send `input`)."""
+    raw = payload.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(text, str) for text in inputs):
+        raise BadRequest("input must be a string or a non-empty list of strings")
+    return inputs
 
 
 class FakeServerThread:
