@@ -47,3 +47,14 @@ def stop_daphne(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(autouse=True)
+async def close_async_connections():
+    """Close the connection Django opened on sync_to_async's thread for an async test's
+    queries, so the test databases can be dropped at the end of the run."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    yield
+    await sync_to_async(connections.close_all)()

@@ -11,7 +11,7 @@ from accounts.actions.keys import create_key, revoke_key
 from accounts.models import Charge, Query
 from pools.actions import create_pool
 from pools.testing.fake_answers import png_for
-from tests.doors import start_daphne, stop_daphne
+from tests.doors import close_async_connections, start_daphne, stop_daphne  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
