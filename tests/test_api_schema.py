@@ -1,0 +1,62 @@
+"""One OpenAPI schema for the DRF APIs (pools, realms) at /api/schema/, valid, browsable
+from the broker's own static files, and fuzzed by schemathesis without a server error."""
+import subprocess
+import sys
+import urllib.request
+
+import orjson
+import pytest
+from django.test import Client
+from drf_spectacular.validation import validate_schema
+
+from conftest import make_staff
+from tests.doors import start_daphne, stop_daphne
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def web(default_realms):
+    process, base = start_daphne()
+    yield base
+    stop_daphne(process)
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read()
+
+
+def test_schema_is_valid_openapi_covering_the_pools_and_realms_apis(web):
+    status, body = fetch(f"{web}/api/schema/?format=json")
+    schema = orjson.loads(body)
+
+    validate_schema(schema)
+    assert {"/api/pools/", "/api/pools/workers/", "/api/realms/", "/api/realms/summary/"} <= set(schema["paths"])
+
+
+def test_the_schema_ui_is_served_from_the_brokers_own_static_files(web):
+    _, page = fetch(f"{web}/api/docs/")
+    html = page.decode()
+    scripts = [part.split('"')[0] for part in html.split('src="')[1:]]
+
+    assert scripts and all(src.startswith("/static/") for src in scripts)
+    assert all(fetch(f"{web}{src}")[0] == 200 for src in scripts)
+
+
+def test_schemathesis_finds_no_server_error_as_a_superuser(web):
+    client = Client()
+    client.force_login(make_staff("root", is_superuser=True))
+    session = client.cookies["sessionid"].value
+    token = "t" * 32
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "schemathesis.cli", "run", f"{web}/api/schema/?format=json",
+            "--checks", "not_a_server_error", "--max-examples", "6", "--phases", "examples,fuzzing",
+            "--generation-deterministic", "--request-timeout", "10",
+            "-H", f"Cookie: sessionid={session}; csrftoken={token}", "-H", f"X-CSRFToken: {token}",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+
+    assert run.returncode == 0, run.stdout[-4000:]
