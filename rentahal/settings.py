@@ -143,13 +143,14 @@ REST_FRAMEWORK = {
 # served from drf-spectacular-sidecar's files through WhiteNoise (no CDN).
 SPECTACULAR_SETTINGS = {
     "TITLE": "rentahal",
-    "DESCRIPTION": "The pools and realms APIs of the rentahal broker. The OpenAI-compatible /v1 and the classic "
-    "/api/chat routes are described in README.md.",
+    "DESCRIPTION": "The pools and realms APIs of the rentahal broker (staff, session login), the OpenAI-compatible "
+    "/v1 and the classic REST routes (an API key). README.md has examples.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "realms.doors.schema.add_doors"],
 }
 
 LOGGING = {

@@ -1,5 +1,6 @@
-"""One OpenAPI schema for the DRF APIs (pools, realms) at /api/schema/, valid, browsable
-from the broker's own static files, and fuzzed by schemathesis without a server error."""
+"""One OpenAPI schema at /api/schema/ for the DRF APIs (pools, realms) and the HTTP doors
+(/v1, the classic routes): valid, browsable from the broker's own static files, and fuzzed
+by schemathesis without a server error."""
 import subprocess
 import sys
 import urllib.request
@@ -9,6 +10,7 @@ import pytest
 from django.test import Client
 from drf_spectacular.validation import validate_schema
 
+from accounts.actions.keys import create_key
 from conftest import make_staff
 from tests.doors import start_daphne, stop_daphne
 
@@ -33,6 +35,7 @@ def test_schema_is_valid_openapi_covering_the_pools_and_realms_apis(web):
 
     validate_schema(schema)
     assert {"/api/pools/", "/api/pools/workers/", "/api/realms/", "/api/realms/summary/"} <= set(schema["paths"])
+    assert {"/v1/chat/completions", "/v1/models", "/v1/embeddings", "/api/chat", "/api/whisper"} <= set(schema["paths"])
 
 
 def test_the_schema_ui_is_served_from_the_brokers_own_static_files(web):
@@ -44,7 +47,11 @@ def test_the_schema_ui_is_served_from_the_brokers_own_static_files(web):
     assert all(fetch(f"{web}{src}")[0] == 200 for src in scripts)
 
 
-def test_schemathesis_finds_no_server_error_as_a_superuser(web):
+def test_schemathesis_finds_no_server_error_as_a_superuser_with_a_key(web, start_worker, alice, fake_server, register_worker):
+    start_worker("--concurrency", "16")
+    register_worker(fake_server, wire_format="openai", name="gpt-box")
+    register_worker(fake_server, wire_format="a1111", query_type="imagine", name="painter")
+    _, secret = create_key(alice.guid, acting_user=None)
     client = Client()
     client.force_login(make_staff("root", is_superuser=True))
     session = client.cookies["sessionid"].value
@@ -55,6 +62,7 @@ def test_schemathesis_finds_no_server_error_as_a_superuser(web):
             "--checks", "not_a_server_error", "--max-examples", "6", "--phases", "examples,fuzzing",
             "--generation-deterministic", "--request-timeout", "10",
             "-H", f"Cookie: sessionid={session}; csrftoken={token}", "-H", f"X-CSRFToken: {token}",
+            "-H", f"Authorization: Bearer {secret}",
         ],
         capture_output=True, text=True, timeout=120,
     )
