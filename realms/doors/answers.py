@@ -34,14 +34,27 @@ class Submission:
         self.channel = ""
         self.query_id = ""
         self.is_over = False
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.reader: asyncio.Task | None = None
 
     async def __aenter__(self) -> "Submission":
         self.channel = await self.layer.new_channel()
         await self.layer.group_add(user_group(self.guid), self.channel)
+        self.reader = asyncio.create_task(self.read_pushes())
         return self
 
     async def __aexit__(self, *exc_info) -> None:
+        # The layer drops a channel (its queue and its Redis subscription) when a receive on
+        # it is cancelled; it has no other way to. So one receive runs for the
+        # submission's whole life, and is cancelled at its end.
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
         await self.layer.group_discard(user_group(self.guid), self.channel)
+
+    async def read_pushes(self) -> None:
+        while True:
+            self.inbox.put_nowait(await self.layer.receive(self.channel))
 
     async def accept(self, submission: QuerySubmission) -> str:
         """Accept the query (the one accept of every door) and return its id."""
@@ -55,7 +68,7 @@ class Submission:
         """Yield the answer's text as the worker streams it, until the query is over."""
         while not self.is_over:
             try:
-                event = await asyncio.wait_for(self.layer.receive(self.channel), SILENCE_SECONDS)
+                event = await asyncio.wait_for(self.inbox.get(), SILENCE_SECONDS)
             except TimeoutError:
                 self.is_over = (await self.row()).status in Query.FINISHED
                 continue
