@@ -9,10 +9,12 @@ from urllib.parse import parse_qs
 
 from django.contrib import admin, messages
 
+from accounts import limits
 from accounts.actions.keys import create_key, revoke_key
 from accounts.actions.users import set_banned
 from accounts.models import ApiKey, Charge, Query, User
 from rentahal.admin import ActionModelAdmin
+from rentahal.errors import STORE_OUTAGES
 from rentahal.sharding import shard_aliases
 
 
@@ -82,9 +84,9 @@ class UserAdmin(ShardedAdmin):
 
 @admin.register(Query)
 class QueryAdmin(ShardedAdmin):
-    list_display = ["id", "user", "query_type", "realm", "status", "worker", "processing_time", "cost", "accepted_at"]
+    list_display = ["id", "user", "query_type", "realm", "status", "worker", "processing_time", "cost", "api_key", "accepted_at"]
     list_filter = [ShardFilter, "status", "query_type", "realm"]
-    search_fields = ["=id", "=user__guid", "prompt"]
+    search_fields = ["=id", "=user__guid", "prompt", "=api_key"]
     list_select_related = ["user"]
     date_hierarchy = "accepted_at"
 
@@ -102,7 +104,10 @@ class ApiKeyAdmin(ActionModelAdmin):
     a new key is shown once, in the message after saving. Keys are never edited: revoke and
     make another."""
 
-    list_display = ["prefix", "name", "user_guid", "created_at", "revoked_at", "requests_per_minute", "max_in_flight", "daily_budget", "total_budget"]
+    list_display = [
+        "prefix", "name", "user_guid", "created_at", "revoked_at", "requests_per_minute", "max_in_flight",
+        "daily_budget", "total_budget", "spend",
+    ]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["=user_guid", "prefix", "name"]
     fields = ["user_guid", "name", "requests_per_minute", "max_in_flight", "allowed_models", "daily_budget", "total_budget"]
@@ -123,6 +128,15 @@ class ApiKeyAdmin(ActionModelAdmin):
         )
         form.instance = key
         self.message_user(request, f"Key {key.prefix}… made. Its secret, shown only now: {secret}", messages.WARNING)
+
+    @admin.display(description="spent today / in total")
+    def spend(self, key):
+        """Read from Redis, where the limits count it (accounts.limits)."""
+        try:
+            today, overall = limits.spent(key.pk)
+        except STORE_OUTAGES:
+            return "Redis unavailable"
+        return f"{today:.6f} / {overall:.6f}"
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
