@@ -50,7 +50,9 @@ def test_the_schema_ui_is_served_from_the_brokers_own_static_files(web):
 def test_schemathesis_finds_no_server_error_as_a_superuser_with_a_key(web, start_worker, alice, fake_server, register_worker):
     start_worker("--concurrency", "16")
     register_worker(fake_server, wire_format="openai", name="gpt-box")
+    register_worker(fake_server, wire_format="openai", query_type="vision", name="eyes")
     register_worker(fake_server, wire_format="a1111", query_type="imagine", name="painter")
+    register_worker(fake_server, wire_format="predict", query_type="speech", name="voice")
     _, secret = create_key(alice.guid, acting_user=None)
     client = Client()
     client.force_login(make_staff("root", is_superuser=True))

@@ -20,6 +20,7 @@ from accounts.models import ApiKey, Query
 from pools.health import serving_workers
 from pools.selection import NoWorkerAvailable
 from realms import lifecycle
+from realms.doors import catalog
 from realms.doors.access import admitted, authenticate, read_json, require_model_right
 from realms.doors.answers import Submission
 from realms.frames import QuerySubmission, parse_idempotency_key, parse_submission, require_str
@@ -50,8 +51,9 @@ def classic_route(view):
             return error_response(BrokerError(f"{request.method} is not allowed here; use POST.", code="method_not_allowed"))
         try:
             key = await authenticate(request)
+            submission = view(read_json(request), request.headers.get("Idempotency-Key"))
             submission = dataclasses.replace(
-                view(read_json(request), request.headers.get("Idempotency-Key")), api_key=key.pk
+                submission, api_key=key.pk, model_name=await on_db_thread(resolve_model_name)(submission.model_name)
             )
             await on_db_thread(require_model_right)(key, submission.model_name, submission.query_type)
             return json_response(await answer_fields(key, submission))
@@ -63,6 +65,15 @@ def classic_route(view):
             return error_response(temporarily_unavailable())
 
     return endpoint
+
+
+def resolve_model_name(model_name: str) -> str:
+    """Return the `model_name` to route by: an alias or realm (`$...`) must exist, else it is
+    refused before anything is written; other text passes as classic clients send it (it
+    reaches a worker it names, or is ignored)."""
+    if not model_name.startswith("$"):
+        return model_name
+    return catalog.model_name_for(catalog.find_entry(model_name))
 
 
 def require_speech_worker() -> None:
