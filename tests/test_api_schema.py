@@ -3,6 +3,7 @@
 by schemathesis without a server error."""
 import subprocess
 import sys
+import tempfile
 import urllib.request
 
 import orjson
@@ -48,14 +49,15 @@ def test_the_schema_ui_is_served_from_the_brokers_own_static_files(web):
 
 
 def fuzz(web: str, *options: str) -> subprocess.CompletedProcess:
-    """Run schemathesis against the live schema, checking only that nothing answers 5xx."""
+    """Run schemathesis against the live schema, checking only that nothing answers 5xx
+    (in a directory of its own: it leaves a cache of what it found where it runs)."""
     return subprocess.run(
         [
             sys.executable, "-m", "schemathesis.cli", "run", f"{web}/api/schema/?format=json",
             "--checks", "not_a_server_error", "--max-examples", "6", "--phases", "examples,fuzzing",
             "--generation-deterministic", "--request-timeout", "10", *options,
         ],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=tempfile.mkdtemp(prefix="rentahal-schemathesis-"),
     )
 
 
