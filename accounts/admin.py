@@ -7,10 +7,14 @@ frame calls it too), so they respect a shard move's write fence and close the us
 """
 from urllib.parse import parse_qs
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from accounts import limits
+from accounts.actions.keys import create_key, revoke_key
 from accounts.actions.users import set_banned
-from accounts.models import Charge, Query, User
+from accounts.models import ApiKey, Charge, Query, User
+from rentahal.admin import ActionModelAdmin
+from rentahal.errors import STORE_OUTAGES
 from rentahal.sharding import shard_aliases
 
 
@@ -80,9 +84,9 @@ class UserAdmin(ShardedAdmin):
 
 @admin.register(Query)
 class QueryAdmin(ShardedAdmin):
-    list_display = ["id", "user", "query_type", "realm", "status", "worker", "processing_time", "cost", "accepted_at"]
+    list_display = ["id", "user", "query_type", "realm", "status", "worker", "processing_time", "cost", "api_key", "accepted_at"]
     list_filter = [ShardFilter, "status", "query_type", "realm"]
-    search_fields = ["=id", "=user__guid", "prompt"]
+    search_fields = ["=id", "=user__guid", "prompt", "=api_key"]
     list_select_related = ["user"]
     date_hierarchy = "accepted_at"
 
@@ -92,3 +96,51 @@ class ChargeAdmin(ShardedAdmin):
     list_display = ["query_id", "user", "amount", "processing_time", "created_at"]
     search_fields = ["=query__id", "=user__guid"]
     list_select_related = ["user"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ActionModelAdmin):
+    """Operators make and revoke any user's keys here (users do it over /ws); the secret of
+    a new key is shown once, in the message after saving. Keys are never edited: revoke and
+    make another."""
+
+    list_display = [
+        "prefix", "name", "user_guid", "created_at", "revoked_at", "requests_per_minute", "max_in_flight",
+        "daily_budget", "total_budget", "spend",
+    ]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["=user_guid", "prefix", "name"]
+    fields = ["user_guid", "name", "requests_per_minute", "max_in_flight", "allowed_models", "daily_budget", "total_budget"]
+    actions = ["revoke_keys"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_with_action(self, request, form, formsets, change) -> None:
+        data = form.cleaned_data
+        key, secret = create_key(
+            data["user_guid"],
+            acting_user=request.user,
+            **{field: data[field] for field in self.fields if field != "user_guid"},
+        )
+        form.instance = key
+        self.message_user(request, f"Key {key.prefix}… made. Its secret, shown only now: {secret}", messages.WARNING)
+
+    @admin.display(description="spent today / in total")
+    def spend(self, key):
+        """Read from Redis, where the limits count it (accounts.limits)."""
+        try:
+            today, overall = limits.spent(key.pk)
+        except STORE_OUTAGES:
+            return "Redis unavailable"
+        return f"{today:.6f} / {overall:.6f}"
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        keys = list(queryset)
+        for key in keys:
+            revoke_key(key.pk, acting_user=request.user)
+        self.message_user(request, f"{len(keys)} key(s) revoked.")

@@ -139,6 +139,16 @@ class Query(models.Model):
     # Unique slots per user make the caps hold under concurrent accepts.
     in_flight_slot = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
     queued_slot = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
+    # What an HTTP door asked beyond the prompt (`realms.doors`): the conversation's messages,
+    # max_tokens, temperature, stop, an image size, or the task (`embed`), passed to the
+    # model server as `pools.clients.ModelRequest.options`.
+    options = models.JSONField(default=dict, blank=True)
+    usage = models.JSONField(
+        default=dict, blank=True, help_text="Token counts the model server reported for the answer, if it did."
+    )
+    api_key = models.BigIntegerField(
+        null=True, blank=True, db_index=False, help_text="Id of the API key (accounts.ApiKey) the query came with."
+    )
 
     objects = ShardedQuerySet.as_manager()
     # A move compares what each step of a query's life changes: acceptance, start, finish, charge.
@@ -234,3 +244,61 @@ class SystemTotals(models.Model):
 
     def __str__(self):
         return f"{self.total_queries} queries"
+
+
+class ApiKey(models.Model):
+    """A user's key for the HTTP doors (`rh-...`): everything it does is billed and listed
+    as that user's. Only a SHA-256 of the secret is kept (the secret is random, so a slow
+    hash adds nothing), and the secret is shown once, when the key is made.
+
+    Keys live on `default`, not on the user's shard: a request names its key, not its user,
+    so the key must be found before the user's shard is known. Its limits are enforced in
+    Redis (`accounts.limits`); 0 or blank means no limit.
+    """
+
+    user_guid = models.CharField(max_length=36, db_index=True)
+    name = models.CharField(max_length=64, blank=True)
+    prefix = models.CharField(max_length=16, help_text="The secret's first characters, to tell keys apart.")
+    hashed = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    requests_per_minute = models.PositiveIntegerField(default=0, help_text="Requests in any 60 seconds; 0: no limit.")
+    max_in_flight = models.PositiveIntegerField(default=0, help_text="Requests unanswered at once; 0: no limit.")
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text='Aliases, workers or model names it may use, e.g. ["$CHAT"]; empty: all.'
+    )
+    daily_budget = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Spend per UTC day; blank: no limit."
+    )
+    total_budget = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Spend over the key's life; blank: no limit."
+    )
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.name or 'unnamed'})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def may_use(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+    def as_frame_data(self) -> dict:
+        """Return the key as `api_keys` lists it: never its secret."""
+        return {
+            "id": self.pk,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "requests_per_minute": self.requests_per_minute,
+            "max_in_flight": self.max_in_flight,
+            "allowed_models": list(self.allowed_models),
+            "daily_budget": float(self.daily_budget) if self.daily_budget is not None else None,
+            "total_budget": float(self.total_budget) if self.total_budget is not None else None,
+        }

@@ -561,7 +561,7 @@ def run(args) -> dict:
                 direct, through = measure(clients, total, workload.wire_format)
                 levels[clients] = {"direct": direct, "websocket": through, "overhead": overhead(direct, through)}
         results["cost_growth"] = cost_growth(results)
-        results["v1"] = probe_v1(daphne_port)
+        results["v1"] = measure_v1(daphne_port, sizes)
 
         for n in range(sizes.workers):
             processes.stop(f"worker{n}")
@@ -664,18 +664,46 @@ def overhead(direct: dict, through: dict) -> dict:
     }
 
 
-def probe_v1(port: int) -> str:
-    """Report whether the OpenAI-compatible /v1 API is served; it is not measured when absent."""
-    import urllib.error
-    import urllib.request
+async def v1_load(base: str, secret: str, clients: int, total: int, *, stream: bool) -> dict:
+    """POST /v1/chat/completions (plain, or streamed and read to `data: [DONE]`) from `clients` tasks with one key."""
+    payload = orjson.dumps({"model": "bench-predict", "stream": stream, "messages": [{"role": "user", "content": PROMPT}]})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+    budget, latencies, errors = Budget(total), [], 0
 
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-    except urllib.error.HTTPError as exc:
-        return "absent (GET /v1/models answered %d)" % exc.code if exc.code == 404 else f"present ({exc.code})"
-    except OSError as exc:
-        return f"unreachable ({exc})"
-    return "present, not yet measured by this bench"
+    async def client(session):
+        nonlocal errors
+        while budget.take():
+            started = time.perf_counter()
+            async with session.post(f"{base}/v1/chat/completions", data=payload, headers=headers) as response:
+                body = await response.read()
+            if response.status == 200 and (b"data: [DONE]" in body if stream else b'"choices"' in body):
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return summarise(latencies, elapsed, errors)
+
+
+def measure_v1(port: int, sizes: Sizes) -> dict:
+    """Measure /v1, plain and streamed, at the middle client count, with a key of a fresh user."""
+    from accounts.actions.keys import create_key
+    from accounts.actions.users import get_or_create_user
+
+    user = get_or_create_user(str(uuid.uuid4()))
+    _, secret = create_key(user.guid, acting_user=None)
+    clients = sizes.levels[len(sizes.levels) // 2]
+    total = sizes.requests[clients]
+    base = f"http://127.0.0.1:{port}"
+    return {
+        "clients": clients,
+        "plain": asyncio.run(v1_load(base, secret, clients, total, stream=False)),
+        "stream": asyncio.run(v1_load(base, secret, clients, total, stream=True)),
+    }
 
 
 def measure_in_flight(processes: Processes, sizes: Sizes, fake_url: str, redis_client) -> dict:
@@ -822,7 +850,10 @@ def print_table(results: dict) -> None:
         f"{name} at {clients}: " + ", ".join(f"{part} {spent}" for part, spent in level["websocket"]["cpu_ms_per_query"].items())
         for name, levels in results["streaming"].items() for clients, level in levels.items()))
     print(f"broker CPU ms per query by answer and clients: {json.dumps(results['cost_growth'])}")
-    print(f"/v1 (OpenAI-compatible): {results['v1']}")
+    v1 = results["v1"]
+    for mode in ("plain", "stream"):
+        row = v1[mode]
+        print(f"/v1 {mode} at {v1['clients']} clients: {row['rps']} q/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, errors {row['errors']}")
     flight = results["in_flight"]
     print(f"in flight, one worker process, server waits {flight['server_delay_s']} s: peak {flight['peak_in_flight']} "
           f"of {flight['jobs']} jobs, peak RSS {flight['peak_rss_mib']} MiB, {flight['done']} done in "

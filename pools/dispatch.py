@@ -116,7 +116,8 @@ async def serve(
     if not allow_remote:
         plan = plan.local
     advance = ticket_pool(plan)
-    failed: set[str] = set(exclude)
+    # Workers whose format cannot do what is asked are passed over like ones that failed it.
+    failed: set[str] = set(exclude) | unable_workers(plan, request)
     full: set[str] = set()
     last_error: ModelServerError | None = None
     streamed = False
@@ -157,9 +158,13 @@ async def serve(
         started = time.monotonic()
         try:
             async with model_session() as session, renewing(worker.name, lease):
-                answer = await client_for(worker.wire_format).call(
-                    session, worker, request, limits=call_limits(), on_chunk=forward if on_chunk else None
-                )
+                client = client_for(worker.wire_format)
+                if request.is_embedding:
+                    answer = await client.embed(session, worker, request, limits=call_limits())
+                else:
+                    answer = await client.call(
+                        session, worker, request, limits=call_limits(), on_chunk=forward if on_chunk else None
+                    )
         except ModelServerError as exc:
             await actions.record_attempt(
                 selection, attempts, lease=lease, error=exc, duration=time.monotonic() - started
@@ -178,6 +183,15 @@ async def serve(
         await actions.record_attempt(selection, attempts, lease=lease, answer=answer, duration=duration)
         return served_by(selection, answer, attempts, service_seconds=duration)
     raise last_error
+
+
+def unable_workers(plan: Plan, request: ModelRequest) -> set[str]:
+    """Return the plan's workers whose wire format cannot serve the request (embeddings)."""
+    if not request.is_embedding:
+        return set()
+    return {
+        worker.name for tier in plan.tiers for worker in tier.workers if not client_for(worker.wire_format).serves_embeddings
+    }
 
 
 def pick(plan: Plan, request: ModelRequest, *, affinity_key: str, advance: int | None, failed: set[str], full: set[str]) -> Selection:

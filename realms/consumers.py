@@ -7,6 +7,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from accounts.actions import keys
 from accounts.actions.queries import previous_queries
 from accounts.actions import search
 from accounts.actions.users import (
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 # The registered WebSocket close code "Try Again Later" (IANA's WebSocket Close Code Number
 # Registry): the handshake met a Redis or Postgres outage (docs/protocol.md §1).
 TRY_AGAIN_LATER = 1013
+# What a `create_api_key` frame may set (accounts.actions.keys.parse_limits checks them).
+KEY_LIMIT_FIELDS = ("name", "requests_per_minute", "max_in_flight", "allowed_models", "daily_budget", "total_budget")
 
 
 def banned() -> Forbidden:
@@ -296,8 +299,28 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
             require_str(content, "message"), realm=require_str(content, "realm", required=False), acting_user=self.user
         )
 
+    async def create_api_key(self, content):
+        """Make a key for this user; the frame carries its secret, which is never shown again."""
+        limits = {name: content[name] for name in KEY_LIMIT_FIELDS if name in content}
+        key, secret = await on_db_thread(keys.create_key)(self.user.guid, acting_user=self.user, **limits)
+        await self.send_json({"type": "api_key_created", "key": key.as_frame_data(), "secret": secret})
+
+    async def list_api_keys(self, content):
+        found = await on_db_thread(keys.list_keys)(self.user.guid)
+        await self.send_json({"type": "api_keys", "keys": [key.as_frame_data() for key in found]})
+
+    async def revoke_api_key(self, content):
+        key_id = content.get("key_id")
+        if not isinstance(key_id, int) or isinstance(key_id, bool):
+            raise BrokerError("Field 'key_id' must be a whole number.", code="bad_field")
+        key = await on_db_thread(keys.revoke_key)(key_id, acting_user=self.user)
+        await self.send_json({"type": "api_key_revoked", "key": key.as_frame_data()})
+
     handlers = {
         "submit_query": submit_query,
+        "create_api_key": create_api_key,
+        "list_api_keys": list_api_keys,
+        "revoke_api_key": revoke_api_key,
         "vision_chunk": vision_chunk,
         "speech_to_text": speech_to_text,
         "text_to_speech": text_to_speech,

@@ -24,6 +24,10 @@ class QuerySubmission:
     audio: str = ""
     audio_format: str = ""
     speech_task: str = ""
+    # From the HTTP doors (realms.doors): what the model server is asked beyond the prompt
+    # (accounts.Query.options), and the API key the query is billed under.
+    options: dict = dataclasses.field(default_factory=dict)
+    api_key: int | None = None
 
 
 def require_str(data: dict, field: str, *, required: bool = True, default: str | None = "") -> str | None:

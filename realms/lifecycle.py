@@ -29,6 +29,7 @@ from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
 from pools.dispatch import Served, check_hosted_query, serve
 from pools.models import broker_of_worker
+from realms.chunks import redis_client
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
 from realms.speech import Spoken, serve_speech
@@ -100,6 +101,8 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
             realm=realm.name,
             idempotency_key=submission.idempotency_key,
             conversation_id=conversation_id,
+            options=submission.options,
+            api_key=submission.api_key,
         )
     except queries.Resubmitted as resubmitted:
         return frame_for_resubmitted(resubmitted.query)
@@ -161,8 +164,12 @@ async def run_query(query_id: str) -> str:
     if query is None:
         return "already finished"
     began = time.monotonic()
+    produced: list[str] = []
     try:
-        served = await serve_query(query)
+        served = await serve_query(query, produced)
+    except QueryCancelled:
+        await finish_cancelled(query, "".join(produced), seconds=time.monotonic() - began)
+        return "cancelled"
     except BrokerError as exc:
         # Nobody could serve it (NoWorkerAvailable), or a speech query heard no words.
         await fail_query(query_id, exc.message)
@@ -180,10 +187,20 @@ async def start_query(query_id: str) -> Query | None:
     return await write_through_outage(starts, query_id)
 
 
-async def serve_query(query: Query) -> Served:
+async def serve_query(query: Query, produced: list[str] | None = None) -> Served:
     """Have a worker answer the query (a speech query: its steps, realms.speech), streaming
-    its chunks to the user's sockets."""
-    async with stream_query_chunks(query.user_id, str(query.id)) as forward_chunk:
+    its chunks to the user's sockets (and keeping them in `produced`); a query whose HTTP
+    client went away (`cancel_query`) stops at its next chunk with QueryCancelled."""
+    watch = CancelWatch(query.id) if query.options.get("stream") else None
+    async with stream_query_chunks(query.user_id, str(query.id)) as push_chunk:
+
+        async def forward_chunk(text: str) -> None:
+            if produced is not None:
+                produced.append(text)
+            if watch is not None and await watch.is_cancelled():
+                raise QueryCancelled(str(query.id))
+            await push_chunk(text)
+
         if query.query_type == QueryType.SPEECH:
             return await serve_speech(query, on_chunk=forward_chunk)
         request = ModelRequest(
@@ -192,6 +209,7 @@ async def serve_query(query: Query) -> Served:
             model_type=query.model_type,
             model_name=query.model_name,
             image=query.image or None,
+            options=query.options,
         )
         with serving_query(QueryContext(str(query.id), query.user_id)):
             return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
@@ -201,6 +219,48 @@ def affinity_key_of(query: Query) -> str:
     """Return what keeps the query on one member under the `affinity` strategy: its user's
     conversation (two users may name theirs alike), else the user."""
     return f"{query.user_id}:{query.conversation_id}" if query.conversation_id else query.user_id
+
+
+class QueryCancelled(Exception):
+    """The client of a streamed query went away: the model call is stopped."""
+
+
+# How often a streaming query looks whether its client went away (one Redis read).
+CANCEL_CHECK_SECONDS = 0.2
+CANCEL_TTL_SECONDS = 600
+
+
+def cancel_key(query_id) -> str:
+    return f"query.cancel.{query_id}"
+
+
+async def cancel_query(query_id) -> None:
+    """Ask the worker serving the query to stop its model call (its HTTP client left)."""
+    await redis_client().set(cancel_key(query_id), 1, ex=CANCEL_TTL_SECONDS)
+
+
+class CancelWatch:
+    """Whether a query was cancelled, read from Redis at most every CANCEL_CHECK_SECONDS."""
+
+    def __init__(self, query_id):
+        self.key = cancel_key(query_id)
+        self.checked = 0.0
+
+    async def is_cancelled(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < CANCEL_CHECK_SECONDS:
+            return False
+        self.checked = now
+        return bool(await redis_client().exists(self.key))
+
+
+async def finish_cancelled(query: Query, partial: str, *, seconds: float) -> None:
+    """End a cancelled query as answered with what was produced, billed for the time the
+    model worked on it (the billing rule: base + service seconds x rate)."""
+    answer = Answer(query, result=partial, result_type="text", worker="", processing_time=seconds)
+    finished = await write_through_outage(finishes, answer)
+    if finished is not None:
+        record_query_outcome(finished.realm, worker="", processing_time=seconds, ok=True)
 
 
 async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
@@ -215,6 +275,7 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
         worker=served.worker,
         processing_time=served.service_seconds,
         prompt=served.heard if isinstance(served, Spoken) else "",
+        usage=served.answer.usage,
     )
     finished = await write_through_outage(finishes, answer)
     if finished is None:

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "rest_framework.authtoken",
+    "drf_spectacular_sidecar",
     "rentahal",
     "accounts",
     "pools",
@@ -143,10 +144,20 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "rentahal.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+
+# The OpenAPI schema of the APIs at /api/schema/, browsed at /api/docs/ with Swagger UI
+# served from drf-spectacular-sidecar's files through WhiteNoise (no CDN).
 SPECTACULAR_SETTINGS = {
     "TITLE": "rentahal",
-    "DESCRIPTION": "The broker's HTTP APIs: realms, pools and federation.",
-    "VERSION": "0.1.0",
+    "DESCRIPTION": "The pools, realms and agents APIs of the rentahal broker (staff, session login), the federation "
+    "endpoints (signed by peers), the OpenAI-compatible /v1 and the classic REST routes (an API key). README.md has "
+    "examples.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "realms.doors.schema.add_doors"],
 }
 
 LOGGING = {

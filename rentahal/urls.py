@@ -1,15 +1,17 @@
 """URL wiring: the users' page, the operators' admin, django-rq's dashboard (behind its own
-permission, rentahal.rq_dashboard), the APIs and their OpenAPI schema, and the federation
-identity at its well-known URL."""
+permission, rentahal.rq_dashboard), the APIs and their schema, the federation identity at
+its well-known URL, the HTTP doors for programs (/v1 and the classic routes), and the health
+checks."""
 from django.contrib import admin
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView, TemplateView
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from federation.api import WellKnownView
 from federation.identity import WELL_KNOWN_PATH
-
+from realms.doors.urls import classic_patterns, v1_patterns
+from realms.readiness import health, ready
 from rentahal.metrics import metrics_view
 
 urlpatterns = [
@@ -23,6 +25,12 @@ urlpatterns = [
     path("api/pools/", include("pools.urls")),
     path("api/federation/", include("federation.urls")),
     path(WELL_KNOWN_PATH.lstrip("/"), WellKnownView.as_view(), name="federation-well-known"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/agents/", include("realms.agents.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="schema-redoc"),
+    path("api/", include(classic_patterns)),
+    path("v1/", include(v1_patterns)),
+    path("health", health, name="health"),
+    path("ready", ready, name="ready"),
 ]

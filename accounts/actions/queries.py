@@ -15,10 +15,12 @@ from django.db import DatabaseError, DataError, IntegrityError, connections
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from accounts import billing
+from psycopg.types.json import Jsonb
+
+from accounts import billing, limits
 from accounts.actions.users import find_user
 from accounts.models import Query, User
-from rentahal.errors import BrokerError, Forbidden, TooManyQueries
+from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, TooManyQueries
 from rentahal.pushes import QUERY_EVENTS, send_event_on_commit
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
 
@@ -45,6 +47,7 @@ class Resubmitted(Exception):
 def accept_query(
     guid: str, *, query_type: str, prompt: str, model_type: str, model_name: str, image: str, realm: str,
     idempotency_key: str = "", conversation_id: str = "", audio: str = "", audio_format: str = "", speech_task: str = "",
+    options: dict | None = None, api_key: int | None = None,
 ) -> Query:
     """Write the query row, with status `accepted`, and return it once it is committed.
 
@@ -72,6 +75,8 @@ def accept_query(
             realm=realm,
             idempotency_key=idempotency_key,
             conversation_id=conversation_id,
+            options=options or {},
+            api_key=api_key,
         )
         with writing_for_each([guid]) as by_alias:
             using = next(iter(by_alias))
@@ -237,13 +242,23 @@ class Answer:
     worker: str
     processing_time: float
     prompt: str = ""  # the words a speech query's audio was heard to say; blank keeps the prompt
+    usage: dict = dataclasses.field(default_factory=dict)
 
 
 def finish_queries(answers: list[Answer]) -> list[Query | None | Exception]:
     """Store each answer, mark its query done and charge for it; return each query as
     stored, or None if it was already finished (nothing is charged), or the exception that
-    kept it from being written."""
-    return published("completed", write_by_shard(answers, [answer.query.pk for answer in answers], store_answers))
+    kept it from being written.
+
+    What a query made with an API key was charged counts against the key's budgets
+    (`accounts.limits`) once it is committed."""
+    outcomes = published("completed", write_by_shard(answers, [answer.query.pk for answer in answers], store_answers))
+    spends = [(query.api_key, query.cost) for query in outcomes if isinstance(query, Query) and query.api_key]
+    try:
+        limits.record_spend(spends)
+    except STORE_OUTAGES as exc:
+        logger.warning("spend of %d API-key queries not counted, Redis is down: %s", len(spends), exc)
+    return outcomes
 
 
 def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
@@ -267,13 +282,13 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
         WITH answer AS (
             SELECT * FROM unnest(
                 %(ids)s::uuid[], %(results)s::text[], %(result_types)s::text[], %(workers)s::text[],
-                %(times)s::float8[], %(costs)s::numeric[], %(prompts)s::text[]
-            ) AS given (id, result, result_type, worker, processing_time, cost, prompt)
+                %(times)s::float8[], %(costs)s::numeric[], %(prompts)s::text[], %(usages)s::jsonb[]
+            ) AS given (id, result, result_type, worker, processing_time, cost, prompt, usage)
         ), done AS (
             UPDATE {table} AS q SET
                 status = %(done)s, result = answer.result, result_type = answer.result_type,
                 worker = answer.worker, finished_at = %(now)s,
-                processing_time = answer.processing_time, cost = answer.cost,
+                processing_time = answer.processing_time, cost = answer.cost, usage = answer.usage,
                 prompt = COALESCE(NULLIF(answer.prompt, ''), q.prompt)
             FROM answer
             WHERE q.id = answer.id AND q.status <> ALL(%(finished)s::text[])
@@ -289,6 +304,7 @@ def store_answers(answers: list[Answer], *, using: str) -> list[Query | None]:
             "times": times,
             "costs": [billing.cost_of(seconds) for seconds in times],
             "prompts": [answer.prompt for answer in firsts],
+            "usages": [Jsonb(answer.usage) for answer in firsts],
             "done": Query.Status.DONE,
             "finished": list(Query.FINISHED),
             "now": now,

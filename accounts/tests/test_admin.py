@@ -1,8 +1,11 @@
 """The operators' console for users, queries and the ledger, shard by shard."""
+import re
+
 import pytest
 
 from accounts.actions.queries import accept_query
-from accounts.models import Query, User
+from accounts.actions.keys import create_key, hash_secret
+from accounts.models import ApiKey, Query, User
 from rentahal.sharding import shard_for_guid
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -69,3 +72,27 @@ async def test_staff_ban_closes_every_open_socket_of_the_user(admin_client, alic
     assert await tab.receive() == {"type": "user_banned", "guid": alice.guid}
     assert await tab.receive() == {"type": "error", "code": "forbidden", "message": "You are banned from this service."}
     assert (await tab.communicator.receive_output(timeout=2))["type"] == "websocket.close"
+
+
+def test_operator_makes_a_key_for_a_user_and_sees_its_secret_once(admin_client, alice):
+    response = admin_client.post(
+        "/admin/accounts/apikey/add/",
+        {"user_guid": alice.guid, "name": "ops", "requests_per_minute": 10, "max_in_flight": 2, "allowed_models": "[]"},
+        follow=True,
+    )
+
+    key = ApiKey.objects.get()
+    secret = re.search(r"shown only now: (rh-[A-Za-z0-9_-]{43})", response.content.decode())[1]
+    assert (key.user_guid, key.requests_per_minute, key.max_in_flight) == (alice.guid, 10, 2)
+    assert key.hashed == hash_secret(secret)
+    assert secret not in admin_client.get("/admin/accounts/apikey/").content.decode()
+
+
+def test_operator_revokes_selected_keys(admin_client, alice):
+    key, secret = create_key(alice.guid, acting_user=None)
+    response = admin_client.post(
+        "/admin/accounts/apikey/", {"action": "revoke_keys", "_selected_action": [key.pk]}, follow=True
+    )
+
+    assert "1 key(s) revoked." in response.content.decode()
+    assert ApiKey.objects.get().revoked_at is not None

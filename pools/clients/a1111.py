@@ -30,7 +30,8 @@ class A1111Client(ModelClient):
         on_chunk: ChunkCallback | None = None,
     ) -> ModelAnswer:
         """Ask for one image; A1111 does not stream, so `on_chunk` is never called."""
-        payload = {"prompt": request.prompt, **TXT2IMG_SETTINGS}
+        size = {name: request.options[name] for name in ("width", "height") if name in request.options}
+        payload = {"prompt": request.prompt, **TXT2IMG_SETTINGS, **size}
         async with post_for_answer(session, worker, "/sdapi/v1/txt2img", payload, limits=limits) as body:
             data = await body.json()
         images = data.get("images") if isinstance(data, dict) else None

@@ -29,6 +29,24 @@ class ModelRequest:
     image: str | None = None  # base64, no data: prefix
     audio: str | None = None  # base64
     audio_format: str = ""  # the audio's container: wav or webm
+    # What an HTTP door asked beyond the prompt (accounts.Query.options): `messages` (the
+    # conversation, text only; `image` joins its last user message), `max_tokens`,
+    # `temperature`, `stop`, `width`/`height` of an image, and `task`: "embed" asks for the
+    # prompt's embedding (`ModelClient.embed`) instead of an answer.
+    options: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.options.get("task") == "embed"
+
+    def embedding_inputs(self) -> list[str]:
+        """Return the texts to embed: the door's `input` list, else the prompt alone."""
+        return list(self.options.get("input") or [self.prompt])
+
+    def chat_messages(self) -> list[dict]:
+        """Return the conversation as role/content pairs, the prompt alone when there is none."""
+        messages = self.options.get("messages") or [{"role": "user", "content": self.prompt}]
+        return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +56,8 @@ class ModelAnswer:
     result: str
     result_type: str = "text"  # text, image (base64 PNG) or audio (base64)
     time_to_first_byte: float | None = None
+    # Token counts the server reported (prompt_tokens, completion_tokens), empty when it did not.
+    usage: dict = dataclasses.field(default_factory=dict)
 
 
 class ModelServerError(Exception):
@@ -99,6 +119,7 @@ class ModelClient:
     """
 
     wire_format: str = ""
+    serves_embeddings = False
 
     async def call(
         self,
@@ -110,6 +131,13 @@ class ModelClient:
         on_chunk: ChunkCallback | None = None,
     ) -> ModelAnswer:
         raise NotImplementedError
+
+    async def embed(
+        self, session: aiohttp.ClientSession, worker, request: ModelRequest, *, limits: CallLimits
+    ) -> ModelAnswer:
+        """Return the prompt's embedding as a JSON list of floats (`result`); only formats
+        with `serves_embeddings` implement it, and dispatch sends embeddings to no other."""
+        raise ModelServerError(f"{worker.name} ({self.wire_format}) serves no embeddings", kind="client")
 
     async def probe(self, session: aiohttp.ClientSession, worker, *, timeout: float) -> int | None:
         """Return the HTTP status of the format's natural health route, None if it has none.
@@ -346,6 +374,22 @@ async def probe_status(
         outbound.check_url(url)
         async with session.get(url, headers=headers, timeout=client_timeout, allow_redirects=False) as response:
             return response.status
+
+
+def check_vectors(worker, vectors, request: ModelRequest) -> None:
+    """Refuse an embeddings answer that is not one list of numbers per input."""
+    if not isinstance(vectors, list) or len(vectors) != len(request.embedding_inputs()):
+        raise malformed(worker, "expected one embedding per input")
+    for vector in vectors:
+        if not isinstance(vector, list) or not all(isinstance(value, (int, float)) for value in vector):
+            raise malformed(worker, "an embedding is not a list of numbers")
+
+
+def token_counts(prompt_tokens, completion_tokens) -> dict:
+    """Return a server's token counts as usage, or nothing when it did not give whole numbers."""
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in (prompt_tokens, completion_tokens)):
+        return {}
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
 
 
 def bearer_headers(worker) -> dict[str, str]:

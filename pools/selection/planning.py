@@ -71,7 +71,8 @@ def in_realm(item_realm: str, realm: str) -> bool:
 def plan_selection(snapshot: Snapshot, *, query_type: str, realm: str, model_name: str = "", model_type: str = "") -> Plan:
     """Return the tiers to try for a query in `realm`, following the realm rules in order.
 
-    (a) model_name names a worker: that worker only. (b) model_name is an alias: that alias
+    (a) model_name names a worker: that worker only; or the model some workers of the type
+    serve: those (an OpenAI client names models, not workers). (b) model_name is an alias: that alias
     in the realm, then in other realms. (c) the pool of the query's type in the realm, then
     (d) the same alias in other realms, then (e) the healthiest worker of the type in the
     realm, then in any realm, then (f) the peer brokers that advertised the type. A
@@ -106,6 +107,9 @@ def build_plan(snapshot: Snapshot, *, query_type: str, realm: str, model_name: s
     named = snapshot.workers.get(model_name) if model_name else None
     if named is not None:
         return Plan(query_type, realm, (Tier((named,), is_named=True),))
+    serving = serving_model(snapshot, model_name, query_type)
+    if serving:
+        return Plan(query_type, realm, (Tier(serving),))
     tiers: list[Tier] = []
     missing_alias = ""
     if model_name.startswith("$"):
@@ -133,6 +137,13 @@ def build_plan(snapshot: Snapshot, *, query_type: str, realm: str, model_name: s
     if remote:
         tiers.append(Tier(remote, is_remote=True))
     return Plan(query_type, realm, tuple(tiers), missing_alias=missing_alias)
+
+
+def serving_model(snapshot: Snapshot, model_name: str, query_type: str) -> tuple[WorkerInfo, ...]:
+    """Return the workers of the type that serve the model named, in any realm."""
+    if not model_name or model_name.startswith("$"):
+        return ()
+    return tuple(worker for worker in snapshot.by_type.get(query_type, ()) if worker.model == model_name)
 
 
 def realm_rank(pool_realm: str, realm: str) -> int:

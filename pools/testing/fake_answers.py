@@ -109,6 +109,16 @@ def answer_text(prompt, image: str | None) -> str:
     return f"echo: {prompt} [image: {size} bytes]"
 
 
+def embedding_of(text: str) -> list[float]:
+    """Return a deterministic 8-number embedding of a text, so equal inputs embed equally."""
+    return [round(byte / 255, 4) for byte in hashlib.sha256(text.encode()).digest()[:8]]
+
+
+def token_count(text: str) -> int:
+    """Return the fake tokenizer's count: one token a word."""
+    return len(text.split())
+
+
 def words_of(text: str) -> list[str]:
     """Split an answer into the chunks a streaming format sends: one word and its trailing space each."""
     return WORDS.findall(text)

@@ -23,6 +23,8 @@ from pools.testing.fake_answers import (
     anthropic_error,
     answer_text,
     chat_prompt,
+    embedding_of,
+    token_count,
     json_response,
     png_for,
     redirect_response,
@@ -79,6 +81,8 @@ class FakeModelServer:
             "/v1/messages": self.answer_anthropic_messages,
             # Hugging Face text-generation-inference takes generation requests at its root.
             "/": self.answer_tgi_generate,
+            "/v1/embeddings": self.answer_openai_embeddings,
+            "/api/embed": self.answer_ollama_embed,
         }
         health_routes = {
             "/health": lambda ok: {"status": "healthy" if ok else "unhealthy"},
@@ -215,7 +219,10 @@ class FakeModelServer:
             {"model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": word}, "done": False}
             for word in pieces
         ]
-        last = {"model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": True}
+        last = {
+            "model": model, "created_at": FAKE_CREATED_AT, "message": {"role": "assistant", "content": ""}, "done": True,
+            "prompt_eval_count": token_count(prompt), "eval_count": token_count("".join(pieces)),
+        }
         return await self.stream_ndjson(request, lines, last, config)
 
     async def answer_ollama_generate(self, request, payload, config) -> web.StreamResponse:
@@ -266,7 +273,13 @@ class FakeModelServer:
         # first piece: no finish event, no [DONE].
         words = [event({"content": word}) for word in pieces] or [b""]
         words[0] = event({"role": "assistant", "content": ""}) + words[0]
-        return await self.stream_events(request, [], words, [event({}, "stop") + b"data: [DONE]\n\n"], config)
+        ending = [event({}, "stop")]
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            text = "".join(pieces)
+            usage = {"prompt_tokens": token_count(prompt), "completion_tokens": token_count(text)}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            ending.append(b"data: " + orjson.dumps({**completion, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")
+        return await self.stream_events(request, [], words, [*ending, b"data: [DONE]\n\n"], config)
 
     async def answer_anthropic_messages(self, request, payload, config) -> web.StreamResponse:
         """Answer as the Messages API does, refusing what it refuses: no version header, no
@@ -354,6 +367,21 @@ class FakeModelServer:
         await response.write_eof()
         return response
 
+    async def answer_openai_embeddings(self, request, payload, config) -> web.StreamResponse:
+        inputs = embedding_inputs(payload)
+        data = [{"object": "embedding", "index": index, "embedding": embedding_of(text)} for index, text in enumerate(inputs)]
+        tokens = sum(token_count(text) for text in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return json_response({"object": "list", "data": data, "model": payload.get("model") or FAKE_MODEL, "usage": usage})
+
+    async def answer_ollama_embed(self, request, payload, config) -> web.StreamResponse:
+        inputs = embedding_inputs(payload)
+        return json_response({
+            "model": payload.get("model") or FAKE_MODEL,
+            "embeddings": [embedding_of(text) for text in inputs],
+            "prompt_eval_count": sum(token_count(text) for text in inputs),
+        })
+
     async def get_config(self, request: web.Request) -> web.Response:
         return json_response(dataclasses.asdict(self.config))
 
@@ -373,6 +401,15 @@ class FakeModelServer:
     async def delete_stats(self, request: web.Request) -> web.Response:
         self.reset_stats()
         return json_response(self.stats())
+
+
+def embedding_inputs(payload: dict) -> list[str]:
+    """Return the texts of an embeddings request (OpenAI and Ollama both send `input`)."""
+    raw = payload.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(text, str) for text in inputs):
+        raise BadRequest("input must be a string or a non-empty list of strings")
+    return inputs
 
 
 class FakeServerThread:
