@@ -1,12 +1,15 @@
 """The original RENT-A-HAL's REST routes, in their shapes, but behind an API key, queued
 and billed like any query."""
 import base64
+import io
+import wave
 
 import pytest
 import requests
 
 from accounts.actions.keys import create_key
 from accounts.models import Charge, Query
+from pools import actions as pools
 from pools.testing.fake_answers import png_for
 from tests.doors import start_daphne, stop_daphne
 
@@ -65,7 +68,7 @@ def test_a_request_without_a_valid_key_is_refused_and_writes_nothing(post):
 
 
 def test_speech_routes_refuse_clearly_while_no_speech_worker_serves(post):
-    heard = post("/api/whisper", {"audio": base64.b64encode(b"RIFF....WAVE").decode()})
+    heard = post("/api/whisper", {"audio": base64.b64encode(wav_of_silence()).decode()})
     spoken = post("/api/bark", {"text": "hello"})
 
     assert (heard.status_code, heard.json()["error"]["code"]) == (503, "no_worker")
@@ -79,3 +82,41 @@ def test_bad_bodies_are_refused_with_the_field_at_fault(post):
 
     assert (empty.status_code, empty.json()["error"]["code"]) == (400, "missing_field")
     assert (not_base64.status_code, not_base64.json()["error"]["code"]) == (400, "bad_field")
+
+
+def wav_of_silence() -> bytes:
+    sound = io.BytesIO()
+    with wave.open(sound, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(b"\0\0" * 1600)
+    return sound.getvalue()
+
+
+def test_bark_speaks_and_whisper_hears_it_through_the_speech_realm_billed_to_the_key_user(
+    post, speech_to_text_url, text_to_speech_url, fake_server, alice, monkeypatch
+):
+    monkeypatch.setenv("MODEL_READ_TIMEOUT", "60")
+    for name, url, pool in (("whisper", speech_to_text_url, "$SPEECH_TO_TEXT"), ("piper", text_to_speech_url, "$TEXT_TO_SPEECH")):
+        pools.add_worker(name=name, address=url, query_type="speech", wire_format="openai_audio")
+        pools.create_pool(pool, query_type="speech", realm="$SPEECH", members=[name])
+
+    spoken = post("/api/bark", {"text": "The capital of France is Paris."})
+    heard = post("/api/whisper", {"audio": spoken.json()["audio"]})
+
+    assert (spoken.status_code, heard.status_code) == (200, 200)
+    assert base64.b64decode(spoken.json()["audio"])[:4] == b"RIFF"
+    words = heard.json()["text"].lower()
+    assert "capital" in words and "paris" in words
+    for answer in (spoken.json(), heard.json()):
+        query = Query.objects.get(pk=answer["query_id"])
+        assert (query.user_id, query.query_type) == (alice.guid, "speech")
+        assert Charge.objects.filter(query=query).count() == 1
+
+
+def test_whisper_refuses_audio_that_is_neither_wav_nor_webm(post):
+    refused = post("/api/whisper", {"audio": base64.b64encode(b"ID3 not a recording").decode()})
+
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unsupported_audio")
+    assert Query.objects.count() == 0

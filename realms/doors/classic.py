@@ -4,15 +4,12 @@
 (docs/protocol.md §1). The original let anyone in and billed nobody; here a request needs
 an API key and is queued and billed like any query. Refusals are the APIs' usual
 `{"error": {"code", "message"}}`."""
-import base64
-import binascii
 import dataclasses
 import functools
 import logging
 import math
 
 import orjson
-from django.conf import settings
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -23,7 +20,7 @@ from realms import lifecycle
 from realms.doors import catalog
 from realms.doors.access import admitted, authenticate, read_json, require_model_right
 from realms.doors.answers import Submission
-from realms.frames import QuerySubmission, parse_client_id, parse_submission, require_str
+from realms.frames import QuerySubmission, parse_client_id, parse_speech_to_text, parse_submission, parse_text_to_speech
 from realms.routing import realm_for_query_type
 from rentahal.db_threads import on_db_thread
 from rentahal.errors import STORE_OUTAGES, BrokerError, TooManyQueries, error_body, temporarily_unavailable
@@ -114,41 +111,18 @@ vision = typed(QueryType.VISION)
 imagine = typed(QueryType.IMAGINE)
 
 
-def speech(task: str, body: dict, idempotency_key: str | None, *, prompt: str, audio: str = "") -> QuerySubmission:
-    options = {"task": task, "audio": audio} if audio else {"task": task}
-    return QuerySubmission(
-        prompt=prompt,
-        query_type=QueryType.SPEECH,
-        model_type="speech",
-        model_name=require_str(body, "model_name", required=False)[:128],
-        image="",
-        idempotency_key=parse_client_id(idempotency_key, "idempotency_key"),
-        options=options,
-    )
+def speech_route(parse_frame):
+    """Return a route whose body is a speech frame's (`speech_to_text`: `audio`;
+    `text_to_speech`: `text`), parsed as /ws parses it (realms.frames)."""
+
+    def parse(body: dict, idempotency_key: str | None) -> QuerySubmission:
+        submission = parse_frame(body)
+        return dataclasses.replace(submission, idempotency_key=parse_client_id(idempotency_key, "idempotency_key"))
+
+    return classic_route(parse)
 
 
-@classic_route
-def whisper(body: dict, idempotency_key: str | None) -> QuerySubmission:
-    """Speech to text: `audio` (base64 wav or webm) in, its transcription as the `result`."""
-    return speech("transcribe", body, idempotency_key, prompt="(audio)", audio=strip_audio(require_str(body, "audio")))
-
-
-@classic_route
-def bark(body: dict, idempotency_key: str | None) -> QuerySubmission:
-    """Text to speech: `text` in, base64 audio as the `result`."""
-    text = require_str(body, "text")
-    if not text.strip() or len(text) > settings.RENTAHAL_MAX_PROMPT_CHARS:
-        raise BrokerError(f"Field 'text' must be 1 to {settings.RENTAHAL_MAX_PROMPT_CHARS} characters.", code="bad_field")
-    return speech("speak", body, idempotency_key, prompt=text)
-
-
-def strip_audio(audio: str) -> str:
-    """Return the base64 of the audio (a data: URL is accepted), refusing what is not base64."""
-    payload = audio.split(",", 1)[1] if audio.startswith("data:") else audio
-    try:
-        size = len(base64.b64decode(payload, validate=True))
-    except (binascii.Error, ValueError):
-        raise BrokerError("Field 'audio' is not valid base64.", code="bad_field") from None
-    if not size:
-        raise BrokerError("Field 'audio' is empty.", code="bad_field")
-    return payload
+# Speech to text: `audio` (base64 WAV or WebM) in, the transcription as `text`.
+whisper = speech_route(parse_speech_to_text)
+# Text to speech: `text` in, the spoken answer as base64 WAV `audio`.
+bark = speech_route(parse_text_to_speech)
