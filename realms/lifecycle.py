@@ -15,6 +15,7 @@ import uuid
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 from rq import Callback, Retry
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 starts = Coalescer(queries.start_queries)
 finishes = Coalescer(queries.finish_queries)
 failures = Coalescer(queries.fail_queries)
+waits = Coalescer(queries.return_queries_to_waiting)
 
 # Runs of a query's job: the first, then RQ's retries of a job whose worker died under it
 # (`rq.registry.StartedJobRegistry.cleanup`) or that crashed; the reconciler's re-enqueues of
@@ -157,7 +159,10 @@ async def run_query(query_id: str) -> str:
     try:
         served = await serve_query(query)
     except NoWorkerAvailable as exc:
-        await fail_query(query_id, exc.message)
+        if exc.is_busy and waited_seconds(query) < settings.RENTAHAL_QUEUE_WAIT_LIMIT:
+            await write_through_outage(waits, query_id)
+            raise WaitingForWorker(exc.message) from None
+        await fail_query(query_id, busy_failure(exc, query) if exc.is_busy else exc.message)
         return "failed"
     except ModelServerError as exc:
         # The server's own words went to the operators' log and the attempt's outcome row.
@@ -165,6 +170,19 @@ async def run_query(query_id: str) -> str:
         return "failed"
     await finish_query(query, served, busy_seconds=time.monotonic() - began)
     return "done"
+
+
+class WaitingForWorker(Exception):
+    """Raised by `run_query` to put its job back on the realm's queue: every member the query
+    may use is busy. `fail_crashed_query` has RQ run it again without spending a rerun."""
+
+
+def waited_seconds(query: Query) -> float:
+    return (timezone.now() - query.accepted_at).total_seconds()
+
+
+def busy_failure(exc: NoWorkerAvailable, query: Query) -> str:
+    return f"{exc.message} It waited {waited_seconds(query):.0f} seconds for a free one (the limit is {settings.RENTAHAL_QUEUE_WAIT_LIMIT:g})."
 
 
 async def start_query(query_id: str) -> Query | None:
@@ -186,7 +204,14 @@ async def serve_query(query: Query) -> Served:
         model_name=query.model_name,
         image=query.image or None,
     )
-    return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
+    return await serve(
+        request,
+        realm=query.realm,
+        affinity_key=affinity_key_of(query),
+        on_chunk=forward_chunk,
+        party=query.user_id,
+        waiter=str(query.id),
+    )
 
 
 def affinity_key_of(query: Query) -> str:
@@ -285,6 +310,11 @@ def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
     retries are cleared before RQ reads them (RQ reads this same job object).
     """
     query_id = job.args[0]
+    if issubclass(exc_type, WaitingForWorker):
+        # Back on the queue after a pause (RQ's retry), with its reruns as they were.
+        job.retries_left = (job.retries_left or 0) + 1
+        logger.info("query %s waits for a free worker: %s", query_id, exc_value)
+        return
     if issubclass(exc_type, JobTimeoutException):
         job.retries_left = 0
     elif issubclass(exc_type, AbandonedJobError):

@@ -198,6 +198,9 @@ RENTAHAL_DB_RETRY_SECONDS = env.float("DB_RETRY_SECONDS", default=60.0)
 # (server faults and timeouts double per consecutive failure, up to the maximum).
 RENTAHAL_MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=5.0)
+# How long after its acceptance a query whose members are all busy may still be put back
+# on its realm's queue to wait; past it, it fails (not charged). README, Fair share.
+RENTAHAL_QUEUE_WAIT_LIMIT = env.float("QUEUE_WAIT_LIMIT_SECONDS", default=300.0)
 RENTAHAL_DEFAULT_WORKER_CONCURRENCY = env.int("DEFAULT_WORKER_CONCURRENCY", default=16)
 RENTAHAL_COOLDOWN_SERVER_SECONDS = env.float("COOLDOWN_SERVER_SECONDS", default=10.0)
 RENTAHAL_COOLDOWN_TIMEOUT_SECONDS = env.float("COOLDOWN_TIMEOUT_SECONDS", default=30.0)
