@@ -192,9 +192,10 @@ RENTAHAL_RECONCILE_EVERY = env.float("RECONCILE_EVERY_SECONDS", default=5.0)
 RENTAHAL_WORKER_HEARTBEAT = env.int("WORKER_HEARTBEAT_SECONDS", default=5)
 RENTAHAL_DB_RETRY_SECONDS = env.float("DB_RETRY_SECONDS", default=60.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how
-# long a query waits when every member is at its concurrency cap (it holds a realm-worker
-# slot meanwhile, so this stays short), the cap of a worker whose own `max_concurrency` is
-# 0 (a hanging server then holds at most this many slots), and cooldowns by error class
+# long one run of a query waits in line when every member is at its concurrency cap (it
+# holds a realm-worker slot meanwhile, so this stays short; then its job goes back on the
+# queue), the cap of a worker whose own `max_concurrency` is 0 (a hanging server then
+# holds at most this many slots), and cooldowns by error class
 # (server faults and timeouts double per consecutive failure, up to the maximum).
 RENTAHAL_MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=5.0)
