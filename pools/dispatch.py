@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 # others stand ahead of it in the line (`pools.waiting`); the next in line looks fastest.
 BUSY_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5)
 NEXT_IN_LINE_POLL_SECONDS = 0.05
+# A place in that line not renewed for this long is dropped: its waiter's process died. A
+# waiter renews it at every look (at most BUSY_POLL_SECONDS apart), so a dead one holds the
+# line up for seconds, not for a lease's lifetime.
+LINE_PLACE_SECONDS = 3.0
 # Heartbeats (RENTAHAL_WORKER_HEARTBEAT) an in-flight lease outlives its last renewal.
 LEASE_HEARTBEATS = 3
 
@@ -125,7 +129,7 @@ async def serve(
         f"{realm}:{request.query_type}:{request.model_type}:{request.model_name}",
         party=party or affinity_key,
         waiter=waiter or uuid.uuid4().hex,
-        ttl=lease_seconds(),
+        ttl=LINE_PLACE_SECONDS,
     )
     try:
         return await serve_in_turn(plan, request, line, affinity_key=affinity_key, on_chunk=on_chunk)
@@ -151,7 +155,8 @@ async def serve_in_turn(
         await on_chunk(text)
 
     while attempts < settings.RENTAHAL_MAX_ATTEMPTS:
-        ahead = line.rank()
+        # The first look skips the line when nobody waits in it; a busy one joins it.
+        ahead = line.rank() if busy_waits or line.joined or not line.is_empty() else 0
         try:
             if ahead:
                 raise NoWorkerAvailable(f"No {plan.wanted} is available: {ahead} queries wait ahead.", is_busy=True)

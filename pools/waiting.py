@@ -63,15 +63,24 @@ class Line:
         self.party = party
         self.waiter = f"{party}|{waiter}"
         self.ttl = ttl
+        self.joined = False
+
+    def is_empty(self) -> bool:
+        """Return whether nobody waits: then a query may try for a slot without joining."""
+        return not client().exists(self.keys[0])
 
     def rank(self) -> int:
         """Take or renew the waiter's place and return how many stand ahead of it."""
         now_ms = int(time.time() * 1000)
         ttl_ms = int(self.ttl * 1000)
         script = take_place_script(settings.REDIS_URL)
+        self.joined = True
         return int(script(keys=self.keys, args=[self.waiter, self.party, now_ms, now_ms + ttl_ms, ttl_ms]))
 
     def leave(self) -> None:
+        if not self.joined:
+            return
+        self.joined = False
         with client().pipeline(transaction=False) as pipeline:
             pipeline.zrem(self.keys[0], self.waiter)
             pipeline.hdel(self.keys[1], self.waiter)
