@@ -150,7 +150,9 @@ def enqueue_query(query: Query, queue_name: str) -> None:
 async def run_query(query_id: str) -> str:
     """The RQ job: start the query, serve it, then finish or fail it.
 
-    A rerun of a finished query does nothing and charges nothing.
+    A rerun of a finished query does nothing and charges nothing. A query whose members
+    are all busy goes back to waiting (`WaitingForWorker`) until RENTAHAL_QUEUE_WAIT_LIMIT
+    seconds after its acceptance, then fails.
     """
     query = await start_query(query_id)
     if query is None:
@@ -182,7 +184,8 @@ def waited_seconds(query: Query) -> float:
 
 
 def busy_failure(exc: NoWorkerAvailable, query: Query) -> str:
-    return f"{exc.message} It waited {waited_seconds(query):.0f} seconds for a free one (the limit is {settings.RENTAHAL_QUEUE_WAIT_LIMIT:g})."
+    limit = settings.RENTAHAL_QUEUE_WAIT_LIMIT
+    return f"{exc.message} It waited {waited_seconds(query):.0f} seconds for a free one (the limit is {limit:g})."
 
 
 async def start_query(query_id: str) -> Query | None:
