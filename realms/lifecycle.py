@@ -314,8 +314,11 @@ def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
     """
     query_id = job.args[0]
     if issubclass(exc_type, WaitingForWorker):
-        # Back on the queue after a pause (RQ's retry), with its reruns as they were.
+        # Back at the end of the queue at once (RQ's retry), with its reruns as they were. Not
+        # through the scheduler: a killed worker's scheduler lock would hold it for a minute,
+        # and the run just spent RENTAHAL_BUSY_WAIT_SECONDS waiting, so it does not spin.
         job.retries_left = (job.retries_left or 0) + 1
+        job.retry_intervals = None
         logger.info("query %s waits for a free worker: %s", query_id, exc_value)
         return
     if issubclass(exc_type, JobTimeoutException):
