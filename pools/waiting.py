@@ -13,7 +13,6 @@ died) is dropped by the next look, so a killed worker cannot block the line.
 from __future__ import annotations
 
 import functools
-import time
 
 from django.conf import settings
 from redis.commands.core import Script
@@ -22,10 +21,12 @@ from pools.state import PREFIX, client
 from rentahal.queues import client_for_url
 
 # KEYS = the line (a sorted set) and its places' expiries (a hash); ARGV = the waiter
-# ("party|id"), its party, now and its place's expiry (ms), the keys' TTL (ms). Drops expired
-# places, joins the waiter if it is new, and returns its rank (0 = its turn).
+# ("party|id"), its party, how long its place lasts (ms). Drops expired places, joins the
+# waiter if it is new, and returns its rank (0 = its turn). Times are Redis's own clock, so
+# realm workers on several hosts agree.
 TAKE_PLACE = """
-local now = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local places = redis.call('HGETALL', KEYS[2])
 for i = 1, #places, 2 do
   if tonumber(places[i + 1]) < now and places[i] ~= ARGV[1] then
@@ -43,9 +44,9 @@ if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   end
   redis.call('ZADD', KEYS[1], ahead * 1e13 + now, ARGV[1])
 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return redis.call('ZRANK', KEYS[1], ARGV[1])
 """
 
@@ -71,11 +72,9 @@ class Line:
 
     def rank(self) -> int:
         """Take or renew the waiter's place and return how many stand ahead of it."""
-        now_ms = int(time.time() * 1000)
-        ttl_ms = int(self.ttl * 1000)
         script = take_place_script(settings.REDIS_URL)
         self.joined = True
-        return int(script(keys=self.keys, args=[self.waiter, self.party, now_ms, now_ms + ttl_ms, ttl_ms]))
+        return int(script(keys=self.keys, args=[self.waiter, self.party, int(self.ttl * 1000)]))
 
     def leave(self) -> None:
         if not self.joined:
