@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -15,13 +16,20 @@ from pools import actions, config, providers, state
 from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
 from pools.models import Strategy
 from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
+from pools.waiting import Line
 from rentahal.errors import STORE_OUTAGES
 from rentahal.http_session import model_session
 
 logger = logging.getLogger(__name__)
 
-# How long a query waits between looks when every candidate is at its concurrency cap.
+# How long a query waits between looks when every candidate is at its concurrency cap, or
+# others stand ahead of it in the line (`pools.waiting`); the next in line looks fastest.
 BUSY_POLL_SECONDS = (0.05, 0.1, 0.2, 0.5)
+NEXT_IN_LINE_POLL_SECONDS = 0.05
+# A place in that line not renewed for this long is dropped: its waiter's process died. A
+# waiter renews it at every look (at most BUSY_POLL_SECONDS apart), so a dead one holds the
+# line up for seconds, not for a lease's lifetime.
+LINE_PLACE_SECONDS = 3.0
 # Heartbeats (RENTAHAL_WORKER_HEARTBEAT) an in-flight lease outlives its last renewal.
 LEASE_HEARTBEATS = 3
 
@@ -98,6 +106,8 @@ async def serve(
     on_chunk: ChunkCallback | None = None,
     allow_remote: bool = True,
     exclude: frozenset[str] = frozenset(),
+    party: str = "",
+    waiter: str = "",
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
 
@@ -110,11 +120,39 @@ async def serve(
     `allow_remote=False` leaves peer brokers out (a query that may not cross another broker);
     `exclude` names workers not to try (the peer brokers a routed query came through).
 
-    Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
+    While every member it may use is busy, the request waits in the line of `pools.waiting`
+    as `waiter` of `party` (the query and its user), for up to RENTAHAL_BUSY_WAIT_SECONDS;
+    only the head of the line takes a free slot, so a party with many waiting requests
+    cannot keep the slots from another party's next one.
+
+    Raises NoWorkerAvailable when nobody can serve (`is_busy` when every member stayed busy
+    meanwhile: the caller may put the request back to wait longer), ModelServerError when
+    the call failed.
     """
     plan = await current_plan(request, realm)
     if not allow_remote:
         plan = plan.local
+    line = Line(
+        f"{realm}:{request.query_type}:{request.model_type}:{request.model_name}",
+        party=party or affinity_key,
+        waiter=waiter or uuid.uuid4().hex,
+        ttl=LINE_PLACE_SECONDS,
+    )
+    try:
+        return await serve_in_turn(plan, request, line, affinity_key=affinity_key, on_chunk=on_chunk, exclude=exclude)
+    finally:
+        line.leave()
+
+
+async def serve_in_turn(
+    plan: Plan,
+    request: ModelRequest,
+    line: Line,
+    *,
+    affinity_key: str,
+    on_chunk: ChunkCallback | None,
+    exclude: frozenset[str],
+) -> Served:
     advance = ticket_pool(plan)
     # Workers whose format cannot do what is asked are passed over like ones that failed it.
     failed: set[str] = set(exclude) | unable_workers(plan, request)
@@ -131,11 +169,16 @@ async def serve(
         await on_chunk(text)
 
     while attempts < settings.RENTAHAL_MAX_ATTEMPTS:
+        # The first look skips the line when nobody waits in it; a busy one joins it.
+        ahead = line.rank() if busy_waits or line.joined or not line.is_empty() else 0
         try:
+            if ahead:
+                raise NoWorkerAvailable(f"No {plan.wanted} is available: {ahead} queries wait ahead.", is_busy=True)
             selection = pick(plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full)
         except NoWorkerAvailable as exc:
             if exc.is_busy and time.monotonic() < busy_deadline:
-                await asyncio.sleep(BUSY_POLL_SECONDS[min(busy_waits, len(BUSY_POLL_SECONDS) - 1)])
+                pause = BUSY_POLL_SECONDS[min(busy_waits, len(BUSY_POLL_SECONDS) - 1)]
+                await asyncio.sleep(NEXT_IN_LINE_POLL_SECONDS if ahead <= 1 else pause)
                 busy_waits += 1
                 full.clear()
                 continue
@@ -154,6 +197,7 @@ async def serve(
         if lease is None:
             full.add(worker.name)
             continue
+        line.leave()
         attempts += 1
         started = time.monotonic()
         try:

@@ -15,6 +15,7 @@ import uuid
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 from rq import Callback, Retry
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
@@ -29,6 +30,7 @@ from pools.clients import ModelRequest, ModelServerError
 from pools.health import serving_workers
 from pools.dispatch import Served, check_hosted_query, serve
 from pools.models import broker_of_worker
+from pools.selection import NoWorkerAvailable
 from realms.chunks import redis_client
 from realms.frames import QuerySubmission
 from realms.routing import find_realm, queue_depth, route_query
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 starts = Coalescer(queries.start_queries)
 finishes = Coalescer(queries.finish_queries)
 failures = Coalescer(queries.fail_queries)
+waits = Coalescer(queries.return_queries_to_waiting)
 
 # Runs of a query's job: the first, then RQ's retries of a job whose worker died under it
 # (`rq.registry.StartedJobRegistry.cleanup`) or that crashed; the reconciler's re-enqueues of
@@ -158,7 +161,9 @@ def enqueue_query(query: Query, queue_name: str) -> None:
 async def run_query(query_id: str) -> str:
     """The RQ job: start the query, serve it, then finish or fail it.
 
-    A rerun of a finished query does nothing and charges nothing.
+    A rerun of a finished query does nothing and charges nothing. A query whose members
+    are all busy goes back to waiting (`WaitingForWorker`) until RENTAHAL_QUEUE_WAIT_LIMIT
+    seconds after its acceptance, then fails.
     """
     query = await start_query(query_id)
     if query is None:
@@ -170,8 +175,14 @@ async def run_query(query_id: str) -> str:
     except QueryCancelled:
         await finish_cancelled(query, "".join(produced), seconds=time.monotonic() - began)
         return "cancelled"
+    except NoWorkerAvailable as exc:
+        if exc.is_busy and waited_seconds(query) < settings.RENTAHAL_QUEUE_WAIT_LIMIT:
+            await write_through_outage(waits, query_id)
+            raise WaitingForWorker(exc.message) from None
+        await fail_query(query_id, busy_failure(exc, query) if exc.is_busy else exc.message)
+        return "failed"
     except BrokerError as exc:
-        # Nobody could serve it (NoWorkerAvailable), or a speech query heard no words.
+        # A speech query that heard no words.
         await fail_query(query_id, exc.message)
         return "failed"
     except ModelServerError as exc:
@@ -180,6 +191,20 @@ async def run_query(query_id: str) -> str:
         return "failed"
     await finish_query(query, served, busy_seconds=time.monotonic() - began)
     return "done"
+
+
+class WaitingForWorker(Exception):
+    """Raised by `run_query` to put its job back on the realm's queue: every member the query
+    may use is busy. `fail_crashed_query` has RQ run it again without spending a rerun."""
+
+
+def waited_seconds(query: Query) -> float:
+    return (timezone.now() - query.accepted_at).total_seconds()
+
+
+def busy_failure(exc: NoWorkerAvailable, query: Query) -> str:
+    limit = settings.RENTAHAL_QUEUE_WAIT_LIMIT
+    return f"{exc.message} It waited {waited_seconds(query):.0f} seconds for a free one (the limit is {limit:g})."
 
 
 async def start_query(query_id: str) -> Query | None:
@@ -212,7 +237,14 @@ async def serve_query(query: Query, produced: list[str] | None = None) -> Served
             options=query.options,
         )
         with serving_query(QueryContext(str(query.id), query.user_id)):
-            return await serve(request, realm=query.realm, affinity_key=affinity_key_of(query), on_chunk=forward_chunk)
+            return await serve(
+                request,
+                realm=query.realm,
+                affinity_key=affinity_key_of(query),
+                on_chunk=forward_chunk,
+                party=query.user_id,
+                waiter=str(query.id),
+            )
 
 
 def affinity_key_of(query: Query) -> str:
@@ -363,6 +395,14 @@ def fail_crashed_query(job, connection, exc_type, exc_value, traceback) -> None:
     retries are cleared before RQ reads them (RQ reads this same job object).
     """
     query_id = job.args[0]
+    if issubclass(exc_type, WaitingForWorker):
+        # Back at the end of the queue at once (RQ's retry), with its reruns as they were. Not
+        # through the scheduler: a killed worker's scheduler lock would hold it for a minute,
+        # and the run just spent RENTAHAL_BUSY_WAIT_SECONDS waiting, so it does not spin.
+        job.retries_left = (job.retries_left or 0) + 1
+        job.retry_intervals = None
+        logger.info("query %s waits for a free worker: %s", query_id, exc_value)
+        return
     if issubclass(exc_type, JobTimeoutException):
         job.retries_left = 0
     elif issubclass(exc_type, AbandonedJobError):

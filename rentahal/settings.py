@@ -230,12 +230,16 @@ RENTAHAL_WORKER_STUCK_SECONDS = env.float("WORKER_STUCK_SECONDS", default=20.0)
 RENTAHAL_STORE_OUTAGE_RETRY_AFTER = env.float("STORE_OUTAGE_RETRY_AFTER_SECONDS", default=5.0)
 RENTAHAL_DB_RETRY_SECONDS = env.float("DB_RETRY_SECONDS", default=60.0)
 # Pools (pools.dispatch, pools.health): calls per query before it fails (failover), how
-# long a query waits when every member is at its concurrency cap (it holds a realm-worker
-# slot meanwhile, so this stays short), the cap of a worker whose own `max_concurrency` is
-# 0 (a hanging server then holds at most this many slots), and cooldowns by error class
+# long one run of a query waits in line when every member is at its concurrency cap (it
+# holds a realm-worker slot meanwhile, so this stays short; then its job goes back on the
+# queue), the cap of a worker whose own `max_concurrency` is 0 (a hanging server then
+# holds at most this many slots), and cooldowns by error class
 # (server faults and timeouts double per consecutive failure, up to the maximum).
 RENTAHAL_MAX_ATTEMPTS = env.int("MAX_ATTEMPTS", default=3)
 RENTAHAL_BUSY_WAIT_SECONDS = env.float("BUSY_WAIT_SECONDS", default=5.0)
+# How long after its acceptance a query whose members are all busy may still be put back
+# on its realm's queue to wait; past it, it fails (not charged). README, Fair share.
+RENTAHAL_QUEUE_WAIT_LIMIT = env.float("QUEUE_WAIT_LIMIT_SECONDS", default=300.0)
 RENTAHAL_DEFAULT_WORKER_CONCURRENCY = env.int("DEFAULT_WORKER_CONCURRENCY", default=16)
 # A streamed answer's pieces are pushed to the user's sockets the moment the first arrives,
 # then gathered: at most one push per query per CHUNK_PUSH_SECONDS, sooner once

@@ -230,6 +230,26 @@ def store_started(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
     return [stored.get(query_id) for query_id in ids]
 
 
+def return_queries_to_waiting(query_ids: list) -> list[Query | None | Exception]:
+    """Mark running queries accepted again, their run not counted: every worker they may use
+    was busy, and their jobs go back on the realm's queue (`realms.lifecycle.run_query`).
+    `started_at` stays set, so they do not take one of their users' queued slots again
+    (the in-flight slot they hold bounds them). A query finished meanwhile is left as it is."""
+    ids = [uuid.UUID(str(query_id)) for query_id in query_ids]
+    return write_by_shard(ids, ids, store_waiting)
+
+
+def store_waiting(ids: list[uuid.UUID], *, using: str) -> list[Query | None]:
+    table = Query._meta.db_table
+    waiting = Query.objects.using(using).raw(
+        f"UPDATE {table} SET status = %s, attempts = GREATEST(attempts - 1, 0) "
+        "WHERE id = ANY(%s) AND status = %s RETURNING *",
+        [Query.Status.ACCEPTED, ids, Query.Status.RUNNING],
+    )
+    stored = {query.pk: query for query in waiting}
+    return [stored.get(query_id) for query_id in ids]
+
+
 @dataclasses.dataclass(frozen=True)
 class Answer:
     """A query's answer, to store and charge for; `query` is the row `start_queries` returned

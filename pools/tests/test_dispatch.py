@@ -265,7 +265,7 @@ async def test_round_robin_takes_turns(fake_servers):
     assert order == ["a", "b", "c", "a", "b", "c"]
 
 
-async def test_a_served_query_costs_five_redis_commands_once_its_scripts_are_loaded(fake_servers, redis_commands):
+async def test_a_served_query_costs_six_redis_commands_once_its_scripts_are_loaded(fake_servers, redis_commands):
     await add(fake_servers(), "a")
     await make_pool("$CHAT", ["a"], strategy="round_robin")
     await serve(chat(), realm="$CHAT", affinity_key="alice")
@@ -274,8 +274,9 @@ async def test_a_served_query_costs_five_redis_commands_once_its_scripts_are_loa
         served = await serve(chat(), realm="$CHAT", affinity_key="alice")
 
     assert served.worker == "a"
-    # The config version, the state read, the lease with its tally, its release, the outcome.
-    assert commands == ["GET", "EVALSHA", "EVALSHA", "ZREM", "EVALSHA"]
+    # The config version, whether queries wait in line, the state read, the lease with its
+    # tally, its release, the outcome.
+    assert commands == ["GET", "EXISTS", "EVALSHA", "EVALSHA", "ZREM", "EVALSHA"]
 
 
 async def test_serving_goes_on_after_redis_forgets_its_scripts(fake_servers, clean_redis):
