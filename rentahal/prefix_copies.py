@@ -4,7 +4,8 @@ the full sync, the delta since a change mark (`rentahal.change_numbers`), and th
 What is copied is what the apps declared (`rentahal.sharded_models`): each moved model,
 after the models its rows point at, comparing the fields its declaration names.
 """
-from django.db import connections, transaction
+from django.db import connections, models, transaction
+from psycopg.types.json import Jsonb
 
 from rentahal.change_numbers import change_field, rows_changed_since
 from rentahal.sharded_models import identity_field, moved_models, plural_name, prefix_rows, sharded_parents
@@ -125,6 +126,15 @@ def upsert(alias: str, model, columns: list[str], rows: list[tuple], *, conflict
     else:
         on_conflict = "DO NOTHING"
     sql = f'INSERT INTO "{table}" ({names}) VALUES ({placeholders}) ON CONFLICT ("{conflict}") {on_conflict}'
+    # Rows read back through the ORM hold JSON columns as Python values; the driver is told
+    # they are JSON, as the ORM would tell it on a save.
+    json_columns = {field.column for field in model._meta.concrete_fields if isinstance(field, models.JSONField)}
+    json_indexes = [index for index, column in enumerate(columns) if column in json_columns]
+    if json_indexes:
+        rows = [
+            tuple(Jsonb(value) if index in json_indexes and value is not None else value for index, value in enumerate(row))
+            for row in rows
+        ]
     with transaction.atomic(using=alias):
         with connections[alias].cursor() as cursor:
             cursor.executemany(sql, rows)

@@ -216,9 +216,11 @@ def fill_prefix_00_on_shard0(users: int) -> None:
         )
         cursor.execute(
             "INSERT INTO accounts_query (id, user_id, query_type, model_type, model_name, realm, prompt, image, status, result,"
-            " result_type, error, worker, attempts, accepted_at, started_at, finished_at, processing_time, cost, idempotency_key)"
+            " result_type, error, worker, attempts, accepted_at, started_at, finished_at, processing_time, cost, idempotency_key,"
+            " conversation_id, audio, audio_format, speech_task, options, usage)"
             " SELECT overlay(gen_random_uuid()::text PLACING '00' FROM 1 FOR 2)::uuid, guid, 'chat', 'worker_node', '',"
-            " '$CHAT', 'question', '', 'done', 'answer', 'text', '', 'fake', 1, now(), now(), now(), 0.5, 0.0105, ''"
+            " '$CHAT', 'question', '', 'done', 'answer', 'text', '', 'fake', 1, now(), now(), now(), 0.5, 0.0105, '',"
+            " '', '', '', '', '{}', '{}'"
             " FROM accounts_user, generate_series(1, 2) WHERE guid LIKE '00%%'"
         )
         cursor.execute(
