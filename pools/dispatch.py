@@ -97,6 +97,7 @@ async def serve(
     affinity_key: str = "",
     on_chunk: ChunkCallback | None = None,
     allow_remote: bool = True,
+    peers_only: bool = False,
     exclude: frozenset[str] = frozenset(),
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
@@ -108,6 +109,7 @@ async def serve(
     into the first.
 
     `allow_remote=False` leaves peer brokers out (a query that may not cross another broker);
+    `peers_only=True` tries only them (a query its realm and backups had no room for);
     `exclude` names workers not to try (the peer brokers a routed query came through).
 
     Raises NoWorkerAvailable when nobody can serve, ModelServerError when the call failed.
@@ -115,6 +117,8 @@ async def serve(
     plan = await current_plan(request, realm)
     if not allow_remote:
         plan = plan.local
+    elif peers_only:
+        plan = plan.remote
     advance = ticket_pool(plan)
     # Workers whose format cannot do what is asked are passed over like ones that failed it.
     failed: set[str] = set(exclude) | unable_workers(plan, request)
