@@ -2,7 +2,8 @@
 advertisements, peers learned by gossip, signing keys, and settlement rows.
 
 Each takes the actor keyword-only (`rentahal.actors`; None for the system and for a peer's
-signed call) and commits in one durable transaction on `default`. A peer's service is
+signed call) and commits in one durable transaction on `default` (a `sent` settlement row:
+on its user's shard). A peer's service is
 mirrored into `pools` as one worker per advertised query type (wire format `peer`), written
 through `pools.actions` after the peer's own commit. Refusals are `BrokerError`s with codes.
 """
@@ -23,11 +24,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from federation import identity
-from federation.models import Invitation, Peer, Settlement, SigningKey
+from federation.models import Invitation, Peer, SentSettlement, Settlement, SigningKey
 from pools import actions as pool_actions
 from pools.models import Worker, WireFormat, peer_worker_name
 from rentahal.actors import describe_actor
 from rentahal.errors import BrokerError, Forbidden, Invalid, NotFound, TooManyQueries
+from rentahal.sharding import shard_for_guid
 
 logger = logging.getLogger(__name__)
 
@@ -302,30 +304,42 @@ def record_settlement(
     price_per_query: decimal.Decimal,
     price_per_second: decimal.Decimal,
     status: str,
-) -> Settlement:
+    user_guid: str = "",
+) -> Settlement | SentSettlement:
     """Record one federated query on this side, once (a rerun finds the row), and count it
-    on the peer; a failed one costs nothing."""
+    on the peer; a failed one costs nothing.
+
+    A `served` row is the peer's account, on `default`. A `sent` row is our user's, on the
+    shard of `user_guid` beside their charge, so the two commit apart: the peer's counters
+    are advisory and a rerun finds the row and counts nothing twice.
+    """
     amount = price_of(service_seconds, price_per_query, price_per_second) if status == Settlement.Status.DONE else 0
-    with transaction.atomic(using="default", durable=True):
-        row, created = Settlement.objects.get_or_create(
-            peer=peer,
-            direction=direction,
-            query_id=query_id,
-            defaults=dict(
-                user=user,
-                query_type=query_type,
-                service_seconds=round(service_seconds, 6),
-                price_per_query=price_per_query,
-                price_per_second=price_per_second,
-                amount=amount,
-                status=status,
-            ),
-        )
-        if created:
-            counter = "received" if direction == Settlement.Direction.SERVED else "sent"
-            changes = {counter: F(counter) + 1}
-            if direction == Settlement.Direction.SENT and status == Settlement.Status.FAILED:
-                changes["failed"] = F("failed") + 1
+    recorded = dict(
+        user=user,
+        query_type=query_type,
+        service_seconds=round(service_seconds, 6),
+        price_per_query=price_per_query,
+        price_per_second=price_per_second,
+        amount=amount,
+        status=status,
+    )
+    if direction == Settlement.Direction.SENT:
+        alias = shard_for_guid(user_guid)
+        with transaction.atomic(using=alias, durable=True):
+            row, created = SentSettlement.objects.using(alias).get_or_create(
+                peer=peer.federation_id, query_id=query_id, defaults=dict(user_guid=user_guid, **recorded)
+            )
+    else:
+        with transaction.atomic(using="default", durable=True):
+            row, created = Settlement.objects.get_or_create(
+                peer=peer, direction=direction, query_id=query_id, defaults=recorded
+            )
+    if created:
+        counter = "received" if direction == Settlement.Direction.SERVED else "sent"
+        changes = {counter: F(counter) + 1}
+        if direction == Settlement.Direction.SENT and status == Settlement.Status.FAILED:
+            changes["failed"] = F("failed") + 1
+        with transaction.atomic(using="default", durable=True):
             Peer.objects.filter(pk=peer.pk).update(last_seen=timezone.now(), **changes)
     return row
 

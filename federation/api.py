@@ -16,9 +16,9 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from federation import actions, identity, serving, signing
+from federation import actions, identity, serving, settlement, signing
 from federation.client import PeerError, fetch_well_known
-from federation.models import Peer, Settlement
+from federation.models import Peer
 from federation.serializers import (
     AdvertiseSerializer,
     DiscoverSerializer,
@@ -220,18 +220,19 @@ class SettlementView(PeerView):
         responses={200: SettlementSerializer},
     )
     def get(self, request):
-        rows = Settlement.objects.filter(peer=request.user)
         since = request.query_params.get("since")
-        if since:
-            try:
-                rows = rows.filter(created_at__gte=datetime.datetime.fromisoformat(since))
-            except ValueError:
-                raise Invalid(fields={"since": ["Give an ISO 8601 time."]}) from None
+        try:
+            since = datetime.datetime.fromisoformat(since) if since else None
+        except ValueError:
+            raise Invalid(fields={"since": ["Give an ISO 8601 time."]}) from None
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=datetime.timezone.utc)
+        rows = settlement.rows_with(request.user, since)
         return Response({"federation_id": identity.federation_id(), "rows": [
             {"direction": row.direction, "query_id": row.query_id, "user": row.user, "query_type": row.query_type,
              "service_seconds": row.service_seconds, "amount": str(row.amount), "status": row.status,
              "created_at": row.created_at.isoformat()}
-            for row in rows.order_by("created_at")
+            for row in rows
         ]})
 
 

@@ -132,10 +132,10 @@ class PeerClient(ModelClient):
         peer_id = worker.model
         if hops > settings.RENTAHAL_FEDERATION_MAX_HOPS or peer_id in via:
             raise ModelServerError(f"{worker.name}: the query may not cross another broker", kind="client")
-        user = pseudonym(user, peer_id)
+        seen_as = pseudonym(user, peer_id)
         payload = {
             "query_id": query_id,
-            "user": user,
+            "user": seen_as,
             "query_type": request.query_type,
             "prompt": request.prompt,
             "model_type": request.model_type,
@@ -164,9 +164,9 @@ class PeerClient(ModelClient):
             # A refusal (4xx, 429) served nothing; a fault or a timeout may have cut a query
             # the peer took, and the peer records that one as failed too.
             if exc.kind in ("server", "timeout"):
-                await sync_to_async(settle_sent)(peer_id, query_id, user, request.query_type, 0.0, Settlement.Status.FAILED)
+                await sync_to_async(settle_sent)(peer_id, query_id, user, seen_as, request.query_type, 0.0, Settlement.Status.FAILED)
             raise
-        await sync_to_async(settle_sent)(peer_id, query_id, user, request.query_type, answer[1], Settlement.Status.DONE)
+        await sync_to_async(settle_sent)(peer_id, query_id, user, seen_as, request.query_type, answer[1], Settlement.Status.DONE)
         if on_chunk is not None:
             for chunk in chunks:
                 await on_chunk(chunk)
@@ -196,8 +196,10 @@ def final_answer(worker, item: dict, time_to_first_byte: float | None) -> tuple[
     return ModelAnswer(result=result, result_type=result_type, time_to_first_byte=time_to_first_byte), float(seconds)
 
 
-def settle_sent(peer_id: str, query_id: str, user: str, query_type: str, service_seconds: float, status: str) -> None:
-    """Record the query on the requesting side at the prices the peer advertised."""
+def settle_sent(
+    peer_id: str, query_id: str, user_guid: str, seen_as: str, query_type: str, service_seconds: float, status: str
+) -> None:
+    """Record the query on the requesting side, on its user's shard, at the prices the peer advertised."""
     peer = Peer.objects.filter(federation_id=peer_id).first()
     if peer is None:
         logger.warning("settlement of %s skipped: peer %s is gone", query_id, peer_id)
@@ -207,7 +209,8 @@ def settle_sent(peer_id: str, query_id: str, user: str, query_type: str, service
         peer,
         direction=Settlement.Direction.SENT,
         query_id=query_id,
-        user=user,
+        user=seen_as,
+        user_guid=user_guid,
         query_type=query_type,
         service_seconds=service_seconds,
         price_per_query=decimal.Decimal(str(advertised.get("price_per_query") or 0)),

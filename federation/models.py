@@ -1,13 +1,20 @@
 """Peers (other brokers), the invitations that let them join, this broker's published public
-keys, and the settlement record of every query one broker served for another. All on
-`default`: they are shared configuration and accounts between brokers, not per-user rows."""
+keys, and the settlement record of every query one broker served for another.
+
+Peers, invitations, keys and the serving side's per-peer account (`Settlement`) live on
+`default`: they are shared configuration and accounts between brokers. What our own users
+asked of peers (`SentSettlement`) lives beside their charges, on their shard."""
 from __future__ import annotations
+
+import uuid
 
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
+from accounts.models import CHANGE_NUMBER_HELP
 from rentahal import outbound
 from rentahal.errors import CodedValidationError
+from rentahal.sharded_models import Sharded, ShardedQuerySet
 
 FEDERATION_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]{0,62}$"
 federation_id_validator = RegexValidator(
@@ -110,8 +117,10 @@ class Invitation(models.Model):
 
 
 class Settlement(models.Model):
-    """One federated query as one side recorded it: `sent` on the requesting broker (its user
-    is charged as for a local query), `served` on the serving one (the peer's account)."""
+    """One query we served for a peer: the peer's account, on `default`.
+
+    `sent` rows are those recorded here before the requesting side's record moved to the
+    user's shard (`SentSettlement`); the settlement commands still count them."""
 
     class Direction(models.TextChoices):
         SENT = "sent", "We asked the peer"
@@ -141,3 +150,40 @@ class Settlement(models.Model):
 
     def __str__(self):
         return f"{self.direction} {self.query_id} ({self.peer})"
+
+
+class SentSettlement(models.Model):
+    """One query of ours a peer served (or failed), on the shard of the user who asked,
+    beside the charge it paid: what the peer will bill, to reconcile against its `served` row.
+
+    The peer is named by its federation id, not a foreign key: `Peer` lives on `default`.
+    `user` is the pseudonym the peer saw; `user_guid` (the shard key) never leaves.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    peer = models.CharField(max_length=63, help_text="The serving peer's federation id.")
+    query_id = models.CharField(max_length=64, help_text="Our query id.")
+    user_guid = models.CharField(max_length=64, help_text="The user who asked (a pseudonym if we only forwarded it).")
+    user = models.CharField(max_length=64, help_text="The per-peer pseudonym the peer saw.")
+    query_type = models.CharField(max_length=16)
+    service_seconds = models.FloatField(default=0.0)
+    price_per_query = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    price_per_second = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    amount = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    status = models.CharField(max_length=8, choices=Settlement.Status.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    change_number = models.BigIntegerField(default=0, editable=False, help_text=CHANGE_NUMBER_HELP)
+
+    direction = Settlement.Direction.SENT
+
+    objects = ShardedQuerySet.as_manager()
+    # Uuid keys name a row on every shard; a row is written once, when the peer answers.
+    sharding = Sharded(key="user_guid", lookups=("user_guid",), append_only=True, changes="change_number")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["peer", "query_id"], name="one_sent_settlement_per_peer_and_query")]
+        indexes = [models.Index(fields=["user_guid", "-created_at"])]
+
+    def __str__(self):
+        return f"sent {self.query_id} ({self.peer})"

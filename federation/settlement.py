@@ -1,5 +1,8 @@
 """Settlement between two brokers: each side's totals for a period, and reconciliation of
-our rows against the peer's own, fetched over a signed call."""
+our rows against the peer's own, fetched over a signed call.
+
+Our rows with a peer are its account on `default` (`Settlement`) and what our users asked
+of it, on every shard (`SentSettlement`); `rows_with` gathers them."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,28 +11,34 @@ import decimal
 import urllib.parse
 
 from asgiref.sync import async_to_sync
-from django.db.models import Count, Sum
-
 from federation.client import call_peer
-from federation.models import Peer, Settlement
+from federation.models import Peer, SentSettlement, Settlement
+from rentahal.sharding import shard_aliases
 
 # Service seconds are measured on the serving side and copied; this much rounding is no mismatch.
 SECONDS_TOLERANCE = 0.001
 
 
+def rows_with(peer: Peer, since: datetime.datetime | None = None) -> list[Settlement | SentSettlement]:
+    """Return our settlement rows with the peer, both directions, oldest first."""
+    rows = [*Settlement.objects.filter(peer=peer)]
+    for alias in shard_aliases():
+        rows += SentSettlement.objects.using(alias).filter(peer=peer.federation_id)
+    if since is not None:
+        rows = [row for row in rows if row.created_at >= since]
+    return sorted(rows, key=lambda row: row.created_at)
+
+
 def totals(peer: Peer, since: datetime.datetime | None = None) -> dict[str, dict]:
     """Return {direction: {queries, done, seconds, amount}} of our rows with the peer."""
-    rows = Settlement.objects.filter(peer=peer)
-    if since is not None:
-        rows = rows.filter(created_at__gte=since)
     found = {direction: {"queries": 0, "done": 0, "seconds": 0.0, "amount": decimal.Decimal(0)} for direction in Settlement.Direction.values}
-    for row in rows.values("direction", "status").annotate(queries=Count("id"), seconds=Sum("service_seconds"), amount=Sum("amount")):
-        entry = found[row["direction"]]
-        entry["queries"] += row["queries"]
-        entry["seconds"] += row["seconds"] or 0.0
-        entry["amount"] += row["amount"] or 0
-        if row["status"] == Settlement.Status.DONE:
-            entry["done"] += row["queries"]
+    for row in rows_with(peer, since):
+        entry = found[row.direction]
+        entry["queries"] += 1
+        entry["seconds"] += row.service_seconds
+        entry["amount"] += row.amount
+        if row.status == Settlement.Status.DONE:
+            entry["done"] += 1
     return found
 
 
@@ -51,11 +60,8 @@ def reconcile(peer: Peer, since: datetime.datetime | None = None) -> list[Mismat
     path = "/api/federation/settlement" + (f"?{urllib.parse.urlencode({'since': since.isoformat()})}" if since else "")
     answer = async_to_sync(call_peer)(peer.base_url, "GET", path)
     theirs = {(MIRROR.get(row.get("direction")), row.get("query_id")): row for row in answer.get("rows", []) if isinstance(row, dict)}
-    ours_rows = Settlement.objects.filter(peer=peer)
-    if since is not None:
-        ours_rows = ours_rows.filter(created_at__gte=since)
     mismatches = []
-    for row in ours_rows.order_by("created_at"):
+    for row in rows_with(peer, since):
         other = theirs.pop((row.direction, row.query_id), None)
         if other is None:
             mismatches.append(Mismatch(row.query_id, f"{row.direction} only here", row.status, "-"))

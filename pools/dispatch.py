@@ -105,6 +105,7 @@ async def serve(
     affinity_key: str = "",
     on_chunk: ChunkCallback | None = None,
     allow_remote: bool = True,
+    peers_only: bool = False,
     exclude: frozenset[str] = frozenset(),
     party: str = "",
     waiter: str = "",
@@ -118,6 +119,7 @@ async def serve(
     into the first.
 
     `allow_remote=False` leaves peer brokers out (a query that may not cross another broker);
+    `peers_only=True` tries only them (a query its realm and backups had no room for);
     `exclude` names workers not to try (the peer brokers a routed query came through).
 
     While every member it may use is busy, the request waits in the line of `pools.waiting`
@@ -132,6 +134,8 @@ async def serve(
     plan = await current_plan(request, realm)
     if not allow_remote:
         plan = plan.local
+    elif peers_only:
+        plan = plan.remote
     line = Line(
         f"{realm}:{request.query_type}:{request.model_type}:{request.model_name}",
         party=party or affinity_key,

@@ -124,6 +124,18 @@ def serving_workers(realm: str, query_type: str | None) -> list[str]:
     return [name for name in names if not health[name].is_blacklisted]
 
 
+def serving_peers(query_type: str) -> list[str]:
+    """Return the names of the peer brokers' workers of `query_type` (one per active peer that
+    advertised it) that neither an operator nor the health rules blacklisted."""
+    names = sorted(
+        worker.name
+        for worker in snapshot_cache.current().workers.values()
+        if worker.is_remote and worker.query_type == query_type and not worker.is_blacklisted
+    )
+    health = state.health_of(names)
+    return [name for name in names if not health[name].is_blacklisted]
+
+
 @dataclasses.dataclass(frozen=True)
 class ProbeResult:
     worker: str

@@ -27,13 +27,13 @@ from accounts.actions.queries import Answer, Failure
 from accounts.actions.users import find_user
 from accounts.models import Query, User
 from pools.clients import ModelRequest, ModelServerError
-from pools.health import serving_workers
+from pools.health import serving_peers, serving_workers
 from pools.dispatch import Served, check_hosted_query, serve
 from pools.models import broker_of_worker
 from pools.selection import NoWorkerAvailable
 from realms.chunks import redis_client
 from realms.frames import QuerySubmission
-from realms.routing import find_realm, queue_depth, route_query
+from realms.routing import RealmFull, find_realm, queue_depth, route_query
 from realms.speech import Spoken, serve_speech
 from rentahal.batching import Coalescer
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden
@@ -84,12 +84,24 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
     After the commit only the enqueue needs Redis; if that fails the query is acknowledged
     all the same and the reconciler enqueues it once Redis is back, because a refusal would
     have the user submit again a query that is going to run.
+
+    A query its realm and every backup are too full to take goes to the peer brokers that
+    advertised its type, if any is active (`realm_full` otherwise): its job goes to the front
+    of the realm's queue and is served by peers only, so it neither waits behind the queue
+    nor takes a local worker from the queries in it.
     """
-    realm, depth = route_query(submission.query_type)
+    try:
+        realm, depth = route_query(submission.query_type)
+        peers_only = False
+    except RealmFull as full:
+        peers = serving_peers(submission.query_type)
+        if not peers:
+            raise
+        realm, depth, peers_only = full.realm, 0, True
     check_hosted_query(
         submission.query_type, realm.name, model_type=submission.model_type, model_name=submission.model_name
     )
-    total = len(serving_workers(realm.name, submission.query_type))
+    total = len(peers) if peers_only else len(serving_workers(realm.name, submission.query_type))
     try:
         query = queries.accept_query(
             guid,
@@ -110,7 +122,7 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
     except queries.Resubmitted as resubmitted:
         return frame_for_resubmitted(resubmitted.query)
     try:
-        enqueue_query(query, realm.queue_name)
+        enqueue_query(query, realm.queue_name, peers_only=peers_only)
     except STORE_OUTAGES as exc:
         logger.warning("query %s accepted while Redis is down; the reconciler will enqueue it: %s", query.pk, exc)
     return queue_update(query, depth=depth + 1, total=total)
@@ -138,14 +150,17 @@ def frame_for_resubmitted(query: Query) -> dict:
     )
 
 
-def enqueue_query(query: Query, queue_name: str) -> None:
+def enqueue_query(query: Query, queue_name: str, *, peers_only: bool = False) -> None:
     """Put the query's job on its realm's queue in one round trip; the job id is the query
-    id, so enqueueing again replaces the job instead of adding a second one."""
+    id, so enqueueing again replaces the job instead of adding a second one. A job for peers
+    only (`accept_query`) goes to the front: it waits for no local worker."""
     queue = get_queue(queue_name)
     with queue.connection.pipeline() as pipeline:
         queue.enqueue_call(
             run_query,
             args=(str(query.id),),
+            kwargs={"peers_only": True} if peers_only else None,
+            at_front=peers_only,
             job_id=str(query.id),
             timeout=settings.RENTAHAL_JOB_TIMEOUT,
             result_ttl=300,
@@ -158,8 +173,9 @@ def enqueue_query(query: Query, queue_name: str) -> None:
         pipeline.execute()
 
 
-async def run_query(query_id: str) -> str:
-    """The RQ job: start the query, serve it, then finish or fail it.
+async def run_query(query_id: str, *, peers_only: bool = False) -> str:
+    """The RQ job: start the query, serve it (by peer brokers only when its realm was full),
+    then finish or fail it.
 
     A rerun of a finished query does nothing and charges nothing. A query whose members
     are all busy goes back to waiting (`WaitingForWorker`) until RENTAHAL_QUEUE_WAIT_LIMIT
@@ -171,7 +187,7 @@ async def run_query(query_id: str) -> str:
     began = time.monotonic()
     produced: list[str] = []
     try:
-        served = await serve_query(query, produced)
+        served = await serve_query(query, produced, peers_only=peers_only)
     except QueryCancelled:
         await finish_cancelled(query, "".join(produced), seconds=time.monotonic() - began)
         return "cancelled"
@@ -212,7 +228,7 @@ async def start_query(query_id: str) -> Query | None:
     return await write_through_outage(starts, query_id)
 
 
-async def serve_query(query: Query, produced: list[str] | None = None) -> Served:
+async def serve_query(query: Query, produced: list[str] | None = None, *, peers_only: bool = False) -> Served:
     """Have a worker answer the query (a speech query: its steps, realms.speech), streaming
     its chunks to the user's sockets (and keeping them in `produced`); a query whose HTTP
     client went away (`cancel_query`) stops at its next chunk with QueryCancelled."""
@@ -244,6 +260,7 @@ async def serve_query(query: Query, produced: list[str] | None = None) -> Served
                 on_chunk=forward_chunk,
                 party=query.user_id,
                 waiter=str(query.id),
+                peers_only=peers_only,
             )
 
 

@@ -10,6 +10,16 @@ from rentahal.errors import BrokerError, Unavailable
 from rentahal.queues import get_queue
 
 
+class RealmFull(Unavailable):
+    """The query type's realm and every backup have as many queries waiting as they take."""
+
+    code = "realm_full"
+
+    def __init__(self, message: str, *, realm: Realm):
+        super().__init__(message)
+        self.realm = realm
+
+
 def realm_for_query_type(query_type: str, registry: Registry | None = None) -> Realm:
     """Return the realm whose primary type this is; classic clients never name realms."""
     realm = (registry or registry_cache.current()).primary_for(query_type)
@@ -56,13 +66,10 @@ def route_query(query_type: str) -> tuple[Realm, int]:
         if depth < realm.queue_limit:
             return realm, depth
     if not backups:
-        raise Unavailable(
-            f"The {primary.name} realm is full ({depth} queries waiting); try again shortly.", code="realm_full"
-        )
+        raise RealmFull(f"The {primary.name} realm is full ({depth} queries waiting); try again shortly.", realm=primary)
     names = ", ".join(realm.name for realm in backups)
-    raise Unavailable(
-        f"The {primary.name} realm is full and so are its backups ({names}); try again shortly.",
-        code="realm_full",
+    raise RealmFull(
+        f"The {primary.name} realm is full and so are its backups ({names}); try again shortly.", realm=primary
     )
 
 

@@ -59,10 +59,12 @@ def test_shared_tables_live_on_default_and_per_user_tables_only_on_shards():
 
 def test_per_user_models_are_those_the_apps_declare_and_moves_carry_parents_first():
     assert {model._meta.label for model in sharded_models()} == {
-        "accounts.User", "accounts.Query", "accounts.Charge", "accounts.SystemTotals"
+        "accounts.User", "accounts.Query", "accounts.Charge", "accounts.SystemTotals", "federation.SentSettlement"
     }
     # Per-shard totals stay where they are; a query is copied after its user, a charge after its query.
-    assert [model._meta.label for model in moved_models()] == ["accounts.User", "accounts.Query", "accounts.Charge"]
+    moved = [model._meta.label for model in moved_models()]
+    assert sorted(moved) == ["accounts.Charge", "accounts.Query", "accounts.User", "federation.SentSettlement"]
+    assert moved.index("accounts.User") < moved.index("accounts.Query") < moved.index("accounts.Charge")
 
 
 def test_per_user_declaration_without_change_numbers_is_refused():
@@ -132,10 +134,10 @@ def test_shards_command_lists_counts_per_shard():
 
     output = output_of("shards")
 
-    assert "shard0: 1 users, 2 queries, 2 charges" in output
-    assert "shard1: 1 users, 1 queries, 1 charges" in output
-    assert "shard2: 0 users, 0 queries, 0 charges" in output
-    assert "total: 2 users, 3 queries, 3 charges" in output
+    assert "shard0: 1 users, 0 sent settlements, 2 queries, 2 charges" in output
+    assert "shard1: 1 users, 0 sent settlements, 1 queries, 1 charges" in output
+    assert "shard2: 0 users, 0 sent settlements, 0 queries, 0 charges" in output
+    assert "total: 2 users, 0 sent settlements, 3 queries, 3 charges" in output
 
 
 def test_verify_passes_when_every_row_is_where_the_map_says():
@@ -152,7 +154,7 @@ def test_verify_reports_orphans_and_duplicates_and_fails():
     with pytest.raises(CommandError, match="2 problems, 0 interrupted moves") as raised:
         output_of("verify_shards")
 
-    assert "prefix 00: 1 users, 0 queries, 0 charges on shard2, but the map names shard0 (orphans)" in raised.value.output
+    assert "prefix 00: 1 users, 0 sent settlements, 0 queries, 0 charges on shard2, but the map names shard0 (orphans)" in raised.value.output
     assert f"user {guid}: duplicated on shard0, shard2" in raised.value.output
 
 

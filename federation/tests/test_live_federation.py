@@ -13,9 +13,10 @@ from django.test import Client, override_settings
 from accounts.models import Charge, Query
 from federation import actions
 from federation.discovery import run_discovery
-from federation.models import Invitation, Peer, Settlement
+from federation.models import Invitation, Peer, SentSettlement, Settlement
 from pools import actions as pool_actions
 from pools.models import Worker
+from rentahal.sharding import shard_aliases, shard_for_guid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -151,7 +152,9 @@ def test_chat_query_without_a_local_chat_worker_is_served_by_a_peer_and_settled_
     [served] = served_rows(b)
     assert (served["peer"], served["query_id"], served["status"]) == (a.federation_id, result["query_id"], "done")
     assert guid not in served["user"] and served["user"] != guid.replace("-", "")
-    sent = Settlement.objects.get(direction="sent")
+    # Our record of it lives on the user's shard, beside their charge.
+    [sent] = SentSettlement.objects.using(query._state.db).all()
+    assert query._state.db == shard_for_guid(guid) and SentSettlement.objects.count() == 1
     assert (sent.query_id, sent.user, sent.amount) == (served["query_id"], served["user"], served["amount"])
     assert served["amount"] > decimal.Decimal(0)
     # Both sides agree when reconciled over a signed call.
@@ -164,6 +167,28 @@ def test_chat_query_without_a_local_chat_worker_is_served_by_a_peer_and_settled_
     assert "sent: 1 queries (1 done)" in b.manage("federation_settlement", a.federation_id).stdout.replace(
         "served: 1 queries (1 done)", "sent: 1 queries (1 done)"
     )
+
+
+def test_a_query_its_full_realm_would_refuse_is_served_by_a_peer_leaving_local_workers_to_the_queue(
+    brokers, fake_servers, register_worker, default_realms
+):
+    a, b = brokers("a"), brokers("b", workers=[("b-chat", fake_servers())])
+    join(b, a)
+    local = fake_servers()
+    register_worker(local, name="a-chat")
+    chat = default_realms["chat"]
+    chat.queue_limit = 0
+    chat.save()
+
+    frames = asyncio.run(ask(a, "is there room?"))
+
+    update, result = frames[1], frames[-1]
+    assert (update["type"], update["realm"], update["depth"], update["total"]) == ("queue_update", "$CHAT", 1, 1)
+    assert result["type"] == "query_result", result
+    assert (result["broker"], result["result"]) == (b.federation_id, "echo: is there room?")
+    assert local.stats()["requests"] == {}
+    [served] = served_rows(b)
+    assert (served["query_id"], served["status"]) == (result["query_id"], "done")
 
 
 def test_pool_alias_spans_a_local_worker_and_a_peer(brokers, fake_servers, register_worker):
@@ -228,5 +253,5 @@ def test_a_peer_that_dies_mid_stream_fails_over_to_another(brokers, fake_servers
 
     assert frames[-1]["type"] == "query_result", frames[-1]
     assert (frames[-1]["broker"], frames[-1]["result"]) == (c.federation_id, "echo: are you there?")
-    outcomes = dict(Settlement.objects.filter(direction="sent").values_list("peer__federation_id", "status"))
+    outcomes = {row.peer: row.status for alias in shard_aliases() for row in SentSettlement.objects.using(alias)}
     assert outcomes == {b.federation_id: "failed", c.federation_id: "done"}

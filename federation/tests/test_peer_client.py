@@ -8,12 +8,13 @@ from aiohttp import web
 from asgiref.sync import sync_to_async
 
 from federation.client import PeerClient, pseudonym
-from federation.models import Settlement
+from federation.models import SentSettlement
 from pools.clients import CallLimits, ModelRequest, ModelServerError
 from pools.models import peer_worker_name
 from pools.selection import WorkerInfo
 from rentahal.http_session import model_session
 from rentahal.query_context import QueryContext, serving_query
+from rentahal.sharding import shard_for_guid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,5 +69,7 @@ async def test_a_misbehaving_peer_fails_the_call_as_its_fault_and_is_settled_onc
         await runner.cleanup()
 
     assert failure.value.kind == kind
-    rows = await sync_to_async(list)(Settlement.objects.values_list("query_id", "user", "status", "amount"))
+    # Recorded beside alice's charges, on her shard.
+    home = await sync_to_async(shard_for_guid)(alice.guid)
+    rows = await sync_to_async(list)(SentSettlement.objects.using(home).values_list("query_id", "user", "status", "amount"))
     assert rows == ([("q-42", pseudonym(alice.guid, peer.federation_id), settled, 0)] if settled else [])

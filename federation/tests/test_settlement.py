@@ -11,14 +11,21 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from federation import actions
-from federation.models import Peer, Settlement
+from federation.models import Peer, SentSettlement, Settlement
+from rentahal.sharding import shard_aliases, shard_for_guid
+from tests.shard_helpers import guid_with_prefix
 
 
-def settle(peer_row, direction, query_id, seconds, status="done"):
+def settle(peer_row, direction, query_id, seconds, status="done", user_guid=None):
     return actions.record_settlement(
         peer_row, direction=direction, query_id=query_id, user="ab", query_type="chat", service_seconds=seconds,
         price_per_query=decimal.Decimal("0.01"), price_per_second=decimal.Decimal("0.001"), status=status,
+        user_guid=user_guid or guid_with_prefix("00"),
     )
+
+
+def shards_holding(query_id: str) -> list[str]:
+    return [alias for alias in shard_aliases() if SentSettlement.objects.using(alias).filter(query_id=query_id).exists()]
 
 
 @contextlib.contextmanager
@@ -45,8 +52,10 @@ def peer_reporting(rows: list[dict], asked: list[str]):
 
 
 def test_settlement_prints_both_directions_totals(peer):
-    settle(peer.row, Settlement.Direction.SENT, "q1", 2.0)
-    settle(peer.row, Settlement.Direction.SENT, "q2", 0.0, status="failed")
+    # Two users on two shards: the totals gather every shard.
+    settle(peer.row, Settlement.Direction.SENT, "q1", 2.0, user_guid=guid_with_prefix("00"))
+    settle(peer.row, Settlement.Direction.SENT, "q2", 0.0, status="failed", user_guid=guid_with_prefix("01"))
+    assert shards_holding("q1") != shards_holding("q2")
     settle(peer.row, Settlement.Direction.SERVED, "q3", 1.0)
     out = StringIO()
 
@@ -80,3 +89,22 @@ def test_reconciliation_lists_every_mismatch_with_the_peers_own_rows(peer):
         "only-there: served only at peer-b: ours -, theirs done",
     ]
     assert asked == ["/api/federation/settlement?since=2020-01-01T00%3A00%3A00%2B00%3A00"]
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_sent_row_lives_on_its_users_shard_and_moves_with_them(peer):
+    guid = guid_with_prefix("00")
+    settle(peer.row, Settlement.Direction.SENT, "q1", 2.0, user_guid=guid)
+    settle(peer.row, Settlement.Direction.SERVED, "q2", 1.0)
+    home = shard_for_guid(guid)
+    assert shards_holding("q1") == [home]
+    assert not Settlement.objects.filter(direction=Settlement.Direction.SENT).exists()
+    assert Settlement.objects.get(query_id="q2").peer == peer.row
+    elsewhere = next(alias for alias in shard_aliases() if alias != home)
+
+    call_command("move_shard_prefix", "00", elsewhere, stdout=StringIO())
+
+    assert shards_holding("q1") == [elsewhere]
+    out = StringIO()
+    call_command("federation_settlement", "peer-b", stdout=out)
+    assert out.getvalue().splitlines()[0] == "sent: 1 queries (1 done) we asked peer-b, 2.000 s, amount 0.012000"

@@ -63,6 +63,17 @@ class Plan:
         )
         return Plan(self.query_type, self.realm, tiers, self.missing_alias)
 
+    @functools.cached_property
+    def remote(self) -> Plan:
+        """Return this plan cut down to its peer brokers: a query its realm had no room for
+        leaves the local workers to the queries waiting for them."""
+        tiers = tuple(
+            dataclasses.replace(tier, workers=peers)
+            for tier in self.tiers
+            if (peers := tuple(worker for worker in tier.workers if worker.is_remote))
+        )
+        return Plan(self.query_type, self.realm, tiers, self.missing_alias)
+
 
 def in_realm(item_realm: str, realm: str) -> bool:
     return item_realm in ("", realm)
