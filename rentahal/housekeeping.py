@@ -31,8 +31,10 @@ class HousekeepingCommand(BaseCommand):
         pause = 0.0
         while True:
             started = time.monotonic()
-            # A connection that broke in the last round (a Postgres restart) is replaced.
-            close_old_connections()
+            if every > 0:
+                # A connection that broke in the last round (a Postgres restart) is replaced;
+                # a single round keeps its caller's connection (and its transaction).
+                close_old_connections()
             try:
                 self.run_round(repeating=every > 0, **options)
             except STORE_OUTAGES as exc:
