@@ -12,6 +12,7 @@ from django.test import Client
 from drf_spectacular.validation import validate_schema
 
 from accounts.actions.keys import create_key
+from pools import actions as pools
 from conftest import make_staff
 from tests.doors import start_daphne, stop_daphne
 
@@ -73,14 +74,18 @@ def test_schemathesis_finds_no_server_error_in_the_pools_and_realms_apis_as_a_su
     assert run.returncode == 0, run.stdout[-4000:]
 
 
-def test_schemathesis_finds_no_server_error_in_the_doors_with_a_key(web, start_worker, alice, fake_server, register_worker):
-    """With a worker of every type (so no query fails for want of one), no fuzzed request is
-    a server error."""
+def test_schemathesis_finds_no_server_error_in_the_doors_with_a_key(
+    web, start_worker, alice, fake_server, register_worker, speech_to_text_url, text_to_speech_url
+):
+    """With a worker of every type (so no query fails for want of one; the speech realm's
+    pools on the real speech servers), no fuzzed request is a server error."""
     start_worker("--concurrency", "16")
     register_worker(fake_server, wire_format="openai", name="gpt-box")
     register_worker(fake_server, wire_format="openai", query_type="vision", name="eyes")
     register_worker(fake_server, wire_format="a1111", query_type="imagine", name="painter")
-    register_worker(fake_server, wire_format="predict", query_type="speech", name="voice")
+    for name, url, pool in (("whisper", speech_to_text_url, "$SPEECH_TO_TEXT"), ("piper", text_to_speech_url, "$TEXT_TO_SPEECH")):
+        pools.add_worker(name=name, address=url, query_type="speech", wire_format="openai_audio")
+        pools.create_pool(pool, query_type="speech", realm="$SPEECH", members=[name])
     _, secret = create_key(alice.guid, acting_user=None)
     run = fuzz(web, "--include-path-regex", "^/(v1/|api/(chat|vision|imagine|whisper|bark)$)", "-H", f"Authorization: Bearer {secret}")
 
