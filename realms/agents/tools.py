@@ -53,7 +53,9 @@ def refusal(error: BrokerError) -> dict:
     record of a route that found no pool."""
     body = error_body(error)
     if isinstance(error, TooManyQueries) or error.code in PASSING_CODES:
-        body.setdefault("retry_after", getattr(error, "retry_after", settings.RENTAHAL_BUSY_WAIT_SECONDS))
+        # Every BrokerError has a `retry_after`, None where the refusal named no wait.
+        if body.get("retry_after") is None:
+            body["retry_after"] = error.retry_after if error.retry_after is not None else settings.RENTAHAL_BUSY_WAIT_SECONDS
     refused = {"ok": False, "error": body}
     if isinstance(error, NoPool):
         refused["routing"] = error.routing
