@@ -11,13 +11,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
-from django.db import DataError, IntegrityError, InterfaceError, OperationalError, close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from pools.models import HealthSample, PoolAlias, PoolMember, SelectionOutcome, Specialization, Strategy, Worker
 from rentahal.actors import describe_actor
 from rentahal.batching import Coalescer
-from rentahal.errors import Invalid, NotFound
+from rentahal.errors import DATABASE_OUTAGES, Invalid, NotFound
 from rentahal.pushes import BROADCAST_GROUP, POOL_EVENTS, frame_event, send_event_on_commit
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exceptio
     rows = [outcome_row(attempt) for attempt in attempts]
     try:
         return insert_outcomes(rows)
-    except (OperationalError, InterfaceError) as exc:
+    except DATABASE_OUTAGES as exc:
         # A report row is not worth the model's answer: while Postgres is unreachable the
         # rows are dropped (None) and the broken connection with them, and the query goes on.
         logger.warning("%d attempt outcome(s) not recorded, the database is unreachable: %s", len(rows), exc)

@@ -14,7 +14,6 @@ import uuid
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from rq import Callback, Retry
 from rq.command import send_stop_job_command
@@ -36,7 +35,7 @@ from realms.frames import QuerySubmission
 from realms.routing import RealmFull, find_realm, queue_depth, route_query
 from realms.speech import Spoken, serve_speech
 from rentahal.batching import Coalescer
-from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden
+from rentahal.errors import DATABASE_OUTAGES, STORE_OUTAGES, BrokerError, Forbidden
 from rentahal.metrics import record_query_outcome
 from rentahal.pushes import push_frame, stream_query_chunks
 from rentahal.query_context import QueryContext, serving_query
@@ -383,7 +382,7 @@ async def write_through_outage(coalescer: Coalescer, item):
     """Write `item` with `coalescer`, trying again while the database is unreachable.
 
     A model's answer must not be thrown away because Postgres restarted while it was being
-    stored: a connection error (OperationalError, InterfaceError) is tried again after a
+    stored: a connection error (`DATABASE_OUTAGES`) is tried again after a
     pause that doubles each time, for up to `RENTAHAL_DB_RETRY_SECONDS`. The DB threads drop
     the broken connection, so the next try opens a new one. The writes are idempotent (a
     finished query is left as it is), so a write that committed before its connection broke
@@ -394,7 +393,7 @@ async def write_through_outage(coalescer: Coalescer, item):
     while True:
         try:
             return await coalescer.submit(item)
-        except (OperationalError, InterfaceError) as exc:
+        except DATABASE_OUTAGES as exc:
             if time.monotonic() + pause > deadline:
                 raise
             logger.warning("database unreachable (%s); writing again in %.2f s", exc, pause)
