@@ -1,7 +1,6 @@
 """Store outages for tests, caused for real: a redis-server of the test's own that is stopped
 and started again on its port, and the test databases shut to every connection, as a
 Postgres restart does (new connections refused, open ones dropped)."""
-import asyncio
 import contextlib
 import socket
 import subprocess
@@ -10,6 +9,7 @@ import time
 import psycopg
 import pytest
 import redis
+from asgiref.sync import SyncToAsync
 from django.db import connections
 
 from realms import chunks
@@ -99,17 +99,13 @@ def set_test_databases_reachable(is_reachable: bool, *, application_name: str | 
 @contextlib.contextmanager
 def databases_shut():
     """Shut every test database to everyone, this process's connections included, for the
-    block; after it, a sync test's own broken connections are replaced (an async test's loop
-    may not touch them: the `postgres_down` fixture replaces them after the test)."""
+    block; after it, the connections the outage broke are replaced."""
     set_test_databases_reachable(False)
     try:
         yield
     finally:
         set_test_databases_reachable(True)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            close_connections()
+        close_connections_everywhere()
 
 
 def close_connections() -> None:
@@ -117,9 +113,17 @@ def close_connections() -> None:
         connection.close()
 
 
+def close_connections_everywhere() -> None:
+    """Close this thread's connections and those of asgiref's one thread for sync code, where
+    an async test's `sync_to_async` calls and consumers run: Django's connections are per
+    thread, and one the outage dropped would fail every later test that reads through it."""
+    close_connections()
+    SyncToAsync.single_thread_executor.submit(close_connections).result()
+
+
 @pytest.fixture
 def postgres_down(transactional_db):
-    """Return `databases_shut`; after the test, this thread's connections that the outage
-    broke are replaced before the databases are flushed."""
+    """Return `databases_shut`; after the test, every connection the outage broke is replaced
+    before the databases are flushed."""
     yield databases_shut
-    close_connections()
+    close_connections_everywhere()
