@@ -15,8 +15,9 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import StartedJobRegistry
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
 
 from accounts.actions.queries import unfinished_queries_older_than
@@ -38,13 +39,14 @@ def reconcile_queries() -> dict[str, int]:
     close_old_connections()
     queue_names = {realm.name: realm.queue_name for realm in Realm.objects.all()}
     connection = redis_connection()
+    counts = {"requeued": 0, "failed": 0}
     for queue_name in queue_names.values():
         # Jobs whose worker stopped renewing them (it died mid-call) are re-enqueued by RQ
         # while they have retries left; the last one is failed through the failure callback.
         # The timer penalty bounds the callback from any thread (signals need the main one).
         StartedJobRegistry(queue_name, connection=connection, death_penalty_class=TimerDeathPenalty).cleanup()
+        counts["requeued"] += enqueue_overdue_reruns(queue_name, connection)
     cutoff = timezone.now() - datetime.timedelta(seconds=settings.RENTAHAL_RECONCILE_AFTER)
-    counts = {"requeued": 0, "failed": 0}
     stale = []
     for query in unfinished_queries_older_than(cutoff):
         if query.realm in queue_names:
@@ -75,6 +77,34 @@ def reconcile_queries() -> dict[str, int]:
         elif status in DEAD_JOB_STATUSES:
             end_query(query, f"its job ended as {status} without a result", counts)
     return counts
+
+
+def enqueue_overdue_reruns(queue_name: str, connection) -> int:
+    """Enqueue the reruns RQ's scheduler should have enqueued RECONCILE_AFTER seconds ago
+    and did not, and return how many.
+
+    A rerun after a crash waits in the queue's scheduled registry for a realm worker's
+    scheduler to enqueue it. That scheduler is a forked process which dies with its worker
+    or on a Redis restart, and RQ starts it again only at its ten-minute maintenance; the
+    job's status meanwhile says `scheduled`, which the reconciler takes as alive. Each job is
+    taken out of the registry first (ZREM), so a scheduler that wakes up meanwhile and this
+    pass never both enqueue it.
+    """
+    queue = get_queue(queue_name)
+    registry = ScheduledJobRegistry(queue=queue)
+    overdue = registry.get_jobs_to_schedule(time.time() - settings.RENTAHAL_RECONCILE_AFTER)
+    enqueued = 0
+    for job_id in overdue:
+        if not registry.remove(job_id):
+            continue
+        try:
+            job = Job.fetch(job_id, connection=connection)
+        except NoSuchJobError:
+            continue
+        logger.warning("query %s: its rerun was due and no scheduler enqueued it; enqueued on %s", job_id, queue_name)
+        queue.enqueue_job(job, at_front=job.should_enqueue_at_front())
+        enqueued += 1
+    return enqueued
 
 
 def end_query(query, reason: str, counts: dict[str, int]) -> None:

@@ -30,6 +30,8 @@ FENCE_LOCK_CLASS = 0x5248_0001
 SPAN_LOCK_CLASS = 0x5248_0002
 # How long a writer waits at a closed fence before giving up with a retryable error.
 WRITER_FENCE_TIMEOUT_MS = 10_000
+# SQLSTATE of a lock wait that ran out (lock_timeout): on the fence, a mover holds it.
+LOCK_NOT_AVAILABLE = "55P03"
 TOKEN_KEY = "rentahal:shard-map:token"
 # The token in Redis expires and readers then seed it again from Postgres, so a switch whose
 # token was never published (its mover killed between commit and publish, or Redis
@@ -227,7 +229,8 @@ def writing_for(key):
                     [f"{WRITER_FENCE_TIMEOUT_MS}ms", FENCE_LOCK_CLASS, int(prefix, 16)],
                 )
             except OperationalError as exc:
-                raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
+                raise_shard_moving_if_fenced(exc)
+                raise
         alias = _lookup(prefix, read_token())
         with transaction.atomic(using=alias, durable=True):
             yield alias
@@ -262,7 +265,8 @@ def writing_for_each(keys):
                     [f"{WRITER_FENCE_TIMEOUT_MS}ms", *(value for fence in fences for value in (FENCE_LOCK_CLASS, fence))],
                 )
             except OperationalError as exc:
-                raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
+                raise_shard_moving_if_fenced(exc)
+                raise
         token = read_token()
         by_alias: dict[str, list[int]] = {}
         for index, prefix in enumerate(prefixes):
@@ -270,6 +274,14 @@ def writing_for_each(keys):
         for alias in by_alias:
             check_autocommit(alias)
         yield by_alias
+
+
+def raise_shard_moving_if_fenced(exc: OperationalError) -> None:
+    """Raise ShardMoving if the fence's lock wait timed out: a mover holds the prefix. Any
+    other error (a Postgres restart dropped the connection) is left to the caller as the
+    store outage it is, which writers try again (`rentahal.errors.DATABASE_OUTAGES`)."""
+    if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        raise ShardMoving("Your data is being moved between databases; try again in a moment.") from exc
 
 
 def check_autocommit(alias: str) -> None:

@@ -3,12 +3,15 @@ popped by a worker that died before starting it, the queries of a killed worker,
 that arrived while Postgres was unreachable. Each fault is real: a worker's own pop, a
 SIGKILL, the test databases refusing every connection."""
 import asyncio
+import datetime
 import os
 import signal
 import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from rq.job import Job
+from rq.scheduler import RQScheduler
 
 from accounts.models import Charge, Query
 from conftest import WORKER_KINDS
@@ -79,6 +82,40 @@ async def test_a_job_popped_by_a_worker_killed_before_starting_it_is_run_again(
 
     assert [(frame["type"], frame["query_id"], frame.get("result")) for frame in frames] == [
         ("query_result", query_id, "echo: popped and dropped")
+    ]
+
+
+def hold_scheduler_locks() -> None:
+    """Hold every realm queue's RQ scheduler lock, as the scheduler of a worker killed a moment
+    ago (or one that died in a Redis restart) leaves it: no live scheduler enqueues reruns."""
+    for realm in Realm.objects.all():
+        redis_connection().set(RQScheduler.get_locking_key(realm.queue_name), "a-dead-worker", ex=600)
+
+
+def schedule_rerun_now(query_id: str) -> None:
+    """Take the query's job off its queue and schedule it for a moment ago, as RQ's retry of
+    a crashed run does after its pause (realms.lifecycle.RERUN_PAUSES)."""
+    job = Job.fetch(query_id, connection=redis_connection())
+    queue = get_queue(job.origin)
+    queue.remove(job)
+    queue.schedule_job(job, datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1))
+
+
+async def test_a_rerun_no_scheduler_enqueues_is_enqueued_by_the_reconciler_and_answered(
+    start_worker, fake_server, register_worker, alice, connect, settings
+):
+    settings.RENTAHAL_RECONCILE_AFTER = 0
+    await sync_to_async(register_worker)(fake_server, "openai")
+    await sync_to_async(hold_scheduler_locks)()
+    client = await connect(alice.guid)
+    query_id = await submit(client, "rerun me")
+    await sync_to_async(schedule_rerun_now)(query_id)
+    await asyncio.to_thread(start_worker, *WORKER_KINDS["concurrent"])
+
+    frames = await results_while_reconciling(client, 1)
+
+    assert [(frame["type"], frame["query_id"], frame.get("result")) for frame in frames] == [
+        ("query_result", query_id, "echo: rerun me")
     ]
 
 

@@ -11,11 +11,11 @@ from django.test import override_settings
 from accounts.actions.users import get_or_create_user, list_users, set_nickname
 from accounts.billing import system_totals
 from accounts.models import Charge, Query, SystemTotals, User
-from rentahal.errors import BrokerError
+from rentahal.errors import DATABASE_OUTAGES, BrokerError
 from rentahal.models import ShardMapEntry
 from rentahal.routers import ShardRouter
 from rentahal.sharded_models import Sharded, moved_models, sharded_models
-from rentahal.sharding import shard_aliases, shard_for_guid
+from rentahal.sharding import ShardMoving, shard_aliases, shard_for_guid, writing_for
 from tests.shard_helpers import guid_with_prefix, make_history, map_prefix, output_of, rows_on
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -195,3 +195,20 @@ def test_move_to_a_shard_that_is_down_is_refused_and_the_map_unchanged():
 
     assert ShardMapEntry.objects.get(prefix="00").shard == "shard0"
     assert rows_on("00") == {"shard0": (1, 1, 1)}
+
+
+def test_a_connection_dropped_at_the_write_fence_is_a_store_outage_not_a_move():
+    """A Postgres restart is tried again by writers (`DATABASE_OUTAGES`); `ShardMoving` is only
+    for a fence a mover holds past the writer's wait."""
+    guid = guid_with_prefix("06")
+    default = connections["default"]
+    default.ensure_connection()
+    with connections["shard0"].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [default.connection.info.backend_pid])
+
+    with pytest.raises(DATABASE_OUTAGES) as refused:
+        with writing_for(guid):
+            pass
+
+    assert not isinstance(refused.value, ShardMoving)
+    default.close()

@@ -22,9 +22,12 @@ RESTART_PAUSE_SECONDS = 1.0
 class Process:
     """A child in its own process group, logging to a file of the run; `kill` is a crash."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, restart_argv=None):
         self.name = name
         self.argv = argv
+        # Returns the command line of a restart, where it differs from the first (a realm
+        # worker's fresh RQ name: RQ refuses the name a killed worker's key still holds).
+        self.restart_argv = restart_argv
         self.env = env
         self.log = log
         self.process: subprocess.Popen | None = None
@@ -57,6 +60,8 @@ class Process:
             return False
         self.died_at = None
         self.restarts += 1
+        if self.restart_argv is not None:
+            self.argv = self.restart_argv()
         self.start()
         return True
 
@@ -96,9 +101,9 @@ class Broker:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def add(self, name: str, argv: list[str]) -> Process:
+    def add(self, name: str, argv: list[str], restart_argv=None) -> Process:
         slug = "".join(char if char.isalnum() else "-" for char in name).strip("-")
-        process = Process(name, argv, self.env, self.run_dir / f"{slug}.log")
+        process = Process(name, argv, self.env, self.run_dir / f"{slug}.log", restart_argv)
         process.start()
         self.processes.append(process)
         return process
@@ -135,8 +140,7 @@ class Broker:
 
     def start_broker(self) -> None:
         for worker in realm_workers(self.env):
-            realm = worker.argv[-1]
-            self.realm_workers[realm] = self.add(worker.name, worker.argv)
+            self.realm_workers[worker.realm_name] = self.add(worker.name, worker.argv, renamed_argv(worker))
         self.add("reconciler", manage("reconcile_queries", "--every", str(settings.RENTAHAL_RECONCILE_EVERY)))
         daphne = self.add("daphne", daphne_command("127.0.0.1", self.port))
         wait_until(lambda: answers(f"http://127.0.0.1:{self.port}/"), "daphne")
@@ -150,6 +154,16 @@ class Broker:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+def renamed_argv(worker):
+    """Return what gives the realm worker's command line under a fresh RQ name, as run_broker restarts it."""
+
+    def argv() -> list[str]:
+        worker.rename()
+        return worker.argv
+
+    return argv
 
 
 def answers(url: str) -> bool:
