@@ -102,7 +102,14 @@ class QueryConsumer(AsyncJsonWebsocketConsumer):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        try:
+            await handler(message)
+        except STORE_OUTAGES as exc:
+            # Only a push can get here (frames, the handshake and the goodbye answer their own
+            # outages); one that must re-read the user (`user_changed`) and cannot would leave
+            # the socket acting on stale rights, so the client is sent to reconnect instead.
+            logger.warning("store unavailable for a push (%s) to a socket: %s", message["type"], exc)
+            await self.close_for_outage()
 
     async def disconnect(self, code):
         try:

@@ -1,6 +1,7 @@
 """Store outages for tests, caused for real: a redis-server of the test's own that is stopped
 and started again on its port, and the test databases shut to every connection, as a
 Postgres restart does (new connections refused, open ones dropped)."""
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -114,10 +115,15 @@ def close_connections() -> None:
 
 
 def close_connections_everywhere() -> None:
-    """Close this thread's connections and those of asgiref's one thread for sync code, where
-    an async test's `sync_to_async` calls and consumers run: Django's connections are per
-    thread, and one the outage dropped would fail every later test that reads through it."""
-    close_connections()
+    """Close this thread's connections (unless it runs an async test's loop, which may not
+    touch them; the `postgres_down` fixture closes them after the test) and those of
+    asgiref's one thread for sync code, where an async test's `sync_to_async` calls and
+    consumers run: Django's connections are per thread, and one the outage dropped would
+    fail every later test that reads through it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        close_connections()  # an async test's loop may not touch its thread's connections
     SyncToAsync.single_thread_executor.submit(close_connections).result()
 
 

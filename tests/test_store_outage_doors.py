@@ -7,11 +7,13 @@ Postgres is shut for real: the test databases refuse new connections and drop th
 ones (tests.outages.postgres_down). Redis is a server of the test's own, stopped."""
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 
 from accounts.models import Query
 from pools import actions as pools
 from realms.consumers import TRY_AGAIN_LATER
 from rentahal import sharding
+from rentahal.pushes import user_group
 from tests.outages import own_redis, postgres_down  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,6 +90,20 @@ async def test_a_connect_after_postgres_returns_is_greeted_as_usual(default_real
     frames = await client.receive_until("huggingface_update", timeout=OUTAGE_ANSWER_TIMEOUT)
 
     assert [frame["type"] for frame in frames] == ["user_info", "previous_queries", "worker_update", "huggingface_update"]
+
+
+async def test_a_push_that_must_reread_the_user_while_postgres_is_down_sends_the_socket_to_reconnect(
+    default_realms, alice, connect, settings, postgres_down
+):
+    client = await connect(alice.guid)
+
+    with postgres_down():
+        await get_channel_layer().group_send(user_group(alice.guid), {"type": "user_changed"})
+        answer = await client.receive(timeout=OUTAGE_ANSWER_TIMEOUT)
+        closing = await client.communicator.receive_output(timeout=OUTAGE_ANSWER_TIMEOUT)
+
+    assert_told_to_retry(answer, settings)
+    assert closing == {"type": "websocket.close", "code": TRY_AGAIN_LATER}
 
 
 # Every HTTP door: the staff APIs (with the operator's session) and /metrics (with its token);
