@@ -106,10 +106,27 @@ def test_join_signed_with_a_key_other_than_the_one_it_sends_is_refused(peer):
     assert not Peer.objects.exists()
 
 
-def test_oversized_body_is_refused_with_400_not_a_server_error(peer, settings):
-    body = route_body(prompt="x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1))
+def test_route_over_its_byte_limit_is_refused_with_413_and_nothing_recorded(peer, settings):
+    settings.RENTAHAL_FEDERATION_MAX_ROUTE_BYTES = 4096
+    body = route_body(prompt="x" * 4096)
 
     response = send(peer, body)
 
-    assert response.status_code == 400
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "route_too_large",
+        "message": "The route body is over the 4096-byte limit (FEDERATION_MAX_ROUTE_BYTES).",
+    }
     assert not Settlement.objects.exists()
+
+
+def test_route_with_an_image_beyond_djangos_form_limit_is_read_under_its_own(peer, settings):
+    settings.RENTAHAL_FEDERATION_ID = "test-3-a"
+    image = "A" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    assert len(image) < settings.RENTAHAL_FEDERATION_MAX_ROUTE_BYTES
+
+    # Refused only for what it says: its hop count.
+    response = send(peer, route_body(query_type="vision", image=image, hops=2))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "hop_limit"
