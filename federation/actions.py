@@ -60,6 +60,12 @@ class PeerOverLimit(TooManyQueries):
     code = "peer_over_limit"
 
 
+class TooManyJoins(TooManyQueries):
+    """An address that asked to join too often this hour; 429 with Retry-After."""
+
+    code = "too_many_joins"
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

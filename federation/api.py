@@ -17,7 +17,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from federation import actions, identity, serving, settlement, signing
+from federation import actions, identity, limits, serving, settlement, signing
 from federation.client import PeerError, fetch_well_known
 from federation.models import Peer
 from federation.serializers import (
@@ -131,8 +131,16 @@ class JoinView(APIView):
     authentication_classes = []
     permission_classes = [permissions.AllowAny]
 
-    @extend_schema(request=JoinSerializer, responses={201: JoinAnswerSerializer, 202: JoinAnswerSerializer})
+    @extend_schema(
+        request=JoinSerializer,
+        responses={
+            201: JoinAnswerSerializer,
+            202: JoinAnswerSerializer,
+            429: OpenApiResponse(description="too_many_joins from this address, with Retry-After"),
+        },
+    )
     def post(self, request):
+        limits.take_join(request.META.get("REMOTE_ADDR", ""))
         raw = request._request.body
         serializer = JoinSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

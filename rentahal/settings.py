@@ -308,6 +308,8 @@ RENTAHAL_FEDERATION_MAX_ROUTE_BYTES = env.int(
 )
 
 RENTAHAL_FEDERATION_INVITATION_HOURS = env.float("FEDERATION_INVITATION_HOURS", default=24.0)
+# Join requests one address (REMOTE_ADDR) may make per hour, whatever they carry (429 beyond).
+RENTAHAL_FEDERATION_JOINS_PER_HOUR = env.int("FEDERATION_JOINS_PER_HOUR", default=10)
 # What this broker asks of peers it serves (advertised), and the limits a new peer is granted.
 RENTAHAL_FEDERATION_PRICE_PER_QUERY = env.float("FEDERATION_PRICE_PER_QUERY", default=RENTAHAL_BASE_COST_PER_QUERY)
 RENTAHAL_FEDERATION_PRICE_PER_SECOND = env.float("FEDERATION_PRICE_PER_SECOND", default=RENTAHAL_COST_PER_SECOND)
