@@ -248,6 +248,20 @@ def test_a_query_never_loops_between_three_brokers(brokers, fake_servers):
     assert not Query.objects.get(pk=frames[-1]["query_id"]).charges.exists()
 
 
+def test_of_two_peers_at_one_price_the_slow_one_loses_to_the_fast_one_once_both_were_measured(brokers, fake_servers):
+    a = brokers("a")
+    b = brokers("b", workers=[("b-chat", fake_servers(delay=2.0))])
+    c = brokers("c", workers=[("c-chat", fake_servers())])
+    join(b, a)
+    join(c, a)
+
+    # A peer not measured yet is tried first, so the first two queries measure both.
+    brokers_asked = [asyncio.run(ask(a, f"question {number}"))[-1]["broker"] for number in range(4)]
+
+    assert sorted(brokers_asked[:2]) == sorted([b.federation_id, c.federation_id])
+    assert brokers_asked[2:] == [c.federation_id, c.federation_id]
+
+
 def test_a_peer_that_dies_before_its_first_chunk_fails_over_to_another(brokers, fake_servers):
     slow = fake_servers(delay=8.0)
     a = brokers("a")
