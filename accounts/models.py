@@ -141,7 +141,8 @@ class Query(models.Model):
     queued_slot = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
     # What an HTTP door asked beyond the prompt (`realms.doors`): the conversation's messages,
     # max_tokens, temperature, stop, an image size, or the task (`embed`), passed to the
-    # model server as `pools.clients.ModelRequest.options`.
+    # model server as `pools.clients.ModelRequest.options`; and `peers_only`, for a query its
+    # full realm gave to peer brokers (`realms.lifecycle.accept_query`).
     options = models.JSONField(default=dict, blank=True)
     usage = models.JSONField(
         default=dict, blank=True, help_text="Token counts the model server reported for the answer, if it did."

@@ -24,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from federation import identity
-from federation.models import Invitation, Peer, SentSettlement, Settlement, SigningKey
+from federation.models import ROUTED_QUERY_TYPES, Invitation, Peer, SentSettlement, Settlement, SigningKey
 from pools import actions as pool_actions
 from pools.models import Worker, WireFormat, peer_worker_name
 from rentahal.actors import describe_actor
@@ -58,6 +58,12 @@ class PeerOverLimit(TooManyQueries):
     """A peer over the rate, in-flight or spend limit it was granted; 429 with Retry-After."""
 
     code = "peer_over_limit"
+
+
+class TooManyJoins(TooManyQueries):
+    """An address that asked to join too often this hour; 429 with Retry-After."""
+
+    code = "too_many_joins"
 
 
 def hash_token(token: str) -> str:
@@ -229,9 +235,10 @@ def update_peer_keys(peer: Peer, keys: list[dict]) -> Peer:
 def sync_peer_workers(peer: Peer, *, acting_user=None) -> None:
     """Mirror the peer's service into pools: one worker per advertised query type, kept out
     of selection (blacklisted) while the peer is not active or no longer advertises the
-    type, and removed with its pool seats when the peer is revoked."""
+    type, and removed with its pool seats when the peer is revoked. A type no route can
+    carry (speech) gets no worker, whatever the peer says."""
     advertised = peer.advertised or {}
-    types = set(advertised.get("query_types") or [])
+    types = set(advertised.get("query_types") or []) & set(ROUTED_QUERY_TYPES)
     mirrored = {worker.query_type: worker for worker in Worker.objects.filter(wire_format=WireFormat.PEER, model=peer.federation_id)}
     if peer.status == Peer.Status.REVOKED:
         for worker in mirrored.values():

@@ -8,6 +8,7 @@ import datetime
 import logging
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -16,7 +17,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from federation import actions, identity, serving, settlement, signing
+from federation import actions, identity, limits, serving, settlement, signing
 from federation.client import PeerError, fetch_well_known
 from federation.models import Peer
 from federation.serializers import (
@@ -30,7 +31,7 @@ from federation.serializers import (
     StatusSerializer,
 )
 from pools.state import client as redis_client
-from rentahal.errors import Invalid
+from rentahal.errors import BrokerError, Invalid
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,16 @@ class JoinView(APIView):
     authentication_classes = []
     permission_classes = [permissions.AllowAny]
 
-    @extend_schema(request=JoinSerializer, responses={201: JoinAnswerSerializer, 202: JoinAnswerSerializer})
+    @extend_schema(
+        request=JoinSerializer,
+        responses={
+            201: JoinAnswerSerializer,
+            202: JoinAnswerSerializer,
+            429: OpenApiResponse(description="too_many_joins from this address, with Retry-After"),
+        },
+    )
     def post(self, request):
+        limits.take_join(request.META.get("REMOTE_ADDR", ""))
         raw = request._request.body
         serializer = JoinSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -189,8 +198,34 @@ class StatusView(PeerView):
         return Response(serving.status())
 
 
+class RouteTooLarge(BrokerError):
+    code = "route_too_large"
+    http_status = 413
+
+
+def read_route_body(request) -> None:
+    """Read the body of a `route` under FEDERATION_MAX_ROUTE_BYTES, or refuse it with 413.
+
+    Django would read it under DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), too little for a vision
+    query's image and meant for forms. The body is read before the signature is checked
+    (the signature covers its digest), and kept where `HttpRequest.body` keeps what it read,
+    so the signature check and the parser read it from there.
+    """
+    limit = settings.RENTAHAL_FEDERATION_MAX_ROUTE_BYTES
+    django_request = request._request
+    declared = int(django_request.META.get("CONTENT_LENGTH") or 0)
+    body = b"" if declared > limit else django_request.read(limit + 1)
+    if declared > limit or len(body) > limit:
+        raise RouteTooLarge(f"The route body is over the {limit}-byte limit (FEDERATION_MAX_ROUTE_BYTES).")
+    django_request._body = body
+
+
 class RouteView(PeerView):
     """Run this query for the peer: the answer streams back as NDJSON lines."""
+
+    def initial(self, request, *args, **kwargs):
+        read_route_body(request)
+        super().initial(request, *args, **kwargs)
 
     @extend_schema(
         request=RouteSerializer,
@@ -198,6 +233,7 @@ class RouteView(PeerView):
             (200, "application/x-ndjson"): RouteLineSerializer,
             400: OpenApiResponse(description="invalid, unknown query type, hop_limit or loop_detected"),
             401: OpenApiResponse(description="bad_signature"),
+            413: OpenApiResponse(description="route_too_large: over FEDERATION_MAX_ROUTE_BYTES"),
             429: OpenApiResponse(description="peer_over_limit, with Retry-After"),
         },
     )

@@ -105,9 +105,10 @@ class PeerClient(ModelClient):
     """Ask a peer broker to serve a query (`POST /api/federation/route`, docs/federation.md).
 
     The peer streams NDJSON: `{"chunk": ...}` lines, then `{"result", "result_type",
-    "service_seconds", "broker"}` or `{"error": {...}}`. Its chunks are held until the final
-    line and then passed on in order, so a peer that dies mid-stream fails over to the next
-    candidate without the user seeing two answers. The query carries the hop count and the
+    "service_seconds", "broker"}` or `{"error": {...}}`. Each chunk is passed on as it
+    arrives, so the user reads a peer's answer while it is written, as a local worker's;
+    like one, a peer that dies before its first chunk is failed over, and one that dies
+    after it fails the query (`pools.dispatch.serve`). The query carries the hop count and the
     brokers it came through, and a per-peer pseudonym instead of the user's guid. Both ends
     record the query for settlement; the user is charged by their own broker as for a local
     answer (`accounts.billing`).
@@ -145,13 +146,13 @@ class PeerClient(ModelClient):
         }
         url = worker.base_url + ROUTE_PATH
         headers = sign_request("POST", url, orjson.dumps(payload))
-        chunks: list[str] = []
         try:
             async with post_for_answer(session, worker, ROUTE_PATH, payload, limits=limits, headers=headers) as body:
                 async for line in body.lines():
                     item = parse_line(worker, line)
                     if "chunk" in item:
-                        chunks.append(str(item["chunk"]))
+                        if on_chunk is not None:
+                            await on_chunk(str(item["chunk"]))
                         continue
                     if "error" in item:
                         error = item["error"] if isinstance(item["error"], dict) else {}
@@ -167,9 +168,6 @@ class PeerClient(ModelClient):
                 await sync_to_async(settle_sent)(peer_id, query_id, user, seen_as, request.query_type, 0.0, Settlement.Status.FAILED)
             raise
         await sync_to_async(settle_sent)(peer_id, query_id, user, seen_as, request.query_type, answer[1], Settlement.Status.DONE)
-        if on_chunk is not None:
-            for chunk in chunks:
-                await on_chunk(chunk)
         return answer[0]
 
     async def probe(self, session: aiohttp.ClientSession, worker, *, timeout: float) -> int | None:

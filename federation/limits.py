@@ -1,7 +1,7 @@
 """Per-peer limits on the serving side: queries per minute, queries in flight, and spend per
 period, each checked and taken in one Redis script so concurrent routes cannot overshoot.
 A peer over a limit is refused before any work (429 with Retry-After): local users never
-wait behind it."""
+wait behind it. Joins, which no peer signs yet, are limited per source address instead."""
 from __future__ import annotations
 
 import decimal
@@ -10,7 +10,7 @@ import math
 
 from django.conf import settings
 
-from federation.actions import PeerOverLimit
+from federation.actions import PeerOverLimit, TooManyJoins
 from federation.models import Peer
 from pools.state import client as redis_client
 
@@ -49,6 +49,19 @@ if redis.call('PTTL', KEYS[1]) < 0 then
 end
 return total
 """
+# KEYS: the address's join counter. ARGV: joins allowed, window (ms). Returns 0 when taken,
+# else the ms until the window ends. The window starts at the address's first join.
+JOIN = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if count > tonumber(ARGV[1]) then
+  return redis.call('PTTL', KEYS[1])
+end
+return 0
+"""
+JOIN_WINDOW_MS = 3600 * 1000
 WHAT = {1: "queries per minute", 2: "queries in flight", 3: "spend per period"}
 
 
@@ -56,6 +69,11 @@ WHAT = {1: "queries per minute", 2: "queries in flight", 3: "spend per period"}
 def scripts(url: str):
     client = redis_client()
     return client.register_script(ACQUIRE), client.register_script(RELEASE), client.register_script(SPEND)
+
+
+@functools.lru_cache(maxsize=4)
+def join_script(url: str):
+    return redis_client().register_script(JOIN)
 
 
 def keys(peer: Peer) -> tuple[str, str, str]:
@@ -74,6 +92,15 @@ def acquire(peer: Peer) -> None:
     if which:
         retry = max(1, math.ceil(max(int(retry_ms), 1000) / 1000))
         raise PeerOverLimit(f"{peer.federation_id} is over its limit of {WHAT[int(which)]}.", retry_after=retry)
+
+
+def take_join(address: str) -> None:
+    """Count a join request from `address` (the TCP peer, never a header a client writes) or
+    raise TooManyJoins: unsigned joins cost a key check and may write a pending peer each."""
+    retry_ms = int(join_script(settings.REDIS_URL)(keys=[f"federation:joins:{address}"], args=[settings.RENTAHAL_FEDERATION_JOINS_PER_HOUR, JOIN_WINDOW_MS]))
+    if retry_ms:
+        retry = max(1, math.ceil(retry_ms / 1000))
+        raise TooManyJoins(f"Too many join requests from {address}; try again in {retry} seconds.", retry_after=retry)
 
 
 def release(peer: Peer) -> None:

@@ -14,9 +14,14 @@ from django.db import models
 from accounts.models import CHANGE_NUMBER_HELP
 from rentahal import outbound
 from rentahal.errors import CodedValidationError
+from rentahal.query_types import QueryType
 from rentahal.sharded_models import Sharded, ShardedQuerySet
 
 FEDERATION_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]{0,62}$"
+# The query types a peer can serve for another broker. `route` carries a prompt and an
+# image, not a speech query's audio or its task, so speech is never federated: it is not
+# advertised, not mirrored into a peer's workers, and not accepted by `route`.
+ROUTED_QUERY_TYPES = (QueryType.CHAT, QueryType.VISION, QueryType.IMAGINE)
 federation_id_validator = RegexValidator(
     FEDERATION_ID_PATTERN, "A federation id is 1-63 lower-case letters, digits, dots or dashes."
 )

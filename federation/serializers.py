@@ -1,7 +1,7 @@
 """Validation of what peers send: joins, advertisements and routed queries."""
 from rest_framework import serializers
 
-from federation.models import FEDERATION_ID_PATTERN
+from federation.models import FEDERATION_ID_PATTERN, ROUTED_QUERY_TYPES
 from rentahal.query_types import QueryType
 
 MAX_PROMPT_CHARS = 32_000
@@ -49,7 +49,7 @@ class DiscoverSerializer(serializers.Serializer):
 class RouteSerializer(serializers.Serializer):
     query_id = serializers.CharField(max_length=64)
     user = serializers.RegexField(r"^[0-9a-f]{1,64}$")
-    query_type = serializers.ChoiceField(QueryType.choices)
+    query_type = serializers.ChoiceField([(value, value) for value in ROUTED_QUERY_TYPES])
     prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, allow_blank=True, trim_whitespace=False)
     model_type = serializers.CharField(max_length=32, required=False, default="worker_node")
     image = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None)

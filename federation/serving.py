@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from federation import actions, identity, limits
-from federation.models import Peer, Settlement
+from federation.models import ROUTED_QUERY_TYPES, Peer, Settlement
 from pools.clients import ModelRequest, ModelServerError
 from pools.config import snapshot_cache
 from pools.dispatch import serve
@@ -37,11 +37,11 @@ logger = logging.getLogger(__name__)
 
 def advertisement() -> actions.Advertisement:
     """Return what this broker serves peers now: the query types its own healthy workers
-    serve, its pool aliases, their summed concurrency, and its prices."""
+    serve (those a route can carry), its pool aliases, their summed concurrency, and its prices."""
     snapshot = snapshot_cache.current()
     local = [worker for worker in snapshot.workers.values() if not worker.is_remote and not worker.is_blacklisted]
     healthy = {name for realm in Realm.objects.all() for name in serving_workers(realm.name, None)}
-    serving = [worker for worker in local if worker.name in healthy]
+    serving = [worker for worker in local if worker.name in healthy and worker.query_type in ROUTED_QUERY_TYPES]
     names = {worker.name for worker in serving}
     return actions.Advertisement(
         query_types=sorted({worker.query_type for worker in serving}),

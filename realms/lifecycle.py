@@ -57,6 +57,9 @@ waits = Coalescer(queries.return_queries_to_waiting)
 MAX_ATTEMPTS = 3
 # Seconds RQ waits before each rerun (its scheduler, which every realm worker runs, enqueues it).
 RERUN_PAUSES = [1, 5]
+# The option (accounts.Query.options) that keeps a query its full realm gave to peer brokers
+# with them on every run: a rerun's job may be made anew from the row (`realms.reconcile`).
+PEERS_ONLY = "peers_only"
 # Seconds of the first pause before a failed write is tried again; each later pause doubles,
 # up to the last, until `RENTAHAL_DB_RETRY_SECONDS` have passed.
 FIRST_WRITE_RETRY_PAUSE = 0.25
@@ -87,7 +90,10 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
     A query its realm and every backup are too full to take goes to the peer brokers that
     advertised its type, if any is active (`realm_full` otherwise): its job goes to the front
     of the realm's queue and is served by peers only, so it neither waits behind the queue
-    nor takes a local worker from the queries in it.
+    nor takes a local worker from the queries in it. That is kept on the query
+    (`options["peers_only"]`), so every later run of it, a rerun after a crash or the
+    reconciler's, is served by peers only too. Speech is never sent to peers (their
+    route carries no audio), so no peer serves a speech query and a full speech realm refuses.
     """
     try:
         realm, depth = route_query(submission.query_type)
@@ -101,6 +107,7 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
         submission.query_type, realm.name, model_type=submission.model_type, model_name=submission.model_name
     )
     total = len(peers) if peers_only else len(serving_workers(realm.name, submission.query_type))
+    options = {**submission.options, PEERS_ONLY: True} if peers_only else submission.options
     try:
         query = queries.accept_query(
             guid,
@@ -115,13 +122,13 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
             realm=realm.name,
             idempotency_key=submission.idempotency_key,
             conversation_id=conversation_id,
-            options=submission.options,
+            options=options,
             api_key=submission.api_key,
         )
     except queries.Resubmitted as resubmitted:
         return frame_for_resubmitted(resubmitted.query)
     try:
-        enqueue_query(query, realm.queue_name, peers_only=peers_only)
+        enqueue_query(query, realm.queue_name)
     except STORE_OUTAGES as exc:
         logger.warning("query %s accepted while Redis is down; the reconciler will enqueue it: %s", query.pk, exc)
     return queue_update(query, depth=depth + 1, total=total)
@@ -149,16 +156,16 @@ def frame_for_resubmitted(query: Query) -> dict:
     )
 
 
-def enqueue_query(query: Query, queue_name: str, *, peers_only: bool = False) -> None:
+def enqueue_query(query: Query, queue_name: str) -> None:
     """Put the query's job on its realm's queue in one round trip; the job id is the query
     id, so enqueueing again replaces the job instead of adding a second one. A job for peers
     only (`accept_query`) goes to the front: it waits for no local worker."""
+    peers_only = is_peers_only(query)
     queue = get_queue(queue_name)
     with queue.connection.pipeline() as pipeline:
         queue.enqueue_call(
             run_query,
             args=(str(query.id),),
-            kwargs={"peers_only": True} if peers_only else None,
             at_front=peers_only,
             job_id=str(query.id),
             timeout=settings.RENTAHAL_JOB_TIMEOUT,
@@ -172,7 +179,12 @@ def enqueue_query(query: Query, queue_name: str, *, peers_only: bool = False) ->
         pipeline.execute()
 
 
-async def run_query(query_id: str, *, peers_only: bool = False) -> str:
+def is_peers_only(query: Query) -> bool:
+    """Return whether the query is for peer brokers only (`accept_query`: its realm was full)."""
+    return bool(query.options.get(PEERS_ONLY))
+
+
+async def run_query(query_id: str) -> str:
     """The RQ job: start the query, serve it (by peer brokers only when its realm was full),
     then finish or fail it.
 
@@ -186,7 +198,7 @@ async def run_query(query_id: str, *, peers_only: bool = False) -> str:
     began = time.monotonic()
     produced: list[str] = []
     try:
-        served = await serve_query(query, produced, peers_only=peers_only)
+        served = await serve_query(query, produced)
     except QueryCancelled:
         await finish_cancelled(query, "".join(produced), seconds=time.monotonic() - began)
         return "cancelled"
@@ -227,7 +239,7 @@ async def start_query(query_id: str) -> Query | None:
     return await write_through_outage(starts, query_id)
 
 
-async def serve_query(query: Query, produced: list[str] | None = None, *, peers_only: bool = False) -> Served:
+async def serve_query(query: Query, produced: list[str] | None = None) -> Served:
     """Have a worker answer the query (a speech query: its steps, realms.speech), streaming
     its chunks to the user's sockets (and keeping them in `produced`); a query whose HTTP
     client went away (`cancel_query`) stops at its next chunk with QueryCancelled."""
@@ -259,7 +271,7 @@ async def serve_query(query: Query, produced: list[str] | None = None, *, peers_
                 on_chunk=forward_chunk,
                 party=query.user_id,
                 waiter=str(query.id),
-                peers_only=peers_only,
+                peers_only=is_peers_only(query),
             )
 
 

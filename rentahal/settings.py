@@ -301,8 +301,15 @@ RENTAHAL_FEDERATION_KEY_OVERLAP = env.float("FEDERATION_KEY_OVERLAP_SECONDS", de
 RENTAHAL_FEDERATION_SIGNATURE_WINDOW = env.int("FEDERATION_SIGNATURE_WINDOW_SECONDS", default=300)
 # Brokers a query may pass through beyond its own (1: a peer serves it itself).
 RENTAHAL_FEDERATION_MAX_HOPS = env.int("FEDERATION_MAX_HOPS", default=1)
+# The largest `route` body a peer may send (413 `route_too_large` beyond): room for a vision
+# query's image as base64 and a prompt. Django's DATA_UPLOAD_MAX_MEMORY_SIZE is not used for it.
+RENTAHAL_FEDERATION_MAX_ROUTE_BYTES = env.int(
+    "FEDERATION_MAX_ROUTE_BYTES", default=RENTAHAL_MAX_IMAGE_BYTES * 4 // 3 + 256 * 1024
+)
 
 RENTAHAL_FEDERATION_INVITATION_HOURS = env.float("FEDERATION_INVITATION_HOURS", default=24.0)
+# Join requests one address (REMOTE_ADDR) may make per hour, whatever they carry (429 beyond).
+RENTAHAL_FEDERATION_JOINS_PER_HOUR = env.int("FEDERATION_JOINS_PER_HOUR", default=10)
 # What this broker asks of peers it serves (advertised), and the limits a new peer is granted.
 RENTAHAL_FEDERATION_PRICE_PER_QUERY = env.float("FEDERATION_PRICE_PER_QUERY", default=RENTAHAL_BASE_COST_PER_QUERY)
 RENTAHAL_FEDERATION_PRICE_PER_SECOND = env.float("FEDERATION_PRICE_PER_SECOND", default=RENTAHAL_COST_PER_SECOND)

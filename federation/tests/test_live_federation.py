@@ -63,8 +63,9 @@ def served_rows(broker) -> list[dict]:
     return [dict(zip(["peer", "query_id", "user", "query_type", "service_seconds", "amount", "status"], row)) for row in rows]
 
 
-async def ask(broker, prompt: str, timeout: float = 60) -> list[dict]:
-    """Submit a chat query on the broker's /ws as a new user; return its frames up to the result or error."""
+async def ask(broker, prompt: str, timeout: float = 60, on_frame=None) -> list[dict]:
+    """Submit a chat query on the broker's /ws as a new user; return its frames up to the
+    result or error. `on_frame` sees each of those frames the moment it arrives."""
     frames = []
     async with websockets.connect(f"ws://127.0.0.1:{broker.port}/ws") as ws:
         while True:
@@ -79,6 +80,8 @@ async def ask(broker, prompt: str, timeout: float = 60) -> list[dict]:
             frame = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
             if frame["type"] in ("queue_update", "query_chunk", "query_result", "error"):
                 frames.append(frame)
+                if on_frame is not None:
+                    on_frame(frame)
             if frame["type"] in ("query_result", "error"):
                 return frames
 
@@ -169,6 +172,24 @@ def test_chat_query_without_a_local_chat_worker_is_served_by_a_peer_and_settled_
     )
 
 
+def test_a_peers_answer_reaches_the_user_chunk_by_chunk_while_the_peer_still_writes_it(brokers, fake_servers):
+    # b's model writes one piece, then pauses before the rest: the user must read that piece meanwhile.
+    slow = fake_servers(tokens=3, pause_after=1, pause_seconds=8.0)
+    a, b = brokers("a"), brokers("b", workers=[("b-chat", slow)])
+    join(b, a)
+    writing_at_first_chunk = []
+
+    def watch(frame: dict) -> None:
+        if frame["type"] == "query_chunk" and not writing_at_first_chunk:
+            writing_at_first_chunk.append(slow.stats()["in_flight"])
+
+    frames = asyncio.run(ask(a, "stream to me", on_frame=watch))
+
+    assert frames[-1]["type"] == "query_result", frames[-1]
+    assert writing_at_first_chunk == [1]
+    assert "".join(frame["chunk"] for frame in frames if frame["type"] == "query_chunk") == frames[-1]["result"]
+
+
 def test_a_query_its_full_realm_would_refuse_is_served_by_a_peer_leaving_local_workers_to_the_queue(
     brokers, fake_servers, register_worker, default_realms
 ):
@@ -227,7 +248,21 @@ def test_a_query_never_loops_between_three_brokers(brokers, fake_servers):
     assert not Query.objects.get(pk=frames[-1]["query_id"]).charges.exists()
 
 
-def test_a_peer_that_dies_mid_stream_fails_over_to_another(brokers, fake_servers):
+def test_of_two_peers_at_one_price_the_slow_one_loses_to_the_fast_one_once_both_were_measured(brokers, fake_servers):
+    a = brokers("a")
+    b = brokers("b", workers=[("b-chat", fake_servers(delay=2.0))])
+    c = brokers("c", workers=[("c-chat", fake_servers())])
+    join(b, a)
+    join(c, a)
+
+    # A peer not measured yet is tried first, so the first two queries measure both.
+    brokers_asked = [asyncio.run(ask(a, f"question {number}"))[-1]["broker"] for number in range(4)]
+
+    assert sorted(brokers_asked[:2]) == sorted([b.federation_id, c.federation_id])
+    assert brokers_asked[2:] == [c.federation_id, c.federation_id]
+
+
+def test_a_peer_that_dies_before_its_first_chunk_fails_over_to_another(brokers, fake_servers):
     slow = fake_servers(delay=8.0)
     a = brokers("a")
     b = brokers("b", workers=[("b-chat", slow)])

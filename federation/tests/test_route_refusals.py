@@ -16,10 +16,10 @@ def route_body(**changes) -> bytes:
     return orjson.dumps({**body, **changes})
 
 
-def send(persona, body: bytes, path: str = ROUTE, headers: dict | None = None):
+def send(persona, body: bytes, path: str = ROUTE, headers: dict | None = None, address: str = "127.0.0.1"):
     headers = headers or persona.sign("POST", "http://testserver" + path, body)
     extra = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
-    return Client().post(path, data=body, content_type="application/json", **extra)
+    return Client(REMOTE_ADDR=address).post(path, data=body, content_type="application/json", **extra)
 
 
 @pytest.mark.parametrize(
@@ -106,10 +106,44 @@ def test_join_signed_with_a_key_other_than_the_one_it_sends_is_refused(peer):
     assert not Peer.objects.exists()
 
 
-def test_oversized_body_is_refused_with_400_not_a_server_error(peer, settings):
-    body = route_body(prompt="x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1))
+def test_route_over_its_byte_limit_is_refused_with_413_and_nothing_recorded(peer, settings):
+    settings.RENTAHAL_FEDERATION_MAX_ROUTE_BYTES = 4096
+    body = route_body(prompt="x" * 4096)
 
     response = send(peer, body)
 
-    assert response.status_code == 400
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "route_too_large",
+        "message": "The route body is over the 4096-byte limit (FEDERATION_MAX_ROUTE_BYTES).",
+    }
     assert not Settlement.objects.exists()
+
+
+def test_route_with_an_image_beyond_djangos_form_limit_is_read_under_its_own(peer, settings):
+    settings.RENTAHAL_FEDERATION_ID = "test-3-a"
+    image = "A" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    assert len(image) < settings.RENTAHAL_FEDERATION_MAX_ROUTE_BYTES
+
+    # Refused only for what it says: its hop count.
+    response = send(peer, route_body(query_type="vision", image=image, hops=2))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "hop_limit"
+
+
+def test_joins_from_one_address_over_the_hourly_limit_get_429_with_retry_after(peer, settings):
+    settings.RENTAHAL_FEDERATION_JOINS_PER_HOUR = 2
+    Peer.objects.all().delete()
+    body = orjson.dumps({"federation_id": "peer-b", "base_url": "http://127.0.0.1:9", "keys": [peer.key_entry], "token": ""})
+
+    answers = [send(peer, body, path=JOIN, address="192.0.2.7").status_code for _ in range(2)]
+    refused = send(peer, body, path=JOIN, address="192.0.2.7")
+    elsewhere = send(peer, body, path=JOIN, address="192.0.2.8")
+
+    # The first two are answered for what they say: a pending join, then "already known".
+    assert answers == [202, 409]
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "too_many_joins"
+    assert 3500 <= int(refused["Retry-After"]) <= 3600
+    assert elsewhere.status_code == 409

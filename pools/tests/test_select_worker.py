@@ -473,10 +473,12 @@ def test_a_peer_broker_serves_when_no_local_worker_can():
 def test_the_cheapest_peer_is_asked_first_then_the_faster():
     cheap, dear = peer_broker("peer:cheap:chat", price=0.01), peer_broker("peer:dear:chat", price=0.05)
     fast, slow = peer_broker("peer:fast:chat"), peer_broker("peer:slow:chat")
-    latencies = state_with(**{"peer:fast:chat": {"latency": 0.2, "success": 1.0}, "peer:slow:chat": {"latency": 0.2, "success": 0.1}})
+    failing = state_with(**{"peer:fast:chat": {"latency": 0.2, "success": 1.0}, "peer:slow:chat": {"latency": 0.2, "success": 0.1}})
+    lagging = state_with(**{"peer:fast:chat": {"latency": 0.2, "success": 1.0}, "peer:slow:chat": {"latency": 3.0, "success": 1.0}})
 
     assert pick([dear, cheap]).worker.name == "peer:cheap:chat"
-    assert pick([slow, fast], state=latencies).worker.name == "peer:fast:chat"
+    assert pick([slow, fast], state=failing).worker.name == "peer:fast:chat"
+    assert pick([slow, fast], state=lagging).worker.name == "peer:fast:chat"
 
 
 def test_a_pool_may_seat_a_peer_beside_local_members():
