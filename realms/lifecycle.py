@@ -343,7 +343,8 @@ def result_frame(query: Query) -> dict:
     """Return the frame of an answered query: `query_result`, or for the speech frames
     `transcription_result` (`text`) and `speech_result` (`audio`, base64 WAV);
     `processing_time` is the billed time and `broker` the federation id of the broker whose
-    worker answered."""
+    worker answered. A speech query's result names the words its audio was heard to say
+    (`heard`), so a page shows them beside the answer."""
     billed = {
         "query_id": str(query.id),
         "processing_time": query.processing_time,
@@ -355,7 +356,8 @@ def result_frame(query: Query) -> dict:
         return {"type": "transcription_result", "text": query.result, **billed}
     if query.speech_task == Query.SpeechTask.SPEAK:
         return {"type": "speech_result", "audio": query.result, **billed}
-    return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed}
+    heard = {"heard": query.prompt} if query.query_type == QueryType.SPEECH else {}
+    return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed, **heard}
 
 
 def failure_frame(query: Query) -> dict:
