@@ -161,6 +161,8 @@ def enqueue_query(query: Query, queue_name: str, *, peers_only: bool = False) ->
             kwargs={"peers_only": True} if peers_only else None,
             at_front=peers_only,
             job_id=str(query.id),
+            # Whose sockets hear its place in the queue (realms.positions).
+            meta={"user": query.user_id},
             timeout=settings.RENTAHAL_JOB_TIMEOUT,
             result_ttl=300,
             failure_ttl=86400,
