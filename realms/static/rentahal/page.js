@@ -257,7 +257,8 @@
       if (isNew && !drafts.length) send({ type: "get_previous_queries" });
       const box = card(f.query_id, pendingDetails(f.query_id));
       state.waiting.add(f.query_id);
-      if (box.dataset.status === "done" || box.dataset.status === "failed") return;
+      // A place pushed just before the query started is stale once its answer streams.
+      if (["done", "failed"].includes(box.dataset.status) || box.dataset.streamed === "1") return;
       if (f.status === "running") setCardStatus(box, "running", "running…");
       else setCardStatus(box, "queued", `queued · position ${f.depth} in ${f.realm || "the queue"} · ${f.total} worker${f.total === 1 ? "" : "s"}`);
       box.style.setProperty("--queue", Math.min(1, (f.depth || 0) / 10));
