@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from pools import state
-from pools.models import PoolAlias, Worker
+from pools.models import PoolAlias, Worker, broker_of_worker
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -109,19 +109,31 @@ def health_colour(row: dict) -> str:
 
 
 def pool_graph() -> dict:
-    """Return pools and workers as a graph for the admin's pool picture: a node per pool and
-    per worker (its health colour, load and cooldown), an edge per pool membership."""
+    """Return pools, workers and peer brokers as a graph for the admin's pool picture: a node
+    per pool, per worker (its health colour, load and cooldown) and per peer broker, an edge
+    per pool membership.
+
+    A peer broker is known here by the `peer` workers federation mirrors from it, one per
+    query type it serves (pools imports no federation); it is drawn once, joined to every
+    pool that lists any of them.
+    """
     workers = list(Worker.objects.order_by("name"))
-    nodes = [
-        {
-            "id": f"worker:{row['name']}", "kind": "worker", "label": row["name"], "realm": row["realm"],
+    nodes, node_of, peers = [], {}, {}
+    for worker, row in zip(workers, member_rows(None, workers)):
+        if worker.is_remote:
+            broker = broker_of_worker(worker.name) or worker.model or worker.name
+            peers.setdefault(broker, []).append((worker, row))
+            node_of[worker.name] = f"peer:{broker}"
+            continue
+        node_of[worker.name] = f"worker:{worker.name}"
+        nodes.append({
+            "id": node_of[worker.name], "kind": "worker", "label": row["name"], "realm": row["realm"],
             "query_type": worker.query_type, "health_score": row["health_score"], "colour": health_colour(row),
             "blacklisted_by": row["blacklisted_by"], "in_flight": row["in_flight"],
             "max_concurrency": row["max_concurrency"], "cooldown_until": row["cooldown_until"],
             "cooldown_reason": row["cooldown_reason"],
-        }
-        for worker, row in zip(workers, member_rows(None, workers))
-    ]
+        })
+    nodes.extend(peer_node(broker, served) for broker, served in sorted(peers.items()))
     edges = []
     for pool in PoolAlias.objects.prefetch_related("memberships__worker").order_by("name", "realm"):
         pool_id = f"pool:{pool.id}"
@@ -130,6 +142,26 @@ def pool_graph() -> dict:
             "realm": pool.realm, "query_type": pool.query_type, "strategy": pool.strategy,
         })
         edges.extend(
-            {"source": pool_id, "target": f"worker:{seat.worker.name}", "weight": seat.weight} for seat in pool.memberships.all()
+            {"source": pool_id, "target": node_of[seat.worker.name], "weight": seat.weight} for seat in pool.memberships.all()
         )
     return {"nodes": nodes, "edges": edges}
+
+
+def peer_node(broker: str, served: list[tuple[Worker, dict]]) -> dict:
+    """Return a peer broker's node: coloured by the least healthy of the types it still serves
+    (black when it serves none: blacklisted, or not an active peer), sized by the queries it
+    runs for this broker, marked while any of its types cools down."""
+    rows = [row for _worker, row in served]
+    serving = [row for row in rows if not row["is_blacklisted"]]
+    weakest = min(serving, key=lambda row: row["health_score"], default=None)
+    cooldowns = sorted(row["cooldown_until"] for row in rows if row["cooldown_until"])
+    return {
+        "id": f"peer:{broker}", "kind": "peer", "label": broker,
+        "query_types": [worker.query_type for worker, _row in served],
+        "health_score": weakest["health_score"] if weakest else 0,
+        "colour": health_colour(weakest) if weakest else "black",
+        "blacklisted_by": "" if weakest else rows[0]["blacklisted_by"],
+        "in_flight": sum(row["in_flight"] for row in rows),
+        "cooldown_until": cooldowns[0] if cooldowns else None,
+        "cooldown_reason": next((row["cooldown_reason"] for row in rows if row["cooldown_until"]), ""),
+    }

@@ -168,6 +168,8 @@ def enqueue_query(query: Query, queue_name: str) -> None:
             args=(str(query.id),),
             at_front=peers_only,
             job_id=str(query.id),
+            # Whose sockets hear its place in the queue (realms.positions).
+            meta={"user": query.user_id},
             timeout=settings.RENTAHAL_JOB_TIMEOUT,
             result_ttl=300,
             failure_ttl=86400,
@@ -355,7 +357,8 @@ def result_frame(query: Query) -> dict:
     """Return the frame of an answered query: `query_result`, or for the speech frames
     `transcription_result` (`text`) and `speech_result` (`audio`, base64 WAV);
     `processing_time` is the billed time and `broker` the federation id of the broker whose
-    worker answered."""
+    worker answered. A speech query's result names the words its audio was heard to say
+    (`heard`), so a page shows them beside the answer."""
     billed = {
         "query_id": str(query.id),
         "processing_time": query.processing_time,
@@ -367,7 +370,8 @@ def result_frame(query: Query) -> dict:
         return {"type": "transcription_result", "text": query.result, **billed}
     if query.speech_task == Query.SpeechTask.SPEAK:
         return {"type": "speech_result", "audio": query.result, **billed}
-    return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed}
+    heard = {"heard": query.prompt} if query.query_type == QueryType.SPEECH else {}
+    return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed, **heard}
 
 
 def failure_frame(query: Query) -> dict:

@@ -89,6 +89,7 @@ async def test_a_speech_query_asking_for_audio_is_answered_aloud(speech_broker, 
 
     assert result["result_type"] == "audio"
     assert base64.b64decode(result["result"])[:4] == b"RIFF"
+    assert "capital" in result["heard"].lower()
     assert result["worker"] == "whisper, chatter, piper"
     assert len(await charges_of(result["query_id"])) == 1
 

@@ -3,10 +3,13 @@ dashboard."""
 import pytest
 from playwright.sync_api import expect
 
+from accounts.actions.queries import Failure, accept_query, fail_queries
+from accounts.actions.users import get_or_create_user
 from pools import actions as pools
 from pools.models import Worker
 from tests.browser.conftest import DESKTOP, off_the_browsers_loop, screenshot
 from tests.browser.test_users_page import answer_card, ask
+from tests.shard_helpers import guid_with_prefix
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,7 +63,15 @@ def test_dashboard_numbers_move_under_load(open_page, operator):
 @pytest.mark.parametrize("path", ["/admin/pools/worker/", "/admin/pools/poolalias/", "/admin/accounts/query/"])
 def test_admin_lists_with_live_columns_fit_a_1280_pixel_screen(open_page, admin_user, models, path):
     off_the_browsers_loop(pools.create_pool, "$CHAT", query_type="chat", members=["fake-chat"])
+    # A failed query with a long prompt on the first shard, the one the query list opens on.
+    user = off_the_browsers_loop(get_or_create_user, guid_with_prefix("00"))
+    query = off_the_browsers_loop(
+        accept_query, user.guid, query_type="chat", prompt="a rather long question " * 20, model_type="worker_node",
+        model_name="", image="", realm="$CHAT",
+    )
+    off_the_browsers_loop(fail_queries, [Failure(query.pk, "no chat worker answered it in time " * 5)])
     page = log_in(open_page, admin_user, path, password="password")
 
     expect(page.locator("#changelist")).to_be_visible()
+    expect(page.locator("#result_list tbody tr")).not_to_have_count(0)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

@@ -1,4 +1,4 @@
-// The admin's pool graph: pools and workers laid out by a small force simulation (nodes
+// The admin's pool graph: pools, workers and peer brokers laid out by a small force simulation (nodes
 // repel, memberships pull like springs, everything drifts to the centre), redrawn from
 // graph.json every two seconds. Positions are kept across redraws, so the picture is stable.
 "use strict";
@@ -21,7 +21,16 @@
 
   function radius(node) {
     if (node.kind === "pool") return 16;
-    return 9 + 4 * Math.sqrt(node.in_flight || 0);
+    return (node.kind === "peer" ? 12 : 9) + 4 * Math.sqrt(node.in_flight || 0);
+  }
+
+  function describe(data) {
+    if (data.kind === "pool") return `${data.label}: ${data.query_type} pool, ${data.strategy}`;
+    const state = `health ${data.health_score}, ${data.in_flight} in flight` +
+      (data.blacklisted_by ? `, blacklisted by ${data.blacklisted_by}` : "") +
+      (data.cooldown_until ? `, cooling until ${data.cooldown_until} (${data.cooldown_reason})` : "");
+    if (data.kind === "peer") return `${data.label}: peer broker serving ${data.query_types.join(", ")}; ${state}`;
+    return `${data.label}: ${state}`;
   }
 
   function element(tag, attributes) {
@@ -39,7 +48,7 @@
       if (!node) {
         node = { x: width / 2 + (Math.random() - 0.5) * width / 2, y: height / 2 + (Math.random() - 0.5) * height / 2, vx: 0, vy: 0 };
         node.group = element("g", { "data-node": data.id });
-        node.shape = data.kind === "pool" ? element("rect", {}) : element("circle", {});
+        node.shape = data.kind === "worker" ? element("circle", {}) : element("rect", {});
         node.ring = element("circle", { class: "cooling" });
         node.title = element("title", {});
         node.caption = element("text", { "text-anchor": "middle" });
@@ -55,6 +64,11 @@
       node.shape.setAttribute("fill", fill);
       if (node.kind === "pool") {
         Object.entries({ width: 2 * r, height: 2 * r, x: -r, y: -r, rx: 4 }).forEach(([k, v]) => node.shape.setAttribute(k, v));
+      } else if (node.kind === "peer") {
+        // A diamond: a square turned on its corner.
+        const side = r * Math.SQRT2;
+        Object.entries({ width: side, height: side, x: -side / 2, y: -side / 2, rx: 2, transform: "rotate(45)" })
+          .forEach(([k, v]) => node.shape.setAttribute(k, v));
       } else {
         node.shape.setAttribute("r", r);
       }
@@ -63,11 +77,7 @@
       node.group.dataset.cooling = node.cooldown_until ? "1" : "";
       node.caption.setAttribute("y", r + 14);
       node.caption.textContent = data.label;
-      node.title.textContent = node.kind === "pool"
-        ? `${data.label}: ${data.query_type} pool, ${data.strategy}`
-        : `${data.label}: health ${data.health_score}, ${data.in_flight} in flight` +
-          (data.blacklisted_by ? `, blacklisted by ${data.blacklisted_by}` : "") +
-          (data.cooldown_until ? `, cooling until ${data.cooldown_until} (${data.cooldown_reason})` : "");
+      node.title.textContent = describe(data);
     });
     [...nodes.keys()].filter((id) => !seen.has(id)).forEach((id) => { nodes.get(id).group.remove(); nodes.delete(id); energy = 1; });
     if (edges.length !== graph.edges.length) energy = 1;

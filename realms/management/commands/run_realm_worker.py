@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 from rq import SimpleWorker
 
 from realms.models import Realm
+from realms.positions import start_announcing
 from rentahal.queues import get_queue
 from rentahal.supervision import make_forks_die_with_this_process
 from rentahal.worker import ConcurrentWorker
@@ -55,4 +56,9 @@ class Command(BaseCommand):
             # database connections into children and costs a third of the throughput.
             worker = SimpleWorker(queues, connection=queues[0].connection, name=options["name"])
         logger.info("worker %s serving %s", worker.name, ", ".join(queue.name for queue in queues))
-        worker.work(burst=options["burst"], with_scheduler=True)
+        # The queries waiting in these queues are told when their place changes.
+        stop_announcing = start_announcing([realm.name for realm in realms])
+        try:
+            worker.work(burst=options["burst"], with_scheduler=True)
+        finally:
+            stop_announcing.set()

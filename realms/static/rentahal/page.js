@@ -11,6 +11,8 @@
   const FIRST_RETRY_MS = 1000;
   const LAST_RETRY_MS = 30000;
   const STATS_EVERY_MS = 5000;
+  // What a speech query's card says until the broker tells what its audio was heard to say.
+  const SPOKEN = "(spoken question)";
 
   const state = {
     socket: null,
@@ -22,6 +24,8 @@
     waiting: new Set(),        // query ids not finished when last seen
     outbox: [],                // frames to send once connected
     upload: null,              // the vision upload in progress
+    audio: null,               // base64 of the recording a speech query will send
+    recorder: null,            // the MediaRecorder while the microphone records
     retries: 0,
     everConnected: false,
     banned: false,
@@ -115,7 +119,7 @@
       state.cards.set(queryId, box);
       placeCard(box, details.timestamp);
     }
-    if (details.prompt !== undefined) box.querySelector(".prompt").textContent = details.prompt;
+    if (details.prompt !== undefined) showPrompt(box, details.prompt, details.query_type);
     if (details.query_type) box.querySelector(".kind").textContent = details.query_type;
     if (details.timestamp) {
       const when = new Date(details.timestamp);
@@ -125,6 +129,15 @@
       time.textContent = when.toLocaleString();
     }
     return box;
+  }
+
+  function showPrompt(box, prompt, queryType) {
+    // A speech query's prompt is the words its audio was heard to say, once it is answered.
+    const line = box.querySelector(".prompt");
+    const isSpoken = queryType === "speech" || box.dataset.speech === "1";
+    if (isSpoken) box.dataset.speech = "1";
+    line.textContent = isSpoken && !prompt ? SPOKEN : prompt;
+    line.classList.toggle("heard", isSpoken && Boolean(prompt) && prompt !== SPOKEN);
   }
 
   function placeCard(box, timestamp) {
@@ -234,13 +247,18 @@
       state.workers = f.workers || [];
       state.pools = f.pools || state.pools;
       renderModelChoice();
+      renderSpeechOffer();
       renderWorkers();
     },
     queue_update: (f) => {
       if (!f.query_id) return;
+      const isNew = !state.cards.has(f.query_id);
+      // A query another tab of this user asked: its details come with the history.
+      if (isNew && !drafts.length) send({ type: "get_previous_queries" });
       const box = card(f.query_id, pendingDetails(f.query_id));
       state.waiting.add(f.query_id);
-      if (box.dataset.status === "done" || box.dataset.status === "failed") return;
+      // A place pushed just before the query started is stale once its answer streams.
+      if (["done", "failed"].includes(box.dataset.status) || box.dataset.streamed === "1") return;
       if (f.status === "running") setCardStatus(box, "running", "running…");
       else setCardStatus(box, "queued", `queued · position ${f.depth} in ${f.realm || "the queue"} · ${f.total} worker${f.total === 1 ? "" : "s"}`);
       box.style.setProperty("--queue", Math.min(1, (f.depth || 0) / 10));
@@ -256,6 +274,7 @@
       const id = f.query_id || `classic-${Date.now()}`;
       if (!state.cards.has(id)) send({ type: "get_previous_queries" });
       const box = card(id);
+      if (f.heard !== undefined) showPrompt(box, f.heard, "speech");
       showResult(box, f);
       state.waiting.delete(id);
       countResult(f);
@@ -272,7 +291,7 @@
       } else {
         // A refused submission: give its prompt back to edit and send again.
         const refused = drafts.shift();
-        if (refused && !$("prompt").value) $("prompt").value = refused.prompt === "(image)" ? "" : refused.prompt;
+        if (refused && refused.typed && !$("prompt").value) $("prompt").value = refused.typed;
         notice(f.message);
       }
     },
@@ -319,10 +338,11 @@
     const type = queryType();
     const image = $("image-preview").dataset.payload;
     notice("");
+    if (type === "speech") { submitSpeech(); return; }
     if (!prompt.trim() && type !== "vision") { notice("Write a prompt first."); $("prompt").focus(); return; }
     if (type === "vision" && !image) { notice("Pick or drop an image for a vision query."); return; }
     const query = { prompt, query_type: type, model_type: "worker_node", model_name: $("model-name").value };
-    drafts.push({ prompt: prompt || "(image)", query_type: type, timestamp: new Date().toISOString() });
+    drafts.push({ prompt: prompt || "(image)", typed: prompt, query_type: type, timestamp: new Date().toISOString() });
     if (type === "vision" && image.length > WHOLE_IMAGE_CHARS) {
       startUpload(query, image);
     } else {
@@ -330,6 +350,91 @@
       send({ type: "submit_query", query, idempotency_key: crypto.randomUUID() });
     }
     $("prompt").value = "";
+  }
+
+  function submitSpeech() {
+    if (state.recorder) { notice("Stop the recording first."); return; }
+    if (!state.audio) { notice("Record a question or pick a recording first."); return; }
+    const query = {
+      prompt: "", query_type: "speech", model_type: "speech", model_name: "", audio: state.audio,
+      result_type: $("answer-aloud").checked ? "audio" : "text",
+    };
+    drafts.push({ prompt: "", typed: "", query_type: "speech", timestamp: new Date().toISOString() });
+    send({ type: "submit_query", query, idempotency_key: crypto.randomUUID() });
+    forgetAudio();
+  }
+
+  async function toggleRecording() {
+    if (state.recorder) { state.recorder.stop(); return; }
+    if (!window.MediaRecorder || !navigator.mediaDevices) { notice("This browser cannot record; pick a recording instead."); return; }
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    } catch (error) {
+      notice(`The microphone is not available (${error.message}); pick a recording instead.`);
+      return;
+    }
+    const recorder = new MediaRecorder(stream);
+    const pieces = [];
+    recorder.ondataavailable = (event) => { if (event.data.size) pieces.push(event.data); };
+    const began = Date.now();
+    const showElapsed = () => {
+      $("audio-hint").textContent = `Recording… ${Math.floor((Date.now() - began) / 1000)} s; press Stop when you are done.`;
+    };
+    const clock = setInterval(showElapsed, 250);
+    recorder.onstop = () => {
+      clearInterval(clock);
+      stream.getTracks().forEach((track) => track.stop());
+      state.recorder = null;
+      $("record").textContent = "● Record";
+      $("record").setAttribute("aria-label", "Record a question");
+      $("record").setAttribute("aria-pressed", "false");
+      useAudio(new Blob(pieces, { type: recorder.mimeType || "audio/webm" }), "your recording");
+    };
+    state.recorder = recorder;
+    recorder.start();
+    $("record").textContent = "■ Stop";
+    $("record").setAttribute("aria-label", "Stop recording");
+    $("record").setAttribute("aria-pressed", "true");
+    showElapsed();
+  }
+
+  function useAudio(blob, name) {
+    const reader = new FileReader();
+    reader.onload = () => {
+      state.audio = reader.result.split(",", 2)[1];
+      $("audio-preview").src = reader.result;
+      $("audio-preview").hidden = false;
+      $("audio-hint").textContent = `${name} · ${(blob.size / 1024).toFixed(0)} KiB`;
+    };
+    reader.readAsDataURL(blob);
+  }
+
+  function forgetAudio() {
+    state.audio = null;
+    $("audio-file").value = "";
+    $("audio-preview").removeAttribute("src");
+    $("audio-preview").hidden = true;
+    $("audio-hint").textContent = "Ask by voice: record a question or pick a recording.";
+  }
+
+  function renderSpeechOffer() {
+    // Offered while a speech worker is listed and not blacklisted (the speech realm serves it).
+    const isServed = state.workers.some((worker) => worker.type === "speech" && !worker.is_blacklisted);
+    $("speech-type").hidden = !isServed;
+    if (!isServed && queryType() === "speech") {
+      document.querySelector('input[name="query-type"][value="chat"]').checked = true;
+      showInputs();
+    }
+  }
+
+  function showInputs() {
+    const type = queryType();
+    $("image-drop").hidden = type !== "vision";
+    $("speech-input").hidden = type !== "speech";
+    $("prompt-box").hidden = type === "speech";
+    $("model-choice").hidden = type === "speech";
+    renderModelChoice();
   }
 
   function startUpload(query, payload) {
@@ -508,10 +613,7 @@
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); submit(); }
   });
-  document.querySelectorAll('input[name="query-type"]').forEach((radio) => radio.addEventListener("change", () => {
-    $("image-drop").hidden = queryType() !== "vision";
-    renderModelChoice();
-  }));
+  document.querySelectorAll('input[name="query-type"]').forEach((radio) => radio.addEventListener("change", showInputs));
   const drop = $("image-drop");
   drop.addEventListener("click", (event) => { if (event.target !== $("image")) $("image").click(); });
   drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("image").click(); } });
@@ -519,6 +621,11 @@
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (event) => { event.preventDefault(); drop.classList.remove("over"); pickImage(event.dataTransfer.files[0]); });
   $("image").addEventListener("change", () => pickImage($("image").files[0]));
+  $("record").addEventListener("click", toggleRecording);
+  $("audio-file").addEventListener("change", () => {
+    const file = $("audio-file").files[0];
+    if (file) useAudio(file, file.name);
+  });
   $("lightbox").addEventListener("click", (event) => { if (event.target === $("lightbox")) $("lightbox").close(); });
 
   $("broadcast-form").addEventListener("submit", (event) => {
