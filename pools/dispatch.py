@@ -15,7 +15,7 @@ from django.conf import settings
 from pools import actions, config, providers, state
 from pools.clients import CallLimits, ChunkCallback, ModelAnswer, ModelRequest, ModelServerError, client_for
 from pools.models import Strategy
-from pools.selection import NoWorkerAvailable, Plan, Selection, plan_selection, select_worker
+from pools.selection import NoWorkerAvailable, Plan, Selection, Snapshot, plan_selection, select_worker
 from pools.waiting import Line
 from rentahal.errors import STORE_OUTAGES
 from rentahal.http_session import model_session
@@ -62,12 +62,16 @@ def call_limits() -> CallLimits:
     )
 
 
-async def current_plan(request: ModelRequest, realm: str) -> Plan:
-    """Return where to look for the request's worker; the DB is read only when config changed."""
-    snapshot = config.snapshot_cache.if_current() or await sync_to_async(config.snapshot_cache.current)()
-    return plan_selection(
+def plan_for(snapshot: Snapshot, request: ModelRequest, realm: str, *, allow_remote: bool, peers_only: bool) -> Plan:
+    """Return where to look for the request's worker in this configuration."""
+    plan = plan_selection(
         snapshot, query_type=request.query_type, realm=realm, model_name=request.model_name, model_type=request.model_type
     )
+    if not allow_remote:
+        return plan.local
+    if peers_only:
+        return plan.remote
+    return plan
 
 
 def check_hosted_query(query_type: str, realm: str, *, model_type: str, model_name: str = "") -> None:
@@ -131,19 +135,26 @@ async def serve(
     meanwhile: the caller may put the request back to wait longer), ModelServerError when
     the call failed.
     """
-    plan = await current_plan(request, realm)
-    if not allow_remote:
-        plan = plan.local
-    elif peers_only:
-        plan = plan.remote
     line = Line(
         f"{realm}:{request.query_type}:{request.model_type}:{request.model_name}",
         party=party or affinity_key,
         waiter=waiter or uuid.uuid4().hex,
         ttl=LINE_PLACE_SECONDS,
     )
+    options = dict(affinity_key=affinity_key, on_chunk=on_chunk, exclude=exclude)
     try:
-        return await serve_in_turn(plan, request, line, affinity_key=affinity_key, on_chunk=on_chunk, exclude=exclude)
+        # The configuration this process loaded last is used as it is, and its version checked
+        # by the first state read (no round trip of its own); the DB is read only when it moved.
+        snapshot = config.snapshot_cache.last_loaded()
+        if snapshot is not None:
+            plan = plan_for(snapshot, request, realm, allow_remote=allow_remote, peers_only=peers_only)
+            try:
+                return await serve_in_turn(plan, request, line, config_version=snapshot.version, **options)
+            except state.ConfigurationChanged:
+                pass
+        snapshot = await sync_to_async(config.snapshot_cache.current)()
+        plan = plan_for(snapshot, request, realm, allow_remote=allow_remote, peers_only=peers_only)
+        return await serve_in_turn(plan, request, line, **options)
     finally:
         line.leave()
 
@@ -156,7 +167,10 @@ async def serve_in_turn(
     affinity_key: str,
     on_chunk: ChunkCallback | None,
     exclude: frozenset[str],
+    config_version: str = "",
 ) -> Served:
+    """Serve the request from `plan`; with `config_version`, the first state read raises
+    ConfigurationChanged, having taken nothing, when the configuration is no longer at it."""
     advance = ticket_pool(plan)
     # Workers whose format cannot do what is asked are passed over like ones that failed it.
     failed: set[str] = set(exclude) | unable_workers(plan, request)
@@ -172,13 +186,20 @@ async def serve_in_turn(
         streamed = True
         await on_chunk(text)
 
+    join = False
     while attempts < settings.RENTAHAL_MAX_ATTEMPTS:
-        # The first look skips the line when nobody waits in it; a busy one joins it.
-        ahead = line.rank() if busy_waits or line.joined or not line.is_empty() else 0
+        # A look skips the line when nobody waits in it (its state read checks: LineOccupied);
+        # a busy one, or one that found others waiting, joins it.
+        ahead = line.rank() if join or busy_waits or line.joined else 0
+        fence = state.Fence(config.snapshot_cache.version_key, config_version, "" if line.joined else line.key)
+        join, config_version = False, ""
         try:
             if ahead:
                 raise NoWorkerAvailable(f"No {plan.wanted} is available: {ahead} queries wait ahead.", is_busy=True)
-            selection = pick(plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full)
+            selection = pick(plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full, fence=fence)
+        except state.LineOccupied:
+            join = True
+            continue
         except NoWorkerAvailable as exc:
             if exc.is_busy and time.monotonic() < busy_deadline:
                 pause = BUSY_POLL_SECONDS[min(busy_waits, len(BUSY_POLL_SECONDS) - 1)]
@@ -242,19 +263,29 @@ def unable_workers(plan: Plan, request: ModelRequest) -> set[str]:
     }
 
 
-def pick(plan: Plan, request: ModelRequest, *, affinity_key: str, advance: int | None, failed: set[str], full: set[str]) -> Selection:
+def pick(
+    plan: Plan,
+    request: ModelRequest,
+    *,
+    affinity_key: str,
+    advance: int | None,
+    failed: set[str],
+    full: set[str],
+    fence: state.Fence = state.Fence(),
+) -> Selection:
     """Read the shared state and select; a pooled query reads its pools' members first and
-    the other workers of the type only when no pool member can serve."""
+    the other workers of the type only when no pool member can serve. The first read checks
+    `fence`."""
     options = dict(
         prompt=request.prompt, exclude=frozenset(failed), full=frozenset(full), explore=settings.RENTAHAL_LATENCY_EXPLORE
     )
     if plan.pooled is not None:
-        shared = state.read_state(plan.pooled, affinity_key=affinity_key, advance_pool=advance)
+        shared = state.read_state(plan.pooled, affinity_key=affinity_key, advance_pool=advance, fence=fence)
         try:
             return select_worker(plan.pooled, shared, **options)
         except NoWorkerAvailable:
-            advance = None
-    return select_worker(plan, state.read_state(plan, affinity_key=affinity_key, advance_pool=advance), **options)
+            advance, fence = None, state.Fence()
+    return select_worker(plan, state.read_state(plan, affinity_key=affinity_key, advance_pool=advance, fence=fence), **options)
 
 
 def served_by(selection: Selection, answer: ModelAnswer, attempts: int, *, service_seconds: float) -> Served:

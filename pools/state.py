@@ -103,15 +103,28 @@ end
 """
 
 
-# Everything a selection reads, in one call. KEYS = worker key, lease key for each of ARGV[2]
-# members, then each pool's ticket key (followed by its affinity key when ARGV[4] is '1').
-# Returns each member's cooldown, EWMAs, health score, blacklist and live lease count, then
-# each pool's ticket and remembered worker. The ticket of the pool at position ARGV[3] (1-based; 0 for none) is
-# taken with INCR, so two processes selecting at once get different tickets.
+# Everything a selection reads, in one call. KEYS = the fence's keys (the pool-config version
+# key when ARGV[5] is not '', then the waiting line's key when ARGV[6] is '1'), then worker key,
+# lease key for each of ARGV[2] members, then each pool's ticket key (followed by its affinity
+# key when ARGV[4] is '1'). A fence that does not hold returns {'configuration'} (the version
+# is no longer ARGV[5]) or {'line'} (queries wait in the line) and reads and takes nothing.
+# Otherwise returns '', then each member's cooldown, EWMAs, health score, blacklist and live
+# lease count, then each pool's ticket and remembered worker. The ticket of the pool at
+# position ARGV[3] (1-based; 0 for none) is taken with INCR, so two processes selecting at
+# once get different tickets.
 READ_STATE = """
-local out = {}
+local first = 1
+if ARGV[5] ~= '' then
+  if redis.call('GET', KEYS[first]) ~= ARGV[5] then return {'configuration'} end
+  first = first + 1
+end
+if ARGV[6] == '1' then
+  if redis.call('EXISTS', KEYS[first]) == 1 then return {'line'} end
+  first = first + 1
+end
+local out = {''}
 local members = tonumber(ARGV[2])
-for i = 1, 2 * members, 2 do
+for i = first, first + 2 * members - 1, 2 do
   local fields = redis.call('HMGET', KEYS[i], 'cooldown_until', 'cooldown_kind', 'latency', 'success', 'score', 'blacklisted')
   for j = 1, 6 do out[#out + 1] = fields[j] or '' end
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i + 1], ARGV[1], '+inf')
@@ -120,7 +133,7 @@ local advance = tonumber(ARGV[3])
 local stride = 1
 if ARGV[4] == '1' then stride = 2 end
 local pool = 0
-for i = 2 * members + 1, #KEYS, stride do
+for i = first + 2 * members, #KEYS, stride do
   pool = pool + 1
   if pool == advance then
     out[#out + 1] = redis.call('INCR', KEYS[i])
@@ -183,23 +196,51 @@ def affinity_key_for(pool_id: int, key: str) -> str:
 # -- reading state for a selection ----------------------------------------------------------
 
 
-def read_state(plan: Plan, *, affinity_key: str = "", advance_pool: int | None = None) -> SharedState:
+class ConfigurationChanged(Exception):
+    """The pool configuration a plan was made from is no longer current: plan again."""
+
+
+class LineOccupied(Exception):
+    """Queries wait in the line the read was fenced by: the selection waits its turn in it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """What a selection's read checks before it reads or takes anything, in the same round
+    trip: that the pool configuration is still at `version` (the value of `version_key`;
+    blank: not checked) and, given `line_key`, that nobody waits in that line."""
+
+    version_key: str = ""
+    version: str = ""
+    line_key: str = ""
+
+
+def read_state(
+    plan: Plan, *, affinity_key: str = "", advance_pool: int | None = None, fence: Fence = Fence()
+) -> SharedState:
     """Read everything a selection over `plan` needs, in one round trip (one script).
 
     The round-robin ticket of `advance_pool` is taken (INCR) in the same call, so two
     processes selecting at once get different tickets; other pools' tickets are only read.
+    Raise ConfigurationChanged or LineOccupied when `fence` does not hold; then nothing was
+    read or taken.
     """
     now = time.time()
     names = plan.worker_names
     pools = plan.pools
-    keys = [key for name in names for key in (worker_key(name), lease_key(name))]
+    keys = ([fence.version_key] if fence.version else []) + ([fence.line_key] if fence.line_key else [])
+    keys += [key for name in names for key in (worker_key(name), lease_key(name))]
     for pool in pools:
         keys.append(ticket_key(pool.id))
         if affinity_key:
             keys.append(affinity_key_for(pool.id, affinity_key))
     advance = next((position for position, pool in enumerate(pools, 1) if pool.id == advance_pool), 0)
-    args = [now, len(names), advance, 1 if affinity_key else 0]
-    flat = scripts_for(settings.REDIS_URL).read_state(keys=keys, args=args)
+    args = [now, len(names), advance, 1 if affinity_key else 0, fence.version, 1 if fence.line_key else 0]
+    verdict, *flat = scripts_for(settings.REDIS_URL).read_state(keys=keys, args=args)
+    if verdict == "configuration":
+        raise ConfigurationChanged(fence.version)
+    if verdict == "line":
+        raise LineOccupied(fence.line_key)
     state = SharedState(now=now, affinity_key=affinity_key)
     for index, name in enumerate(names):
         cooldown_until, kind, latency, success, score, blacklisted, count = flat[7 * index : 7 * index + 7]

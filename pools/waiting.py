@@ -66,9 +66,11 @@ class Line:
         self.ttl = ttl
         self.joined = False
 
-    def is_empty(self) -> bool:
-        """Return whether nobody waits: then a query may try for a slot without joining."""
-        return not client().exists(self.keys[0])
+    @property
+    def key(self) -> str:
+        """The line's key, which exists while anybody waits in it: a query may then not try
+        for a slot without joining (`pools.state.Fence`)."""
+        return self.keys[0]
 
     def rank(self) -> int:
         """Take or renew the waiter's place and return how many stand ahead of it."""

@@ -8,6 +8,7 @@ unanswered (no worker, a crashed job, the reconciler giving up, the sysop) goes 
 `fail_query`, so the user is told and nothing is charged.
 """
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -36,7 +37,7 @@ from realms.routing import RealmFull, find_realm, queue_depth, route_query
 from realms.speech import Spoken, serve_speech
 from rentahal.batching import Coalescer
 from rentahal.errors import DATABASE_OUTAGES, STORE_OUTAGES, BrokerError, Forbidden
-from rentahal.metrics import record_query_outcome
+from rentahal.metrics import QueryOutcome, record_query_outcomes
 from rentahal.pushes import push_frame, stream_query_chunks
 from rentahal.query_context import QueryContext, serving_query
 from rentahal.query_types import QueryType
@@ -44,11 +45,48 @@ from rentahal.queues import get_queue
 
 logger = logging.getLogger(__name__)
 
+
+@dataclasses.dataclass(frozen=True)
+class Finishing:
+    """An answer to store, with what the realm's metrics count of it besides the stored row:
+    how long its job was busy and whether a worker of another realm gave it."""
+
+    answer: Answer
+    busy_seconds: float = 0.0
+    is_cross_realm: bool = False
+
+
+def finish_and_count(items: list[Finishing]) -> list[Query | None | Exception]:
+    """Store the answers (`queries.finish_queries`), then count the queries stored in their
+    realms' metrics, in the same batch and thread: each is counted before its answer is
+    pushed, in one Redis round trip per batch that the worker's event loop does not wait on."""
+    finished = queries.finish_queries([item.answer for item in items])
+    record_query_outcomes([
+        QueryOutcome(
+            query.realm, query.worker, query.processing_time, ok=True,
+            cross_realm=item.is_cross_realm, busy_seconds=item.busy_seconds,
+        )
+        for item, query in zip(items, finished)
+        if isinstance(query, Query)
+    ])
+    return finished
+
+
+def fail_and_count(failures: list[Failure]) -> list[Query | None | Exception]:
+    """Record the failures (`queries.fail_queries`), then count the queries failed, as
+    `finish_and_count` does."""
+    failed = queries.fail_queries(failures)
+    record_query_outcomes(
+        [QueryOutcome(query.realm, "", query.processing_time, ok=False) for query in failed if isinstance(query, Query)]
+    )
+    return failed
+
+
 # The jobs in flight in one worker process start, finish and fail their queries together:
 # one statement per shard for each batch instead of one transaction per query.
 starts = Coalescer(queries.start_queries)
-finishes = Coalescer(queries.finish_queries)
-failures = Coalescer(queries.fail_queries)
+finishes = Coalescer(finish_and_count)
+failures = Coalescer(fail_and_count)
 waits = Coalescer(queries.return_queries_to_waiting)
 
 # Runs of a query's job: the first, then RQ's retries of a job whose worker died under it
@@ -320,9 +358,7 @@ async def finish_cancelled(query: Query, partial: str, *, seconds: float) -> Non
     """End a cancelled query as answered with what was produced, billed for the time the
     model worked on it (the billing rule: base + service seconds x rate)."""
     answer = Answer(query, result=partial, result_type="text", worker="", processing_time=seconds)
-    finished = await write_through_outage(finishes, answer)
-    if finished is not None:
-        record_query_outcome(finished.realm, worker="", processing_time=seconds, ok=True)
+    await write_through_outage(finishes, Finishing(answer))
 
 
 async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> None:
@@ -339,17 +375,11 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
         prompt=served.heard if isinstance(served, Spoken) else "",
         usage=served.answer.usage,
     )
-    finished = await write_through_outage(finishes, answer)
+    finished = await write_through_outage(
+        finishes, Finishing(answer, busy_seconds=busy_seconds, is_cross_realm=served.is_cross_realm)
+    )
     if finished is None:
         return
-    record_query_outcome(
-        finished.realm,
-        worker=served.worker,
-        processing_time=finished.processing_time,
-        ok=True,
-        cross_realm=served.is_cross_realm,
-        busy_seconds=busy_seconds,
-    )
     await push_frame(finished.user_id, result_frame(finished))
 
 
@@ -389,7 +419,6 @@ async def fail_query(query_id: uuid.UUID | str, reason: str) -> Query | None:
     failed = await write_through_outage(failures, Failure(query_id, reason))
     if failed is None:
         return None
-    record_query_outcome(failed.realm, worker="", processing_time=failed.processing_time, ok=False)
     await push_frame(failed.user_id, failure_frame(failed))
     return failed
 

@@ -4,6 +4,8 @@ Prometheus counters (multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set) ser
 The Redis window gives percentiles over recent queries, not an average of everything ever;
 the Prometheus histogram gives scrapers the same through `histogram_quantile`.
 """
+import collections
+import dataclasses
 import functools
 import logging
 import math
@@ -82,42 +84,73 @@ CONNECTIONS_KEY = KEY_PREFIX + "connections"
 PEAK_CONNECTIONS_KEY = KEY_PREFIX + "peak_connections"
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryOutcome:
+    """One finished query of `realm`, as its metrics count it."""
+
+    realm: str
+    worker: str
+    processing_time: float
+    ok: bool
+    cross_realm: bool = False
+    busy_seconds: float = 0.0
+
+
 def record_query_outcome(
     realm: str, *, worker: str, processing_time: float, ok: bool, cross_realm: bool = False, busy_seconds: float = 0.0
 ) -> None:
-    """Count one finished query of the realm; a metrics outage never fails a query.
+    """Count one finished query of the realm (`record_query_outcomes`)."""
+    record_query_outcomes([QueryOutcome(realm, worker, processing_time, ok, cross_realm, busy_seconds)])
 
-    The Redis writes go out as one pipelined round trip on a kept-alive connection, in the
-    caller's thread: on the worker's event loop that blocks for about as long as a thread hop
-    would, and it keeps the promise that a query is counted before its answer is pushed.
+
+def record_query_outcomes(outcomes: list[QueryOutcome]) -> None:
+    """Count finished queries in their realms' metrics; a metrics outage never fails a query.
+
+    The Redis writes of all of them go out as one pipelined round trip on a kept-alive
+    connection, in the caller's thread. The realm worker counts a batch of finished queries
+    in the thread that stored them (`realms.lifecycle`), before any of their answers is
+    pushed, so a query is counted before its user sees the answer and the worker's event
+    loop never waits on Redis for it.
     """
-    QUERIES.labels(realm).inc()
-    if ok:
-        PROCESSING.labels(realm).observe(processing_time)
-    else:
-        ERRORS.labels(realm).inc()
-    if cross_realm:
-        CROSS_REALM.labels(realm).inc()
-    if worker:
-        WORKER_QUERIES.labels(realm, worker).inc()
-        WORKER_BUSY.labels(realm, worker).inc(busy_seconds)
+    if not outcomes:
+        return
     now = time.time()
-    member = f"{uuid.uuid4().hex}|{int(ok)}|{processing_time:.6f}|{busy_seconds:.6f}|{worker}"
+    totals: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    by_worker: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    windows: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    for outcome in outcomes:
+        realm = outcome.realm
+        QUERIES.labels(realm).inc()
+        totals[realm]["processed"] += 1
+        if outcome.ok:
+            PROCESSING.labels(realm).observe(outcome.processing_time)
+        else:
+            ERRORS.labels(realm).inc()
+            totals[realm]["errors"] += 1
+        if outcome.cross_realm:
+            CROSS_REALM.labels(realm).inc()
+            totals[realm]["cross_realm"] += 1
+        if outcome.worker:
+            WORKER_QUERIES.labels(realm, outcome.worker).inc()
+            WORKER_BUSY.labels(realm, outcome.worker).inc(outcome.busy_seconds)
+            by_worker[realm][outcome.worker] += 1
+        member = (
+            f"{uuid.uuid4().hex}|{int(outcome.ok)}|{outcome.processing_time:.6f}|{outcome.busy_seconds:.6f}|{outcome.worker}"
+        )
+        windows[realm][member] = now
     try:
         pipe = redis_connection().pipeline(transaction=False)
-        pipe.hincrby(totals_key(realm), "processed", 1)
-        if not ok:
-            pipe.hincrby(totals_key(realm), "errors", 1)
-        if cross_realm:
-            pipe.hincrby(totals_key(realm), "cross_realm", 1)
-        if worker:
-            pipe.hincrby(worker_totals_key(realm), worker, 1)
-        pipe.zadd(window_key(realm), {member: now})
-        pipe.zremrangebyscore(window_key(realm), "-inf", now - settings.RENTAHAL_METRICS_WINDOW)
-        pipe.zremrangebyrank(window_key(realm), 0, -settings.RENTAHAL_METRICS_WINDOW_SIZE - 1)
+        for realm, counts in totals.items():
+            for field, count in counts.items():
+                pipe.hincrby(totals_key(realm), field, count)
+            for worker, count in by_worker[realm].items():
+                pipe.hincrby(worker_totals_key(realm), worker, count)
+            pipe.zadd(window_key(realm), windows[realm])
+            pipe.zremrangebyscore(window_key(realm), "-inf", now - settings.RENTAHAL_METRICS_WINDOW)
+            pipe.zremrangebyrank(window_key(realm), 0, -settings.RENTAHAL_METRICS_WINDOW_SIZE - 1)
         pipe.execute()
     except redis.RedisError as exc:
-        logger.warning("metrics for realm %s not recorded: %s", realm, exc)
+        logger.warning("metrics of %d queries (realms %s) not recorded: %s", len(outcomes), ", ".join(totals), exc)
 
 
 def record_connection(realm: str, delta: int) -> int:

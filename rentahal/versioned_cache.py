@@ -39,11 +39,6 @@ class VersionedCache(Generic[Value]):
         """Return what this process loaded last, current or not (the caller checks `version`)."""
         return self._value
 
-    def if_current(self) -> Value | None:
-        """Return the cached value if it is still current (one Redis GET), else None."""
-        value = self._value
-        return value if value is not None and value.version == self.client().get(self.version_key) else None
-
     def at(self, version: str | None) -> Value:
         """Return the value for this version (as read from Redis), loading it when it moved on."""
         value = self._value

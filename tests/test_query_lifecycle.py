@@ -2,6 +2,7 @@
 lost jobs found by the reconciler."""
 import base64
 import datetime
+from collections import Counter
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -118,6 +119,32 @@ def test_accepting_a_query_is_one_statement_on_the_users_shard(default_realms, a
     stored = Query.objects.get(pk=frame["query_id"])
     assert (frame["type"], frame["realm"], frame["depth"]) == ("queue_update", "$CHAT", 1)
     assert (stored.status, stored.prompt, stored.user_id) == (Query.Status.ACCEPTED, "counted", alice.guid)
+
+
+def submit_without_a_socket(user, prompt: str) -> str:
+    submission = QuerySubmission(prompt=prompt, query_type="chat", model_type="worker_node", model_name="", image="")
+    return lifecycle.accept_query(user.guid, submission)["query_id"]
+
+
+async def test_a_served_chat_query_costs_its_job_ten_redis_commands(
+    default_realms, fake_server, register_worker, alice, redis_commands
+):
+    await sync_to_async(register_worker)(fake_server, "predict")
+    # The first query of a process loads the pool configuration and Redis's scripts.
+    assert await lifecycle.run_query(await sync_to_async(submit_without_a_socket)(alice, "warm up")) == "done"
+    query_id = await sync_to_async(submit_without_a_socket)(alice, "counted")
+
+    with redis_commands() as commands:
+        outcome = await lifecycle.run_query(query_id)
+
+    assert outcome == "done"
+    # On the worker's event loop only the state read (which also checks the configuration's
+    # version and that nobody waits in line) and the lease, two scripts. The lease's release
+    # and the outcome go with the attempt's batch, the realm's metrics (one pipeline) with the
+    # finish's, each on a thread; then the `query_result` push.
+    assert Counter(commands) == Counter(
+        EVALSHA=3, ZREM=1, HINCRBY=2, ZADD=1, ZREMRANGEBYSCORE=1, ZREMRANGEBYRANK=1, PUBLISH=1
+    )
 
 
 def test_a_batch_of_starts_and_a_batch_of_finishes_take_one_statement_each_on_the_shard(

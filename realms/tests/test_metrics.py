@@ -1,5 +1,7 @@
 """Per-realm metrics: counts and recent percentiles every process agrees on, and /metrics in
 the Prometheus text format with the numbers of what was sent."""
+from collections import Counter
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client as HttpClient
@@ -29,6 +31,21 @@ def test_percentiles_come_from_the_recorded_processing_times():
     assert (chat["queries_processed"], chat["errors"]) == (101, 1)
     assert chat["error_rate"] == pytest.approx(1 / 101)
     assert chat["worker_queries"] == {"chat-1": 101}
+
+
+def test_a_batch_of_outcomes_costs_redis_the_commands_of_one(redis_commands):
+    def commands_for(outcomes) -> Counter:
+        with redis_commands() as commands:
+            metrics.record_query_outcomes(outcomes)
+        return Counter(commands)
+
+    one = commands_for([metrics.QueryOutcome("$CHAT", "chat-1", 1.0, ok=True)])
+    batch = commands_for([metrics.QueryOutcome("$CHAT", "chat-1", float(seconds), ok=True) for seconds in range(1, 21)])
+
+    chat = metrics.realm_metrics("$CHAT", workers=1)
+    assert batch == one
+    assert (chat["queries_processed"], chat["window_queries"], chat["worker_queries"]) == (21, 21, {"chat-1": 21})
+    assert chat["processing_time"]["p99"] == 20.0
 
 
 def test_percentiles_cover_only_the_recent_window(monkeypatch, settings):
