@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -30,6 +31,8 @@ NEXT_IN_LINE_POLL_SECONDS = 0.05
 # waiter renews it at every look (at most BUSY_POLL_SECONDS apart), so a dead one holds the
 # line up for seconds, not for a lease's lifetime.
 LINE_PLACE_SECONDS = 3.0
+# Told a waiting request's place in the line of `pools.waiting` (1 = next).
+WaitCallback = Callable[[int], Awaitable[None]]
 # Heartbeats (RENTAHAL_WORKER_HEARTBEAT) an in-flight lease outlives its last renewal.
 LEASE_HEARTBEATS = 3
 
@@ -113,6 +116,7 @@ async def serve(
     exclude: frozenset[str] = frozenset(),
     party: str = "",
     waiter: str = "",
+    on_wait: WaitCallback | None = None,
 ) -> Served:
     """Return the answer of the worker chosen for the request in `realm`.
 
@@ -129,7 +133,8 @@ async def serve(
     While every member it may use is busy, the request waits in the line of `pools.waiting`
     as `waiter` of `party` (the query and its user), for up to RENTAHAL_BUSY_WAIT_SECONDS;
     only the head of the line takes a free slot, so a party with many waiting requests
-    cannot keep the slots from another party's next one.
+    cannot keep the slots from another party's next one. `on_wait` is told the request's
+    place in that line (1 = next) when it starts waiting and whenever the place changes.
 
     Raises NoWorkerAvailable when nobody can serve (`is_busy` when every member stayed busy
     meanwhile: the caller may put the request back to wait longer), ModelServerError when
@@ -141,7 +146,7 @@ async def serve(
         waiter=waiter or uuid.uuid4().hex,
         ttl=LINE_PLACE_SECONDS,
     )
-    options = dict(affinity_key=affinity_key, on_chunk=on_chunk, exclude=exclude)
+    options = dict(affinity_key=affinity_key, on_chunk=on_chunk, exclude=exclude, on_wait=on_wait)
     try:
         # The configuration this process loaded last is used as it is, and its version checked
         # by the first state read (no round trip of its own); the DB is read only when it moved.
@@ -167,6 +172,7 @@ async def serve_in_turn(
     affinity_key: str,
     on_chunk: ChunkCallback | None,
     exclude: frozenset[str],
+    on_wait: WaitCallback | None = None,
     config_version: str = "",
 ) -> Served:
     """Serve the request from `plan`; with `config_version`, the first state read raises
@@ -187,10 +193,14 @@ async def serve_in_turn(
         await on_chunk(text)
 
     join = False
+    told_place = 0
     while attempts < settings.RENTAHAL_MAX_ATTEMPTS:
         # A look skips the line when nobody waits in it (its state read checks: LineOccupied);
         # a busy one, or one that found others waiting, joins it.
         ahead = line.rank() if join or busy_waits or line.joined else 0
+        if busy_waits and on_wait is not None and ahead + 1 != told_place:
+            told_place = ahead + 1
+            await on_wait(told_place)
         fence = state.Fence(config.snapshot_cache.version_key, config_version, "" if line.joined else line.key)
         join, config_version = False, ""
         try:

@@ -36,6 +36,7 @@ from realms.frames import QuerySubmission
 from realms.routing import RealmFull, find_realm, queue_depth, route_query
 from realms.speech import Spoken, serve_speech
 from rentahal.batching import Coalescer
+from rentahal.db_threads import on_db_thread
 from rentahal.errors import DATABASE_OUTAGES, STORE_OUTAGES, BrokerError, Forbidden
 from rentahal.metrics import QueryOutcome, record_query_outcomes
 from rentahal.pushes import push_frame, stream_query_chunks
@@ -293,6 +294,15 @@ async def serve_query(query: Query, produced: list[str] | None = None) -> Served
                 raise QueryCancelled(str(query.id))
             await push_chunk(text)
 
+        async def tell_place(place: int) -> None:
+            """Push the query's place in a busy pool's line; a courtesy, so a push lost to an
+            outage is only logged."""
+            try:
+                total = len(await on_db_thread(serving_workers)(query.realm, query.query_type))
+                await push_frame(query.user_id, queue_update(query, depth=place, total=total))
+            except STORE_OUTAGES as exc:
+                logger.warning("query %s: its place in line not pushed: %s", query.id, exc)
+
         if query.query_type == QueryType.SPEECH:
             return await serve_speech(query, on_chunk=forward_chunk)
         request = ModelRequest(
@@ -312,6 +322,7 @@ async def serve_query(query: Query, produced: list[str] | None = None) -> Served
                 party=query.user_id,
                 waiter=str(query.id),
                 peers_only=is_peers_only(query),
+                on_wait=tell_place,
             )
 
 

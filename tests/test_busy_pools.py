@@ -83,6 +83,24 @@ async def test_while_one_user_floods_a_busy_pool_another_users_query_takes_the_n
     assert await sync_to_async(finished_while_waiting)(alice.guid, bobs_id) <= 4
 
 
+async def test_a_query_waiting_for_a_busy_pool_is_told_its_place_in_line_as_it_moves(
+    start_worker, fake_servers, register_worker, alice, bob, connect
+):
+    await sync_to_async(register_worker)(fake_servers(delay=1.0), "openai", max_concurrency=1)
+    await sync_to_async(start_worker)("--concurrency", "16", "$CHAT")
+    first, other = await connect(alice.guid), await connect(bob.guid)
+    await submit(first, 1, "served first")
+    bobs_id = (await submit(other, 1, "next in line"))[0]
+    told = await other.receive_until("queue_update", timeout=30)
+    assert (told[-1]["query_id"], told[-1]["depth"]) == (bobs_id, 1)
+
+    third = (await submit(first, 1, "behind bob"))[0]
+    await results_of(first, [third], timeout=60)
+
+    places = [frame["depth"] for frame in first.frames if frame["type"] == "queue_update" and frame["query_id"] == third]
+    assert places[1:] == [2, 1]
+
+
 async def test_a_query_that_waits_past_the_queue_wait_limit_fails_with_the_reason_and_is_not_charged(
     start_worker, fake_servers, register_worker, alice, connect, monkeypatch
 ):
