@@ -329,6 +329,17 @@ class Client:
             if frame["type"] == frame_type:
                 return self.frames[start:]
 
+    async def receive_acknowledgement(self, timeout: float = 15) -> dict:
+        """Return the answer to the submit just sent: the first `queue_update` naming a query
+        no earlier frame named (a waiting query's place is pushed again as it moves), or an
+        `error`."""
+        known = {frame.get("query_id") for frame in self.frames}
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self.receive(timeout=max(0.01, deadline - time.monotonic()))
+            if frame["type"] == "error" or frame["type"] == "queue_update" and frame["query_id"] not in known:
+                return frame
+
     async def close(self) -> None:
         await self.communicator.disconnect()
 

@@ -31,7 +31,7 @@ async def submit(client, count: int, prefix: str) -> list[str]:
     ids = []
     for number in range(count):
         await client.send(chat(f"{prefix} {number}"))
-        ids.append((await client.receive_until("queue_update"))[-1]["query_id"])
+        ids.append((await client.receive_acknowledgement())["query_id"])
     return ids
 
 
