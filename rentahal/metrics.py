@@ -96,13 +96,6 @@ class QueryOutcome:
     busy_seconds: float = 0.0
 
 
-def record_query_outcome(
-    realm: str, *, worker: str, processing_time: float, ok: bool, cross_realm: bool = False, busy_seconds: float = 0.0
-) -> None:
-    """Count one finished query of the realm (`record_query_outcomes`)."""
-    record_query_outcomes([QueryOutcome(realm, worker, processing_time, ok, cross_realm, busy_seconds)])
-
-
 def record_query_outcomes(outcomes: list[QueryOutcome]) -> None:
     """Count finished queries in their realms' metrics; a metrics outage never fails a query.
 

@@ -40,8 +40,8 @@ async def test_a_login_that_is_not_staff_cannot_open_the_dashboard(default_realm
 
 
 async def test_staff_get_every_realms_figures_every_second(default_realms, operator):
-    metrics.record_query_outcome("$CHAT", worker="gpu1", processing_time=0.5, ok=True)
-    metrics.record_query_outcome("$CHAT", worker="", processing_time=0.0, ok=False)
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="gpu1", processing_time=0.5, ok=True)])
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="", processing_time=0.0, ok=False)])
     communicator = await open_dashboard(await sync_to_async(session_cookie)(operator))
     connected, _ = await communicator.connect()
     assert connected

@@ -22,9 +22,8 @@ class Clock:
 
 def test_percentiles_come_from_the_recorded_processing_times():
     for seconds in range(1, 101):
-        metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=float(seconds), ok=True)
-    metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=0.5, ok=False)
-
+        metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="chat-1", processing_time=float(seconds), ok=True)])
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="chat-1", processing_time=0.5, ok=False)])
     chat = metrics.realm_metrics("$CHAT", workers=1)
 
     assert chat["processing_time"] == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
@@ -53,11 +52,10 @@ def test_percentiles_cover_only_the_recent_window(monkeypatch, settings):
     clock = Clock(1_000_000.0)
     monkeypatch.setattr(metrics, "time", clock)
     for _ in range(10):
-        metrics.record_query_outcome("$IMAGINE", worker="sd-1", processing_time=40.0, ok=True)
+        metrics.record_query_outcomes([metrics.QueryOutcome("$IMAGINE", worker="sd-1", processing_time=40.0, ok=True)])
     clock.now += 61
     for _ in range(10):
-        metrics.record_query_outcome("$IMAGINE", worker="sd-1", processing_time=2.0, ok=True)
-
+        metrics.record_query_outcomes([metrics.QueryOutcome("$IMAGINE", worker="sd-1", processing_time=2.0, ok=True)])
     imagine = metrics.realm_metrics("$IMAGINE", workers=1)
 
     assert imagine["processing_time"]["p99"] == 2.0
@@ -67,9 +65,8 @@ def test_percentiles_cover_only_the_recent_window(monkeypatch, settings):
 
 def test_utilisation_is_busy_time_over_the_window_per_worker(settings):
     settings.RENTAHAL_METRICS_WINDOW = 100
-    metrics.record_query_outcome("$CHAT", worker="a", processing_time=50, ok=True, busy_seconds=50)
-    metrics.record_query_outcome("$CHAT", worker="b", processing_time=10, ok=True, busy_seconds=10)
-
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="a", processing_time=50, ok=True, busy_seconds=50)])
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="b", processing_time=10, ok=True, busy_seconds=10)])
     chat = metrics.realm_metrics("$CHAT", workers=2)
 
     assert chat["worker_utilisation"] == {"a": 0.5, "b": 0.1}
@@ -96,11 +93,11 @@ def test_the_connection_count_survives_a_redis_that_forgot_its_scripts(clean_red
 
 
 def test_recording_many_outcomes_opens_no_new_redis_connection_per_call(clean_redis):
-    metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=1.0, ok=True)
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="chat-1", processing_time=1.0, ok=True)])
     received = clean_redis.info("stats")["total_connections_received"]
 
     for _ in range(20):
-        metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=1.0, ok=True)
+        metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="chat-1", processing_time=1.0, ok=True)])
         metrics.record_connection("$CHAT", 1)
 
     assert clean_redis.info("stats")["total_connections_received"] == received
@@ -110,8 +107,7 @@ def test_recording_many_outcomes_opens_no_new_redis_connection_per_call(clean_re
 def test_a_metrics_outage_never_fails_the_query_being_counted(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
 
-    metrics.record_query_outcome("$CHAT", worker="chat-1", processing_time=1.0, ok=False)
-
+    metrics.record_query_outcomes([metrics.QueryOutcome("$CHAT", worker="chat-1", processing_time=1.0, ok=False)])
     assert metrics.record_connection("$CHAT", 1) == 0
 
 

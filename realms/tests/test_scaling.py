@@ -50,8 +50,7 @@ def test_evaluation_records_advice_per_realm_and_hands_it_to_the_hook(
     settings.RENTAHAL_METRICS_WINDOW = 100
     handed_on.clear()
     register_worker(fake_server, "a1111", query_type="imagine", name="sd-1", realm="$IMAGINE")
-    metrics.record_query_outcome("$IMAGINE", worker="sd-1", processing_time=95, ok=True, busy_seconds=95)
-
+    metrics.record_query_outcomes([metrics.QueryOutcome("$IMAGINE", worker="sd-1", processing_time=95, ok=True, busy_seconds=95)])
     evaluate_scaling()
 
     imagine = ScalingAdvice.objects.get(realm__name="$IMAGINE")
