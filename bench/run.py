@@ -666,7 +666,8 @@ def overhead(direct: dict, through: dict) -> dict:
 
 async def v1_load(base: str, secret: str, clients: int, total: int, *, stream: bool) -> dict:
     """POST /v1/chat/completions (plain, or streamed and read to `data: [DONE]`) from `clients` tasks with one key."""
-    payload = orjson.dumps({"model": "bench-predict", "stream": stream, "messages": [{"role": "user", "content": PROMPT}]})
+    # The realm, not a worker: the streamed workloads before this one replaced the chat worker.
+    payload = orjson.dumps({"model": "$CHAT", "stream": stream, "messages": [{"role": "user", "content": PROMPT}]})
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
     budget, latencies, errors = Budget(total), [], 0
 

@@ -33,5 +33,8 @@ def test_quick_bench_completes_and_ends_with_a_json_line_of_every_measurement():
             assert through["first_chunk_p50_ms"] is not None and direct["first_chunk_p50_ms"] is not None
             assert {"daphne", "worker0", "postgres", "redis"} <= through["cpu_ms_per_query"].keys()
             assert results["cost_growth"][name][clients] is not None
+    for mode in ("plain", "stream"):
+        assert results["v1"][mode]["errors"] == 0
+        assert results["v1"][mode]["requests"] > 0
     assert results["in_flight"]["done"] == results["in_flight"]["jobs"]
     assert results["idle_websockets"]["opened"] == results["idle_websockets"]["sockets"]
