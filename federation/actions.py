@@ -72,7 +72,9 @@ def hash_token(token: str) -> str:
 
 def create_invitation(*, note: str = "", hours: float | None = None, acting_user) -> tuple[Invitation, str]:
     """Create a single-use invitation; return it and its token (shown once, only its hash is kept)."""
-    token = secrets.token_urlsafe(24)
+    # Hex: a token an operator passes to `federation_join` must not start with a dash,
+    # which argparse takes for an option (token_urlsafe's alphabet has one).
+    token = secrets.token_hex(24)
     hours = settings.RENTAHAL_FEDERATION_INVITATION_HOURS if hours is None else hours
     with transaction.atomic(using="default", durable=True):
         invitation = Invitation.objects.create(
