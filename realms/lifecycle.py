@@ -170,16 +170,17 @@ def accept_query(guid: str, submission: QuerySubmission, *, conversation_id: str
         enqueue_query(query, realm.queue_name)
     except STORE_OUTAGES as exc:
         logger.warning("query %s accepted while Redis is down; the reconciler will enqueue it: %s", query.pk, exc)
-    return queue_update(query, depth=depth + 1, total=total)
+    return queue_update(query.id, query.realm, depth=depth + 1, total=total)
 
 
-def queue_update(query: Query, *, depth: int, total: int) -> dict:
+def queue_update(query_id, realm: str, *, depth: int, total: int) -> dict:
+    """Return the frame that tells a waiting query's user its place (`depth`, 1 = next)."""
     return {
         "type": "queue_update",
         "depth": depth,
         "total": total,
-        "query_id": str(query.id),
-        "realm": query.realm,
+        "query_id": str(query_id),
+        "realm": realm,
     }
 
 
@@ -191,7 +192,8 @@ def frame_for_resubmitted(query: Query) -> dict:
     if query.status == Query.Status.FAILED:
         return failure_frame(query)
     return queue_update(
-        query, depth=queue_depth(find_realm(query.realm)), total=len(serving_workers(query.realm, query.query_type))
+        query.id, query.realm,
+        depth=queue_depth(find_realm(query.realm)), total=len(serving_workers(query.realm, query.query_type)),
     )
 
 
@@ -299,7 +301,7 @@ async def serve_query(query: Query, produced: list[str] | None = None) -> Served
             outage is only logged."""
             try:
                 total = len(await on_db_thread(serving_workers)(query.realm, query.query_type))
-                await push_frame(query.user_id, queue_update(query, depth=place, total=total))
+                await push_frame(query.user_id, queue_update(query.id, query.realm, depth=place, total=total))
             except STORE_OUTAGES as exc:
                 logger.warning("query %s: its place in line not pushed: %s", query.id, exc)
 

@@ -16,6 +16,7 @@ from django.db import close_old_connections
 from rq.job import Job
 
 from pools.health import serving_workers
+from realms.lifecycle import queue_update
 from realms.models import Realm
 from realms.registry import registry_cache
 from rentahal.errors import STORE_OUTAGES
@@ -73,8 +74,7 @@ def announce_positions(realm: Realm) -> int:
         # A job enqueued before jobs named their user, or gone since the queue was read.
         user = job.meta.get("user") if job is not None else None
         if user:
-            frame = {"type": "queue_update", "depth": moved[job.id], "total": total, "query_id": job.id, "realm": realm.name}
-            frames.append((user, frame))
+            frames.append((user, queue_update(job.id, realm.name, depth=moved[job.id], total=total)))
     async_to_sync(push_frames)(frames)
     return len(frames)
 
