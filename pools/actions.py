@@ -250,18 +250,24 @@ async def record_attempt(
 
 
 def record_attempts(attempts: list[Attempt]) -> list[SelectionOutcome | Exception]:
-    """Count each attempt for its worker's health and insert their outcome rows in one
+    """Free the attempts' leases and count them for their workers' health, in one Redis
+    round trip for the batch (`state.settle_calls`), and insert their outcome rows in one
     statement; return each row, or the exception that kept it from being stored."""
     from pools import health, state
 
-    for attempt in attempts:
-        state.release_lease(attempt.selection.worker.name, attempt.lease)
-        if attempt.error is not None:
-            health.record_failure(attempt.selection.worker.name, attempt.error)
-        else:
-            health.record_success(
-                attempt.selection.worker.name, latency=attempt.answer.time_to_first_byte if attempt.answer else None
-            )
+    failures = state.settle_calls([
+        state.CallOutcome(
+            attempt.selection.worker.name,
+            ok=attempt.error is None,
+            latency=attempt.answer.time_to_first_byte if attempt.answer else None,
+            lease=attempt.lease,
+            counted=attempt.error is None or attempt.error.is_server_fault,
+        )
+        for attempt in attempts
+    ])
+    for attempt, consecutive in zip(attempts, failures):
+        if attempt.error is not None and attempt.error.is_server_fault:
+            health.cool_down_after_failure(attempt.selection.worker.name, attempt.error, consecutive)
     rows = [outcome_row(attempt) for attempt in attempts]
     try:
         return insert_outcomes(rows)

@@ -91,17 +91,18 @@ def cooldown_seconds(error: ModelServerError, consecutive_failures: int = 1) -> 
     return min(base * 2 ** max(0, consecutive_failures - 1), maximum)
 
 
-def record_success(worker: str, *, latency: float | None) -> None:
-    """Count an answered query: the worker's success EWMA rises and its latency is folded in."""
-    state.record_outcome(worker, ok=True, latency=latency)
-
-
 def record_failure(worker: str, error: ModelServerError) -> float | None:
     """Count a failed query against the worker; return the cooldown it got (None for a client error)."""
     if not error.is_server_fault:
         return None
-    failures = state.record_outcome(worker, ok=False, latency=None)
-    seconds = cooldown_seconds(error, failures)
+    failures = state.settle_calls([state.CallOutcome(worker, ok=False)])[0]
+    return cool_down_after_failure(worker, error, failures)
+
+
+def cool_down_after_failure(worker: str, error: ModelServerError, consecutive_failures: int) -> float | None:
+    """Sit the worker out after a server fault already counted (`state.settle_calls`), for
+    longer the more faults in a row, and take from its health; return the cooldown."""
+    seconds = cooldown_seconds(error, consecutive_failures)
     if seconds:
         state.set_cooldown(worker, until=time.time() + seconds, kind=error.kind, reason=error.message[:200])
     loss = QUERY_FAILURE_LOSS.get(error.kind, 0.0)

@@ -54,26 +54,41 @@ end
 return 1
 """
 
-# Fold one outcome into a worker's EWMAs atomically: ARGV = alpha, success (0/1), latency or ''.
-RECORD_OUTCOME = """
+# Settle calls that ended, in one round trip: KEYS are, per call, the worker's hash and its
+# lease set; ARGV[1] is alpha, then per call three values: the lease to release ('' none),
+# the outcome to fold into the worker's EWMAs (1 answered, 0 a server fault, '' not counted)
+# and the latency ('' unknown). Returns, per call, the worker's consecutive server faults.
+SETTLE_CALLS = """
 local alpha = tonumber(ARGV[1])
-local ok = tonumber(ARGV[2])
-local old = redis.call('HGET', KEYS[1], 'success')
-local success = ok
-if old then success = alpha * ok + (1 - alpha) * tonumber(old) end
-redis.call('HSET', KEYS[1], 'success', success)
-if ARGV[3] ~= '' then
-  local latency = tonumber(ARGV[3])
-  local previous = redis.call('HGET', KEYS[1], 'latency')
-  if previous then latency = alpha * latency + (1 - alpha) * tonumber(previous) end
-  redis.call('HSET', KEYS[1], 'latency', latency)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local worker, leases = KEYS[2 * i - 1], KEYS[2 * i]
+  local lease, ok, latency = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  if lease ~= '' then redis.call('ZREM', leases, lease) end
+  local failures = 0
+  if ok ~= '' then
+    ok = tonumber(ok)
+    local old = redis.call('HGET', worker, 'success')
+    local success = ok
+    if old then success = alpha * ok + (1 - alpha) * tonumber(old) end
+    redis.call('HSET', worker, 'success', success)
+    if latency ~= '' then
+      latency = tonumber(latency)
+      local previous = redis.call('HGET', worker, 'latency')
+      if previous then latency = alpha * latency + (1 - alpha) * tonumber(previous) end
+      redis.call('HSET', worker, 'latency', latency)
+    end
+    if ok == 1 then
+      redis.call('HSET', worker, 'failures', 0)
+    else
+      failures = redis.call('HINCRBY', worker, 'failures', 1)
+    end
+  end
+  out[i] = failures
 end
-if ok == 1 then
-  redis.call('HSET', KEYS[1], 'failures', 0)
-  return 0
-end
-return redis.call('HINCRBY', KEYS[1], 'failures', 1)
+return out
 """
+
 
 # Change a worker's health score by ARGV[1], kept within 0 and ARGV[2] (a missing score is
 # ARGV[2]); a score that reaches 0 blacklists the worker. ARGV[4], when not '', is the time the
@@ -156,7 +171,7 @@ def client() -> redis.Redis:
 
 class Scripts(typing.NamedTuple):
     acquire_lease: Script
-    record_outcome: Script
+    settle_calls: Script
     read_state: Script
     adjust_health: Script
 
@@ -170,7 +185,7 @@ def scripts_for(url: str) -> Scripts:
     direct call sends EVALSHA alone and loads the script only if Redis answers NOSCRIPT.
     """
     connection = client_for_url(url, decode_responses=True)
-    return Scripts(*(connection.register_script(script) for script in (ACQUIRE_LEASE, RECORD_OUTCOME, READ_STATE, ADJUST_HEALTH)))
+    return Scripts(*(connection.register_script(script) for script in (ACQUIRE_LEASE, SETTLE_CALLS, READ_STATE, ADJUST_HEALTH)))
 
 
 def worker_key(name: str) -> str:
@@ -318,11 +333,30 @@ def in_flight(worker: str) -> int:
 # -- after a call ---------------------------------------------------------------------------
 
 
-def record_outcome(worker: str, *, ok: bool, latency: float | None) -> int:
-    """Fold an outcome into the worker's EWMAs; return its consecutive server faults."""
-    alpha = settings.RENTAHAL_EWMA_ALPHA
-    args = [alpha, 1 if ok else 0, "" if latency is None else latency]
-    return int(scripts_for(settings.REDIS_URL).record_outcome(keys=[worker_key(worker)], args=args))
+@dataclasses.dataclass(frozen=True)
+class CallOutcome:
+    """How a call to a worker ended: answered (`ok`), a server fault, or neither that counts
+    (`counted=False`: the caller's own bad request); `lease` is the call's slot to free."""
+
+    worker: str
+    ok: bool
+    latency: float | None = None
+    lease: str = ""
+    counted: bool = True
+
+
+def settle_calls(outcomes: list[CallOutcome]) -> list[int]:
+    """Free the calls' leases and fold their outcomes into the workers' EWMAs, all in one
+    round trip (the jobs of a worker process settle theirs in batches); return each worker's
+    consecutive server faults after its call."""
+    if not outcomes:
+        return []
+    keys = [key for outcome in outcomes for key in (worker_key(outcome.worker), lease_key(outcome.worker))]
+    args: list = [settings.RENTAHAL_EWMA_ALPHA]
+    for outcome in outcomes:
+        counted = (1 if outcome.ok else 0) if outcome.counted else ""
+        args += [outcome.lease, counted, "" if outcome.latency is None else outcome.latency]
+    return [int(failures) for failures in scripts_for(settings.REDIS_URL).settle_calls(keys=keys, args=args)]
 
 
 def set_cooldown(worker: str, *, until: float, kind: str, reason: str) -> None:
