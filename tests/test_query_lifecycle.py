@@ -121,12 +121,28 @@ def test_accepting_a_query_is_one_statement_on_the_users_shard(default_realms, a
     assert (stored.status, stored.prompt, stored.user_id) == (Query.Status.ACCEPTED, "counted", alice.guid)
 
 
+def test_the_accepts_statement_is_prepared_once_per_connection(default_realms, alice):
+    submission = QuerySubmission(prompt="prepared", query_type="chat", model_type="worker_node", model_name="", image="")
+    shard = connections[shard_for_guid(alice.guid)]
+
+    ids = [lifecycle.accept_query(alice.guid, submission)["query_id"] for _ in range(3)]
+
+    with shard.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+            [f"%INSERT INTO {Query._meta.db_table}%"],
+        )
+        prepared = cursor.fetchall()
+    assert prepared == [(3,)]
+    assert Query.objects.filter(pk__in=ids, status=Query.Status.ACCEPTED).count() == 3
+
+
 def submit_without_a_socket(user, prompt: str) -> str:
     submission = QuerySubmission(prompt=prompt, query_type="chat", model_type="worker_node", model_name="", image="")
     return lifecycle.accept_query(user.guid, submission)["query_id"]
 
 
-async def test_a_served_chat_query_costs_its_job_ten_redis_commands(
+async def test_a_served_chat_query_costs_its_job_nine_redis_commands(
     default_realms, fake_server, register_worker, alice, redis_commands
 ):
     await sync_to_async(register_worker)(fake_server, "predict")
@@ -138,12 +154,12 @@ async def test_a_served_chat_query_costs_its_job_ten_redis_commands(
         outcome = await lifecycle.run_query(query_id)
 
     assert outcome == "done"
-    # On the worker's event loop only the state read (which also checks the configuration's
-    # version and that nobody waits in line) and the lease, two scripts. The lease's release
-    # and the outcome go with the attempt's batch, the realm's metrics (one pipeline) with the
-    # finish's, each on a thread; then the `query_result` push.
+    # For the selection, the state read (which also checks the configuration's version and
+    # that nobody waits in line) and the lease, two scripts. The lease's release and the
+    # outcome go with the attempt's batch (one script), the realm's metrics (one pipeline)
+    # with the finish's, each on a thread; then the `query_result` push.
     assert Counter(commands) == Counter(
-        EVALSHA=3, ZREM=1, HINCRBY=2, ZADD=1, ZREMRANGEBYSCORE=1, ZREMRANGEBYRANK=1, PUBLISH=1
+        EVALSHA=3, HINCRBY=2, ZADD=1, ZREMRANGEBYSCORE=1, ZREMRANGEBYRANK=1, PUBLISH=1
     )
 
 

@@ -7,6 +7,7 @@ shard.
 """
 import dataclasses
 import datetime
+import functools
 import logging
 import uuid
 
@@ -20,6 +21,7 @@ from psycopg.types.json import Jsonb
 from accounts import billing, limits
 from accounts.actions.users import find_user
 from accounts.models import Query, User
+from rentahal.prepared import prepared_cursor
 from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, TooManyQueries
 from rentahal.pushes import QUERY_EVENTS, send_event_on_commit
 from rentahal.sharding import ShardMoving, new_query_id, shard_aliases, shard_for_guid, writing_for_each
@@ -114,27 +116,15 @@ def insert_if_user_may_query(query: Query, *, using: str) -> bool:
     unfinished (and still queued) queries' slots make a concurrent accept that read the same
     numbers insert nothing (ON CONFLICT DO NOTHING), so the caps are never overshot. The
     lowest free slot is 0 or one past a held slot (`FREE_SLOT`), so the search reads only the
-    slots the user holds, through those unique indexes, whatever the caps are.
+    slots the user holds, through those unique indexes, whatever the caps are. The statement
+    is prepared (`rentahal.prepared`): it runs once per query.
     """
     connection = connections[using]
-    table = Query._meta.db_table
-    slots = {"in_flight_slot", "queued_slot"}
-    fields = [field for field in Query._meta.concrete_fields if field.name not in slots]
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
-    casts = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
+    fields = insert_fields()
     values = [field.get_db_prep_save(field.pre_save(query, add=True), connection) for field in fields]
-    in_flight = FREE_SLOT.format(table=table, slot="in_flight_slot", held="held.status IN (%s, %s)")
-    queued = FREE_SLOT.format(table=table, slot="queued_slot", held="held.status = %s AND held.started_at IS NULL")
-    with connection.cursor() as cursor:
+    with prepared_cursor(using) as cursor:
         cursor.execute(
-            f"""
-            INSERT INTO {table} ({columns}, in_flight_slot, queued_slot)
-            SELECT {casts}, in_flight.slot, queued.slot FROM {User._meta.db_table} AS payer
-            CROSS JOIN LATERAL ({in_flight}) AS in_flight
-            CROSS JOIN LATERAL ({queued}) AS queued
-            WHERE payer.guid = %s AND NOT payer.is_banned
-            ON CONFLICT DO NOTHING
-            """,
+            insert_statement(),
             [
                 *values,
                 *Query.UNFINISHED, *Query.UNFINISHED, settings.RENTAHAL_MAX_QUERIES_PER_USER_IN_FLIGHT,
@@ -143,6 +133,33 @@ def insert_if_user_may_query(query: Query, *, using: str) -> bool:
             ],
         )
         return cursor.rowcount == 1
+
+
+@functools.cache
+def insert_fields() -> list:
+    """The columns the accept writes itself; the slots are read in its statement."""
+    return [field for field in Query._meta.concrete_fields if field.name not in {"in_flight_slot", "queued_slot"}]
+
+
+@functools.cache
+def insert_statement() -> str:
+    """The accept's statement (`insert_if_user_may_query`), the same text for every query,
+    so each connection prepares it once. Every shard is a Postgres database alike."""
+    connection = connections["default"]
+    table = Query._meta.db_table
+    fields = insert_fields()
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    casts = ", ".join(f"%s::{field.cast_db_type(connection)}" for field in fields)
+    in_flight = FREE_SLOT.format(table=table, slot="in_flight_slot", held="held.status IN (%s, %s)")
+    queued = FREE_SLOT.format(table=table, slot="queued_slot", held="held.status = %s AND held.started_at IS NULL")
+    return f"""
+        INSERT INTO {table} ({columns}, in_flight_slot, queued_slot)
+        SELECT {casts}, in_flight.slot, queued.slot FROM {User._meta.db_table} AS payer
+        CROSS JOIN LATERAL ({in_flight}) AS in_flight
+        CROSS JOIN LATERAL ({queued}) AS queued
+        WHERE payer.guid = %s AND NOT payer.is_banned
+        ON CONFLICT DO NOTHING
+        """
 
 
 def refuse_unless_slot_was_taken(query: Query, *, using: str) -> None:
