@@ -206,9 +206,7 @@ async def serve_in_turn(
         try:
             if ahead:
                 raise NoWorkerAvailable(f"No {plan.wanted} is available: {ahead} queries wait ahead.", is_busy=True)
-            selection, lease = await asyncio.to_thread(
-                pick_and_lease, plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full, fence=fence
-            )
+            selection = pick(plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full, fence=fence)
         except state.LineOccupied:
             join = True
             continue
@@ -223,6 +221,14 @@ async def serve_in_turn(
                 raise last_error from None
             raise
         worker = selection.worker
+        pool_id = selection.pool.id if selection.pool else None
+        choice = state.Choice(
+            pool_id,
+            affinity_key=affinity_key,
+            remember=selection.strategy == Strategy.AFFINITY,
+            advance_pool=pool_id if selection.pool and pool_id != advance else None,
+        )
+        lease = state.acquire_lease(worker.name, cap=worker.max_concurrency, ttl=lease_seconds(), choice=choice)
         if lease is None:
             full.add(worker.name)
             continue
@@ -265,35 +271,6 @@ def unable_workers(plan: Plan, request: ModelRequest) -> set[str]:
     return {
         worker.name for tier in plan.tiers for worker in tier.workers if not client_for(worker.wire_format).serves_embeddings
     }
-
-
-def pick_and_lease(
-    plan: Plan,
-    request: ModelRequest,
-    *,
-    affinity_key: str,
-    advance: int | None,
-    failed: set[str],
-    full: set[str],
-    fence: state.Fence,
-) -> tuple[Selection, str | None]:
-    """Select a worker (`pick`) and take a slot on it: the selection and its lease id, None
-    when the worker turned out to be at its cap.
-
-    Both are blocking Redis round trips, so the job runs them on a thread: on the event
-    loop each would stall every job of the process until Redis answers, and on a busy box
-    that is until Redis gets a core, milliseconds rather than the round trip's microseconds.
-    """
-    selection = pick(plan, request, affinity_key=affinity_key, advance=advance, failed=failed, full=full, fence=fence)
-    worker = selection.worker
-    pool_id = selection.pool.id if selection.pool else None
-    choice = state.Choice(
-        pool_id,
-        affinity_key=affinity_key,
-        remember=selection.strategy == Strategy.AFFINITY,
-        advance_pool=pool_id if selection.pool and pool_id != advance else None,
-    )
-    return selection, state.acquire_lease(worker.name, cap=worker.max_concurrency, ttl=lease_seconds(), choice=choice)
 
 
 def pick(
