@@ -110,6 +110,29 @@ def test_the_caps_hold_under_concurrent_submits(default_realms, alice, settings)
     assert Query.objects.filter(user_id=alice.guid).count() == 5
 
 
+def test_concurrent_submits_under_the_caps_are_all_accepted_each_in_a_slot_of_its_own(default_realms, alice):
+    accepted = []
+    go = threading.Barrier(16)
+
+    def submit(number: int):
+        go.wait()
+        try:
+            accepted.append(accept(alice.guid, f"parallel {number}"))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=submit, args=(number,)) for number in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    stored = Query.objects.filter(user_id=alice.guid)
+    assert len(accepted) == 16
+    assert sorted(stored.values_list("in_flight_slot", flat=True)) == list(range(16))
+    assert sorted(stored.values_list("queued_slot", flat=True)) == list(range(16))
+
+
 def finished_while_waiting(flooder: str, query_id: str) -> int:
     """Return how many of the flooder's queries finished while `query_id` waited (from its
     acceptance to its answer): how far back the flood put it."""

@@ -7,6 +7,7 @@ shard.
 """
 import dataclasses
 import datetime
+import enum
 import functools
 import logging
 import uuid
@@ -82,10 +83,13 @@ def accept_query(
         )
         with writing_for_each([guid]) as by_alias:
             using = next(iter(by_alias))
-            accepted = insert_if_user_may_query(query, using=using)
-            if not accepted:
+            inserted = insert_if_user_may_query(query, using=using)
+            # A row that met a conflict lost its slot to a concurrent accept of the same
+            # user (a client sending in parallel) and tries again at once; unless it has an
+            # idempotency key, which may be the conflict, or the statement refused it.
+            if inserted is Insert.REFUSED or (inserted is Insert.CONFLICT and idempotency_key):
                 refuse_unless_slot_was_taken(query, using=using)
-        if accepted:
+        if inserted is Insert.DONE:
             publish_query_events("accepted", [query])
             return query
     raise BrokerError("Your query could not be accepted; try again.", code="not_accepted")
@@ -108,9 +112,18 @@ FREE_SLOT = """
 """
 
 
-def insert_if_user_may_query(query: Query, *, using: str) -> bool:
+class Insert(enum.Enum):
+    """What the accept's statement did: inserted the row; found the row's slots (or its
+    idempotency key) taken by a concurrent accept; or refused it (no such user, a ban, a cap)."""
+
+    DONE = "done"
+    CONFLICT = "conflict"
+    REFUSED = "refused"
+
+
+def insert_if_user_may_query(query: Query, *, using: str) -> Insert:
     """Insert the query row if its user exists, is not banned, has a free in-flight slot
-    and a free queued slot, and has no query with its idempotency key; return whether it was.
+    and a free queued slot, and has no query with its idempotency key; return what happened.
 
     The lowest free slot numbers are read in the statement; unique indexes over each user's
     unfinished (and still queued) queries' slots make a concurrent accept that read the same
@@ -132,7 +145,10 @@ def insert_if_user_may_query(query: Query, *, using: str) -> bool:
                 query.user_id,
             ],
         )
-        return cursor.rowcount == 1
+        candidates, inserted = cursor.fetchone()
+    if inserted:
+        return Insert.DONE
+    return Insert.CONFLICT if candidates else Insert.REFUSED
 
 
 @functools.cache
@@ -153,12 +169,19 @@ def insert_statement() -> str:
     in_flight = FREE_SLOT.format(table=table, slot="in_flight_slot", held="held.status IN (%s, %s)")
     queued = FREE_SLOT.format(table=table, slot="queued_slot", held="held.status = %s AND held.started_at IS NULL")
     return f"""
-        INSERT INTO {table} ({columns}, in_flight_slot, queued_slot)
-        SELECT {casts}, in_flight.slot, queued.slot FROM {User._meta.db_table} AS payer
-        CROSS JOIN LATERAL ({in_flight}) AS in_flight
-        CROSS JOIN LATERAL ({queued}) AS queued
-        WHERE payer.guid = %s AND NOT payer.is_banned
-        ON CONFLICT DO NOTHING
+        WITH candidate AS (
+            SELECT {casts}, in_flight.slot AS in_flight_slot, queued.slot AS queued_slot
+            FROM {User._meta.db_table} AS payer
+            CROSS JOIN LATERAL ({in_flight}) AS in_flight
+            CROSS JOIN LATERAL ({queued}) AS queued
+            WHERE payer.guid = %s AND NOT payer.is_banned
+        ), inserted AS (
+            INSERT INTO {table} ({columns}, in_flight_slot, queued_slot)
+            SELECT * FROM candidate
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM candidate), (SELECT count(*) FROM inserted)
         """
 
 
