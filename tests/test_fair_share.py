@@ -86,49 +86,43 @@ def test_a_slot_freed_between_held_ones_is_taken_again_and_the_cap_still_holds(d
     assert again.prompt == "in the freed slot"
 
 
-def test_the_caps_hold_under_concurrent_submits(default_realms, alice, settings):
-    settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED = 5
+def submit_at_once(guid: str, count: int) -> tuple[list, list[str]]:
+    """Submit `count` queries of the user from as many threads at once; return the accepted
+    queries and the codes of the refusals."""
     accepted, refused = [], []
-    go = threading.Barrier(16)
+    go = threading.Barrier(count)
 
     def submit(number: int):
         go.wait()
         try:
-            accepted.append(accept(alice.guid, f"burst {number}"))
+            accepted.append(accept(guid, f"at once {number}"))
         except TooManyQueries as exc:
             refused.append(exc.code)
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=submit, args=(number,)) for number in range(16)]
+    threads = [threading.Thread(target=submit, args=(number,)) for number in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return accepted, refused
+
+
+def test_the_caps_hold_under_concurrent_submits(default_realms, alice, settings):
+    settings.RENTAHAL_MAX_QUERIES_PER_USER_QUEUED = 5
+
+    accepted, refused = submit_at_once(alice.guid, 16)
 
     assert (len(accepted), refused) == (5, ["too_many_queries"] * 11)
     assert Query.objects.filter(user_id=alice.guid).count() == 5
 
 
 def test_concurrent_submits_under_the_caps_are_all_accepted_each_in_a_slot_of_its_own(default_realms, alice):
-    accepted = []
-    go = threading.Barrier(16)
-
-    def submit(number: int):
-        go.wait()
-        try:
-            accepted.append(accept(alice.guid, f"parallel {number}"))
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=submit, args=(number,)) for number in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    accepted, refused = submit_at_once(alice.guid, 16)
 
     stored = Query.objects.filter(user_id=alice.guid)
-    assert len(accepted) == 16
+    assert (len(accepted), refused) == (16, [])
     assert sorted(stored.values_list("in_flight_slot", flat=True)) == list(range(16))
     assert sorted(stored.values_list("queued_slot", flat=True)) == list(range(16))
 
