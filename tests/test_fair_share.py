@@ -3,15 +3,18 @@ retry hint and hold under concurrent submits; a flooding user cannot push anothe
 query to the back; a hanging model server holds only its own cap of a realm worker's slots."""
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from accounts.actions import queries
 from accounts.models import Query
 from pools import state
 from rentahal.errors import TooManyQueries
+from rentahal.sharding import new_query_id, shard_for_guid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -125,6 +128,50 @@ def test_concurrent_submits_under_the_caps_are_all_accepted_each_in_a_slot_of_it
     assert (len(accepted), refused) == (16, [])
     assert sorted(stored.values_list("in_flight_slot", flat=True)) == list(range(16))
     assert sorted(stored.values_list("queued_slot", flat=True)) == list(range(16))
+
+
+def test_an_accept_that_loses_its_slot_to_a_concurrent_one_takes_the_next_without_the_refusal_checks(
+    default_realms, alice
+):
+    alias = shard_for_guid(alice.guid)
+    accepted, statements = [], []
+
+    def accept_second():
+        with CaptureQueriesContext(connections[alias]) as captured:
+            accepted.append(accept(alice.guid, "second"))
+        statements.extend(captured.captured_queries)
+        connections.close_all()
+
+    # A concurrent accept holds slot 0, not yet committed: the second reads 0 as free, waits
+    # on the slot's unique index, and finds it taken once the first commits.
+    with transaction.atomic(using=alias):
+        first = Query(id=new_query_id(alice.guid), user_id=alice.guid, query_type="chat", prompt="first", realm="$CHAT")
+        assert queries.insert_if_user_may_query(first, using=alias) is queries.Insert.DONE
+        second = threading.Thread(target=accept_second)
+        second.start()
+        wait_until_an_accept_waits_for_a_lock(alias)
+    second.join(timeout=10)
+
+    assert [query.in_flight_slot for query in Query.objects.filter(user_id=alice.guid).order_by("prompt")] == [0, 1]
+    assert len(accepted) == 1
+    # Two tries of the accept's one statement, and no read of the user or their queries between.
+    assert len(statements) == 2
+
+
+def wait_until_an_accept_waits_for_a_lock(alias: str) -> None:
+    deadline = time.monotonic() + 10
+    with connections[alias].cursor() as cursor:
+        while time.monotonic() < deadline:
+            # Inside a transaction the activity view is read once, unless its snapshot is cleared.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                ["%WITH candidate%"],
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("the second accept never waited on the first's slot")
 
 
 def finished_while_waiting(flooder: str, query_id: str) -> int:
