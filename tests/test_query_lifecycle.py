@@ -2,6 +2,7 @@
 lost jobs found by the reconciler."""
 import base64
 import datetime
+import itertools
 from collections import Counter
 
 import pytest
@@ -9,7 +10,9 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.utils import timezone
 
-from accounts.actions.queries import Answer, Failure, accept_query, fail_queries, finish_queries, start_queries
+from accounts.actions.queries import (
+    Answer, Failure, accept_query, fail_queries, finish_queries, insert_statement, start_queries,
+)
 from accounts import billing
 from accounts.models import Charge, Query
 from realms.frames import QuerySubmission
@@ -135,6 +138,26 @@ def test_the_accepts_statement_is_prepared_once_per_connection(default_realms, a
         prepared = cursor.fetchall()
     assert prepared == [(3,)]
     assert Query.objects.filter(pk__in=ids, status=Query.Status.ACCEPTED).count() == 3
+
+
+def test_the_accepts_generic_plan_finds_free_slots_through_the_slot_indexes(alice):
+    # Postgres plans a prepared statement generically after a few runs; the slot search must
+    # still prove the partial unique indexes' conditions, or it reads all of a user's rows.
+    numbers = itertools.count(1)
+    statement = insert_statement().replace("%s", "{}")
+    statement = statement.format(*(f"${next(numbers)}" for _ in range(statement.count("{}"))))
+    parameters = next(numbers) - 1
+
+    with connections[shard_for_guid(alice.guid)].cursor() as cursor:
+        cursor.execute(f"PREPARE accept_plan AS {statement}")
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        cursor.execute(f"EXPLAIN EXECUTE accept_plan({', '.join(['NULL'] * parameters)})")
+        plan = "\n".join(row for (row,) in cursor.fetchall())
+        cursor.execute("RESET plan_cache_mode")
+        cursor.execute("DEALLOCATE accept_plan")
+
+    assert plan.count("using one_unfinished_query_per_slot") == 2
+    assert plan.count("using one_queued_query_per_slot") == 2
 
 
 def submit_without_a_socket(user, prompt: str) -> str:
