@@ -22,6 +22,7 @@ import logging
 import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import Http404, JsonResponse
@@ -97,6 +98,11 @@ class NotFound(BrokerError):
 class Forbidden(BrokerError):
     code = "forbidden"
     http_status = 403
+
+
+class BodyTooLarge(BrokerError):
+    code = "body_too_large"
+    http_status = 413
 
 
 class Unavailable(BrokerError):
@@ -192,6 +198,10 @@ def drf_exception_handler(exc, context):
         exc = exceptions.NotFound(*exc.args)
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(*exc.args)
+    elif isinstance(exc, RequestDataTooBig):
+        # Django's own cap on a body it reads whole (DATA_UPLOAD_MAX_MEMORY_SIZE), which would
+        # otherwise reach the caller as its HTML 400 page.
+        exc = BodyTooLarge(f"The body is over the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}-byte limit.")
     if isinstance(exc, BrokerError):
         set_rollback()
         error, response = exc, Response()

@@ -11,6 +11,7 @@ from accounts.actions.keys import create_key, revoke_key
 from accounts.models import Charge, Query
 from pools.actions import create_pool
 from pools.testing.fake_answers import png_for
+from realms.doors.access import max_body_bytes
 from tests.doors import close_async_connections, start_daphne, stop_daphne  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -175,6 +176,17 @@ def test_every_refusal_is_the_openai_exception_for_its_status(make_client, clien
     with pytest.raises(openai.InternalServerError) as failed:
         client.chat.completions.create(model="$CHAT", messages=hello)
     assert failed.value.status_code == 502 and Charge.objects.count() == 1
+
+
+def test_a_body_over_the_doors_limit_is_refused_with_413_before_anything_is_accepted(client, chat_pool, alice):
+    hello = [{"role": "user", "content": "x" * (max_body_bytes() + 1)}]
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="$CHAT", messages=hello)
+
+    assert refused.value.status_code == 413
+    assert refused.value.body["code"] == "body_too_large"
+    assert not Query.objects.filter(user_id=alice.guid).exists()
 
 
 def test_budget_spent_refuses_with_402(make_client, chat_pool):

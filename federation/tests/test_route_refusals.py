@@ -120,6 +120,19 @@ def test_route_over_its_byte_limit_is_refused_with_413_and_nothing_recorded(peer
     assert not Settlement.objects.exists()
 
 
+def test_join_over_djangos_body_limit_is_refused_with_413_in_the_error_shape(peer, settings):
+    body = orjson.dumps({"federation_id": "peer-b", "base_url": "http://127.0.0.1:9", "keys": [peer.key_entry],
+                         "token": "x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
+
+    response = send(peer, body, path=JOIN)
+
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "body_too_large",
+        "message": f"The body is over the {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}-byte limit.",
+    }
+
+
 def test_route_with_an_image_beyond_djangos_form_limit_is_read_under_its_own(peer, settings):
     settings.RENTAHAL_FEDERATION_ID = "test-3-a"
     image = "A" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)

@@ -11,7 +11,7 @@ from accounts.actions.keys import authenticate_key
 from accounts.models import ApiKey
 from realms.routing import realm_for_query_type
 from rentahal.db_threads import on_db_thread
-from rentahal.errors import STORE_OUTAGES, BrokerError, Forbidden, temporarily_unavailable
+from rentahal.errors import STORE_OUTAGES, BodyTooLarge, BrokerError, Forbidden, temporarily_unavailable
 
 
 def bearer_secret(request) -> str | None:
@@ -63,7 +63,7 @@ def read_json(request) -> dict:
     limit = max_body_bytes()
     body = request.read(limit + 1)
     if len(body) > limit:
-        raise BrokerError(f"The body is over the {limit}-byte limit.", code="body_too_large")
+        raise BodyTooLarge(f"The body is over the {limit}-byte limit.")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
