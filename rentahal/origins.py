@@ -1,4 +1,5 @@
-"""Which /ws handshakes are let in by their Origin: a browser page of a configured host only.
+"""Which /ws handshakes are let in by their Origin: a browser page of a configured host only;
+and the Host check of the programs' HTTP doors (`AllowedHostMiddleware`).
 
 Cross-site WebSocket hijacking needs a browser: a page on another site opens /ws, and the
 browser attaches the victim's (perhaps a sysop's) guid cookie. Browsers always send
@@ -10,6 +11,7 @@ A handshake with no Origin at all is let in: it comes from a non-browser client 
 a bot, another broker), which could send any Origin it liked, so refusing it would protect
 nothing and break such clients; they prove who they are with their guid like anyone else.
 """
+from asgiref.sync import markcoroutinefunction
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
@@ -29,3 +31,23 @@ class ConfiguredHostsOriginValidator(OriginValidator):
         if parsed_origin is None:
             return True
         return self.validate_origin(parsed_origin)
+
+
+class AllowedHostMiddleware:
+    """Refuse a request whose Host is not in ALLOWED_HOSTS with Django's 400, on the event loop.
+
+    Django checks the Host only when something calls `request.get_host()`; in the browser
+    chain CommonMiddleware does, through a thread hop. The doors (RENTAHAL_DOOR_MIDDLEWARE)
+    run without it, so this makes the same check for them at no such cost.
+    """
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        request.get_host()
+        return await self.get_response(request)

@@ -58,6 +58,14 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# The programs' HTTP doors (/v1 and the classic routes, `rentahal.asgi`) run behind these
+# alone: they check their own API keys and take no cookie, session or CSRF token, and each
+# of Django's own middleware costs a request two thread hops (bench/README.md).
+RENTAHAL_DOOR_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "rentahal.origins.AllowedHostMiddleware",
+    "rentahal.errors.StoreOutageMiddleware",
+]
 
 ROOT_URLCONF = "rentahal.urls"
 ASGI_APPLICATION = "rentahal.asgi.application"

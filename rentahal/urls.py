@@ -10,11 +10,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from federation.api import WellKnownView
 from federation.identity import WELL_KNOWN_PATH
-from realms.doors.urls import classic_patterns, v1_patterns
+from realms.doors.urls import CLASSIC_PREFIX, V1_PREFIX, classic_patterns, v1_patterns
 from realms.readiness import health, ready
 from rentahal.metrics import metrics_view
 
 urlpatterns = [
+    # The doors first: programs call them most, and each pattern tried before costs a lookup.
+    path(V1_PREFIX, include(v1_patterns)),
+    path(CLASSIC_PREFIX, include(classic_patterns)),
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
     # Browsers ask for /favicon.ico whatever the page's <link rel="icon"> says.
     path("favicon.ico", RedirectView.as_view(url=static("rentahal/favicon.ico"), permanent=True)),
@@ -29,8 +32,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="schema-redoc"),
-    path("api/", include(classic_patterns)),
-    path("v1/", include(v1_patterns)),
     path("health", health, name="health"),
     path("ready", ready, name="ready"),
 ]

@@ -251,3 +251,30 @@ def test_the_shipped_settings_answer_only_this_machine_and_make_nobody_sysop_by_
     assert set(shipped.ALLOWED_HOSTS) == {"localhost", "127.0.0.1", "[::1]"}
     assert shipped.RENTAHAL_FIRST_VISITOR_IS_SYSOP is False
     assert shipped.RENTAHAL_METRICS_ALLOWED_ADDRESSES == []
+
+
+async def get_through_the_asgi_app(path: str, host: bytes = b"127.0.0.1") -> dict:
+    from channels.testing import HttpCommunicator
+
+    from rentahal.asgi import application
+
+    return await HttpCommunicator(application, "GET", path, headers=[(b"host", host)]).get_response()
+
+
+async def test_a_programs_door_keeps_the_security_headers_without_the_browser_middleware():
+    door = await get_through_the_asgi_app("/v1/models")
+    page = await get_through_the_asgi_app("/favicon.ico")
+
+    door_headers, page_headers = dict(door["headers"]), dict(page["headers"])
+    assert door["status"] == 401
+    assert door_headers[b"X-Content-Type-Options"] == b"nosniff"
+    # The browser chain's clickjacking header marks the middleware a door does without.
+    assert b"X-Frame-Options" not in door_headers
+    assert page_headers[b"X-Frame-Options"] == b"DENY"
+
+
+async def test_a_programs_door_refuses_a_host_not_allowed_as_the_page_does():
+    door = await get_through_the_asgi_app("/v1/models", host=b"evil.example")
+    page = await get_through_the_asgi_app("/favicon.ico", host=b"evil.example")
+
+    assert (door["status"], page["status"]) == (400, 400)

@@ -1,4 +1,5 @@
-"""Routes of the HTTP doors: /v1 (OpenAI-compatible) and the classic REST routes."""
+"""Routes of the HTTP doors: /v1 (OpenAI-compatible) and the classic REST routes, and where
+rentahal.urls mounts them (`rentahal.asgi` sends those paths to the doors' own handler)."""
 from django.urls import path
 
 from realms.doors import classic, openai
@@ -18,3 +19,12 @@ classic_patterns = [
     path("whisper", classic.whisper, name="classic-whisper"),
     path("bark", classic.bark, name="classic-bark"),
 ]
+
+V1_PREFIX = "v1/"
+CLASSIC_PREFIX = "api/"
+CLASSIC_PATHS = frozenset(f"/{CLASSIC_PREFIX}{pattern.pattern}" for pattern in classic_patterns)
+
+
+def is_door_path(path: str) -> bool:
+    """Whether an HTTP request's path is one of the doors' (a program's, with an API key)."""
+    return path.startswith(f"/{V1_PREFIX}") or path in CLASSIC_PATHS
