@@ -31,7 +31,7 @@ from federation.serializers import (
     StatusSerializer,
 )
 from pools.state import client as redis_client
-from rentahal.errors import BrokerError, Invalid
+from rentahal.errors import BodyTooLarge, Invalid
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +198,10 @@ class StatusView(PeerView):
         return Response(serving.status())
 
 
-class RouteTooLarge(BrokerError):
+class RouteTooLarge(BodyTooLarge):
+    """A body over the route's own cap, FEDERATION_MAX_ROUTE_BYTES, not Django's."""
+
     code = "route_too_large"
-    http_status = 413
 
 
 def read_route_body(request) -> None:
