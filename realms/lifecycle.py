@@ -187,10 +187,8 @@ def queue_update(query_id, realm: str, *, depth: int, total: int) -> dict:
 def frame_for_resubmitted(query: Query) -> dict:
     """Return what the first submission of `query` has led to by now: its `query_result`,
     its failure's `error`, or, while it is unfinished, its `queue_update` again."""
-    if query.status == Query.Status.DONE:
-        return result_frame(query)
-    if query.status == Query.Status.FAILED:
-        return failure_frame(query)
+    if query.status in Query.FINISHED:
+        return final_frame(query)
     return queue_update(
         query.id, query.realm,
         depth=queue_depth(find_realm(query.realm)), total=len(serving_workers(query.realm, query.query_type)),
@@ -399,13 +397,15 @@ async def finish_query(query: Query, served: Served, *, busy_seconds: float) -> 
 def result_frame(query: Query) -> dict:
     """Return the frame of an answered query: `query_result`, or for the speech frames
     `transcription_result` (`text`) and `speech_result` (`audio`, base64 WAV);
-    `processing_time` is the billed time and `broker` the federation id of the broker whose
+    `processing_time` is the billed time, `usage` the token counts the model server reported
+    (empty when it reported none) and `broker` the federation id of the broker whose
     worker answered. A speech query's result names the words its audio was heard to say
     (`heard`), so a page shows them beside the answer."""
     billed = {
         "query_id": str(query.id),
         "processing_time": query.processing_time,
         "cost": float(query.cost),
+        "usage": query.usage,
         "worker": query.worker,
         "broker": broker_of_worker(query.worker) or settings.RENTAHAL_FEDERATION_ID,
     }
@@ -415,6 +415,11 @@ def result_frame(query: Query) -> dict:
         return {"type": "speech_result", "audio": query.result, **billed}
     heard = {"heard": query.prompt} if query.query_type == QueryType.SPEECH else {}
     return {"type": "query_result", "result": query.result, "result_type": query.result_type, **billed, **heard}
+
+
+def final_frame(query: Query) -> dict:
+    """Return the frame a finished query ended with: its result, or its failure's `error`."""
+    return result_frame(query) if query.status == Query.Status.DONE else failure_frame(query)
 
 
 def failure_frame(query: Query) -> dict:

@@ -58,6 +58,29 @@ async def test_streaming_formats_push_chunks_before_the_result(wire_format, rq_w
     assert {chunk["query_id"] for chunk in chunks} == {frames[-1]["query_id"]}
 
 
+@pytest.mark.parametrize("wire_format", ["ollama", "openai"])
+async def test_query_result_carries_the_token_counts_the_server_reported(wire_format, rq_worker, fake_server, register_worker, alice, connect):
+    await sync(register_worker)(fake_server, wire_format)
+    client = await connect(alice.guid)
+
+    await client.send(chat("count my words please"))
+    result = (await client.receive_until("query_result"))[-1]
+
+    query = await sync(Query.objects.get)(pk=result["query_id"])
+    assert result["usage"] == query.usage
+    assert result["usage"]["prompt_tokens"] > 0 and result["usage"]["completion_tokens"] > 0
+
+
+async def test_query_result_of_a_server_that_counts_no_tokens_has_empty_usage(rq_worker, fake_server, register_worker, alice, connect):
+    await sync(register_worker)(fake_server, "predict")
+    client = await connect(alice.guid)
+
+    await client.send(chat("hello"))
+    result = (await client.receive_until("query_result"))[-1]
+
+    assert result["usage"] == {}
+
+
 async def test_imagine_query_through_a1111_returns_an_image(rq_worker, fake_server, register_worker, alice, connect):
     await sync(register_worker)(fake_server, "a1111", query_type="imagine")
     client = await connect(alice.guid)

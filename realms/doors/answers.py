@@ -1,7 +1,8 @@
 """A query submitted over HTTP, and its answer: the door subscribes to the user's pushes
 (the group every /ws socket of the user joins) before accepting the query, so no chunk is
-missed, and reads the finished row from Postgres, the record, at the end. A push lost on
-the way is made up for by looking at the row whenever the pushes fall silent."""
+missed, and answers from the query's final frame, which carries everything a door tells
+its caller (the text, the charge, the token counts). A push lost on the way is made up for
+by looking at the row, the record, whenever the pushes fall silent."""
 import asyncio
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ from rentahal.pushes import user_group
 
 # Seconds without a push for this query before the door looks at its row.
 SILENCE_SECONDS = 2.0
-FINAL_FRAMES = frozenset({"query_result", "error"})
+FINAL_FRAMES = frozenset({"query_result", "transcription_result", "speech_result", "error"})
 
 
 def read_query(query_id: str) -> Query:
@@ -33,7 +34,8 @@ class Submission:
         self.layer = get_channel_layer()
         self.channel = ""
         self.query_id = ""
-        self.is_over = False
+        # The query's last frame (`lifecycle.final_frame`), once it is over.
+        self.final: dict | None = None
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.reader: asyncio.Task | None = None
 
@@ -63,16 +65,19 @@ class Submission:
         frame = await on_db_thread(lifecycle.accept_query)(self.guid, submission, conversation_id=conversation_id)
         self.query_id = frame["query_id"]
         # A resubmitted idempotency key may name a query that is already over.
-        self.is_over = frame["type"] in FINAL_FRAMES
+        if frame["type"] in FINAL_FRAMES:
+            self.final = frame
         return self.query_id
 
     async def chunks(self) -> AsyncIterator[str]:
         """Yield the answer's text as the worker streams it, until the query is over."""
-        while not self.is_over:
+        while self.final is None:
             try:
                 event = await asyncio.wait_for(self.inbox.get(), SILENCE_SECONDS)
             except TimeoutError:
-                self.is_over = (await self.row()).status in Query.FINISHED
+                query = await on_db_thread(read_query)(self.query_id)
+                if query.status in Query.FINISHED:
+                    self.final = lifecycle.final_frame(query)
                 continue
             frame = event.get("frame") or {}
             if frame.get("query_id") != self.query_id:
@@ -80,13 +85,11 @@ class Submission:
             if frame.get("type") == "query_chunk":
                 yield frame["chunk"]
             elif frame.get("type") in FINAL_FRAMES:
-                self.is_over = True
+                self.final = frame
 
-    async def answer(self) -> Query:
-        """Wait for the query to be over and return its row."""
+    async def outcome(self) -> dict:
+        """Wait for the query to be over and return its final frame: its result (with `usage`,
+        the server's token counts) or its failure's `error`."""
         async for _ in self.chunks():
             pass
-        return await self.row()
-
-    async def row(self) -> Query:
-        return await on_db_thread(read_query)(self.query_id)
+        return self.final

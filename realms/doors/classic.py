@@ -13,10 +13,9 @@ import orjson
 from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from accounts.models import ApiKey, Query
+from accounts.models import ApiKey
 from pools.health import serving_workers
 from pools.selection import NoWorkerAvailable
-from realms import lifecycle
 from realms.doors import catalog
 from realms.doors.access import admitted, authenticate, read_json, require_model_right
 from realms.doors.answers import Submission
@@ -87,14 +86,12 @@ async def answer_fields(key: ApiKey, submission: QuerySubmission) -> dict:
     async with admitted(key):
         async with Submission(key.user_guid) as submitted:
             await submitted.accept(submission)
-            query = await submitted.answer()
-    if query.status == Query.Status.FAILED:
-        error = BrokerError(f"Query failed: {query.error}", code="query_failed")
+            frame = await submitted.outcome()
+    if frame["type"] == "error":
+        error = BrokerError(frame["message"], code="query_failed")
         error.http_status = 502
         raise error
-    fields = lifecycle.result_frame(query)
-    del fields["type"]
-    return fields
+    return {name: value for name, value in frame.items() if name != "type"}
 
 
 def typed(query_type: str):

@@ -18,7 +18,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts import limits
-from accounts.models import ApiKey, Query
+from accounts.models import ApiKey
 from realms import lifecycle
 from realms.doors import catalog
 from realms.doors.access import admitted, authenticate, read_json, release, require_model_right
@@ -110,24 +110,26 @@ def submission_for(request, key: ApiKey, model: str, **fields) -> QuerySubmissio
     )
 
 
-async def answer_of(submission: QuerySubmission, key: ApiKey, *, guid: str) -> Query:
-    """Accept the query under the key's limits and return its row once it is answered."""
+async def answer_of(submission: QuerySubmission, key: ApiKey, *, guid: str) -> dict:
+    """Accept the query under the key's limits and return its `query_result` frame once it
+    is answered."""
     async with admitted(key):
         async with Submission(guid) as submitted:
             await submitted.accept(submission)
-            query = await submitted.answer()
-    if query.status == Query.Status.FAILED:
-        raise QueryFailed(f"Query failed: {query.error}")
-    return query
+            frame = await submitted.outcome()
+    if frame["type"] == "error":
+        raise QueryFailed(frame["message"])
+    return frame
 
 
-def usage_of(query: Query, prompt_text: str) -> tuple[dict, str]:
-    """Return the answer's token counts and whether the server `reported` them or they are
-    `estimated` (four characters a token)."""
-    if query.usage.get("prompt_tokens") is not None:
-        prompt, completion, source = query.usage["prompt_tokens"], query.usage.get("completion_tokens", 0), "reported"
+def usage_of(result: dict, prompt_text: str) -> tuple[dict, str]:
+    """Return the answer's token counts (from its `query_result` frame) and whether the
+    server `reported` them or they are `estimated` (four characters a token)."""
+    reported = result["usage"]
+    if reported.get("prompt_tokens") is not None:
+        prompt, completion, source = reported["prompt_tokens"], reported.get("completion_tokens", 0), "reported"
     else:
-        prompt, completion, source = math.ceil(len(prompt_text) / 4), math.ceil(len(query.result) / 4), "estimated"
+        prompt, completion, source = math.ceil(len(prompt_text) / 4), math.ceil(len(result["result"]) / 4), "estimated"
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}, source
 
 
@@ -137,10 +139,10 @@ async def chat_completions(request, key: ApiKey):
     submission = await on_db_thread(submission_for)(request, key, chat.model, **chat.query_fields())
     if chat.stream:
         return await stream_completion(chat, submission, key)
-    query = await answer_of(submission, key, guid=key.user_guid)
-    usage, source = usage_of(query, chat.prompt_text)
-    choice = {"index": 0, "message": {"role": "assistant", "content": query.result}, "finish_reason": "stop"}
-    body = {**completion_head(query.id, chat, "chat.completion"), "choices": [choice], "usage": usage}
+    result = await answer_of(submission, key, guid=key.user_guid)
+    usage, source = usage_of(result, chat.prompt_text)
+    choice = {"index": 0, "message": {"role": "assistant", "content": result["result"]}, "finish_reason": "stop"}
+    body = {**completion_head(result["query_id"], chat, "chat.completion"), "choices": [choice], "usage": usage}
     return json_response(body, headers={USAGE_HEADER: source})
 
 
@@ -182,17 +184,18 @@ async def stream_completion(chat: ChatRequest, submission: QuerySubmission, key:
             async for text in submitted.chunks():
                 sent.append(text)
                 yield chunk({"content": text})
-            query = await submitted.row()
-            if query.status == Query.Status.FAILED:
-                yield sse({"error": error_body(QueryFailed(f"Query failed: {query.error}"))})
+            final = submitted.final
+            if final["type"] == "error":
+                yield sse({"error": error_body(QueryFailed(final["message"]))})
             else:
-                # A worker that does not stream (or a lost push) leaves the rest to send from the row.
-                rest = query.result[len("".join(sent)):] if query.result.startswith("".join(sent)) else ""
+                # A worker that does not stream (or a lost push) leaves the rest to send from the result.
+                answer, streamed = final["result"], "".join(sent)
+                rest = answer[len(streamed):] if answer.startswith(streamed) else ""
                 if rest:
                     yield chunk({"content": rest})
                 yield chunk({}, "stop")
                 if chat.include_usage:
-                    usage, _ = usage_of(query, chat.prompt_text)
+                    usage, _ = usage_of(final, chat.prompt_text)
                     yield sse({**head, "choices": [], "usage": usage})
             yield b"data: [DONE]\n\n"
             is_done = True
@@ -229,11 +232,11 @@ async def retrieve_model(request, key: ApiKey, model: str):
 async def image_generations(request, key: ApiKey):
     image = parse_image(read_json(request))
     submission = await on_db_thread(submission_for)(request, key, image.model, **image.query_fields())
-    query = await answer_of(submission, key, guid=key.user_guid)
+    result = await answer_of(submission, key, guid=key.user_guid)
     if image.response_format == "url":
-        item = {"url": f"data:image/png;base64,{query.result}"}
+        item = {"url": f"data:image/png;base64,{result['result']}"}
     else:
-        item = {"b64_json": query.result}
+        item = {"b64_json": result["result"]}
     return json_response({"created": int(time.time()), "data": [{**item, "revised_prompt": image.prompt}]})
 
 
@@ -250,13 +253,13 @@ async def embeddings(request, key: ApiKey):
     entry = await on_db_thread(catalog.find_entry)(wanted.model)
     await on_db_thread(catalog.require_embeddings)(entry)
     submission = await on_db_thread(submission_for)(request, key, wanted.model, **wanted.query_fields())
-    query = await answer_of(submission, key, guid=key.user_guid)
-    vectors = orjson.loads(query.result)
+    result = await answer_of(submission, key, guid=key.user_guid)
+    vectors = orjson.loads(result["result"])
     data = [
         {"object": "embedding", "index": index, "embedding": encode_vector(vector, wanted.encoding_format)}
         for index, vector in enumerate(vectors)
     ]
-    usage, source = usage_of(query, "".join(wanted.inputs))
+    usage, source = usage_of(result, "".join(wanted.inputs))
     body = {
         "object": "list",
         "data": data,
