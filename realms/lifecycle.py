@@ -42,7 +42,7 @@ from rentahal.metrics import QueryOutcome, record_query_outcomes
 from rentahal.pushes import push_frame, stream_query_chunks
 from rentahal.query_context import QueryContext, serving_query
 from rentahal.query_types import QueryType
-from rentahal.queues import get_queue
+from rentahal.queues import JobDeferred, get_queue
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ async def run_query(query_id: str) -> str:
     return "done"
 
 
-class WaitingForWorker(Exception):
+class WaitingForWorker(JobDeferred):
     """Raised by `run_query` to put its job back on the realm's queue: every member the query
     may use is busy. `fail_crashed_query` has RQ run it again without spending a rerun."""
 

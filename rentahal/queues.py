@@ -24,3 +24,9 @@ def redis_connection() -> redis.Redis:
 def get_queue(name: str) -> Queue:
     """Return the RQ queue of this name; realms are data, so their queues are not in settings."""
     return Queue(name, connection=redis_connection())
+
+
+class JobDeferred(Exception):
+    """Raised by a job that is not failing but must run again later: its failure callback
+    puts it back on its queue through RQ's retry (realms.lifecycle.WaitingForWorker). The
+    realm workers log it as that, not as a crash (rentahal.worker.QuietDeferrals)."""

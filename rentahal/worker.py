@@ -26,11 +26,12 @@ from rq.queue import Queue
 from rq.suspension import is_suspended
 from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
-from rq.worker import WorkerStatus
+from rq.worker import SimpleWorker, WorkerStatus
 
 from rentahal.db_threads import DatabaseThreads
 from rentahal.errors import REDIS_OUTAGES
 from rentahal.http_session import process_session
+from rentahal.queues import JobDeferred
 from rentahal.rq_mirror import BatchedBookkeeping, Finished
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,24 @@ class JobStoppedOnRequest(Exception):
     """The job was stopped through RQ's `stop-job` or `stop-execution` command."""
 
 
-class ConcurrentWorker(BatchedBookkeeping):
+class QuietDeferrals:
+    """Worker mixin: RQ logs every exception a job raises as an ERROR with its traceback
+    and hands it to the exception handlers (an error tracker). A deferral is neither: under
+    a busy pool it happens for every query that waits, and would bury the real crashes. It
+    is logged at DEBUG; the job's failure callback says why it waits."""
+
+    def handle_exception(self, job: Job, *exc_info) -> None:
+        if isinstance(exc_info[1], JobDeferred):
+            self.log.debug("Worker %s: job %s deferred: %s", self.name, job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)
+
+
+class RealmSimpleWorker(QuietDeferrals, SimpleWorker):
+    """RQ's stock SimpleWorker (one job at a time, in this process), quiet about deferrals."""
+
+
+class ConcurrentWorker(QuietDeferrals, BatchedBookkeeping):
     """An RQ worker that runs up to `concurrency` coroutine jobs at once in this process.
 
     Each job's coroutine runs on the worker's event loop under `asyncio.timeout(job.timeout)`;

@@ -63,6 +63,27 @@ async def test_a_burst_of_three_times_the_pools_capacity_all_end_done_billed_for
     assert last.processing_time < (last.finished_at - last.accepted_at).total_seconds() - 0.9
 
 
+# Two of RQ's one-job workers, or one concurrent worker: either way a second query finds the
+# server's one slot taken.
+@pytest.mark.parametrize("concurrency, workers", [("1", 2), ("16", 1)], ids=["simple", "concurrent"])
+async def test_a_query_put_back_to_wait_is_logged_as_waiting_not_as_a_crashed_job(
+    concurrency, workers, start_worker, fake_servers, register_worker, alice, connect, monkeypatch, capfd
+):
+    monkeypatch.setenv("BUSY_WAIT_SECONDS", "0.3")
+    await sync_to_async(register_worker)(fake_servers(delay=0.5), "openai", max_concurrency=1)
+    for _ in range(workers):
+        await sync_to_async(start_worker)("--concurrency", concurrency, "$CHAT")
+    client = await connect(alice.guid)
+
+    ids = await submit(client, 3, "wait")
+    ended = await results_of(client, ids, timeout=60)
+
+    assert sorted(frame["type"] for frame in ended.values()) == ["query_result"] * 3
+    worker_log = capfd.readouterr().err
+    assert "waits for a free worker" in worker_log
+    assert "WaitingForWorker" not in worker_log and " ERROR " not in worker_log
+
+
 async def test_while_one_user_floods_a_busy_pool_another_users_query_takes_the_next_free_slot(
     start_worker, fake_servers, register_worker, alice, bob, connect
 ):

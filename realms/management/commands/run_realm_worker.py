@@ -2,13 +2,12 @@
 import logging
 
 from django.core.management.base import BaseCommand, CommandError
-from rq import SimpleWorker
 
 from realms.models import Realm
 from realms.positions import start_announcing
 from rentahal.queues import get_queue
 from rentahal.supervision import make_forks_die_with_this_process
-from rentahal.worker import ConcurrentWorker
+from rentahal.worker import ConcurrentWorker, RealmSimpleWorker
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class Command(BaseCommand):
         else:
             # SimpleWorker runs jobs in this process: a fork per job would copy Django's open
             # database connections into children and costs a third of the throughput.
-            worker = SimpleWorker(queues, connection=queues[0].connection, name=options["name"])
+            worker = RealmSimpleWorker(queues, connection=queues[0].connection, name=options["name"])
         logger.info("worker %s serving %s", worker.name, ", ".join(queue.name for queue in queues))
         # The queries waiting in these queues are told when their place changes.
         stop_announcing = start_announcing([realm.name for realm in realms])
